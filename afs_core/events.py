@@ -1,0 +1,376 @@
+"""The event model: what happened in a training run, as one immutable value.
+
+Every channel, hook and store sees the same `NotificationEvent`, so it validates
+its input once, here, and carries the context a reader needs (model, run, host).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import enum
+import math
+import numbers
+import uuid
+from collections.abc import Iterable, Mapping
+from types import MappingProxyType
+from typing import Any, Union
+
+import attrs
+
+from afs_core.source import Source
+
+MetricValue = Union[int, float, str]
+
+
+class NotificationLevel(enum.Enum):
+    """How loud an event is. Levels are ordered: ``level >= NotificationLevel.ERROR``."""
+
+    INFO = "info"
+    SUCCESS = "success"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+    @property
+    def severity(self) -> int:
+        """Position in the order INFO < SUCCESS < WARNING < ERROR < CRITICAL."""
+        return _SEVERITY[self]
+
+    @classmethod
+    def _missing_(cls, value: object) -> NotificationLevel | None:
+        # Accept "WARNING", " warning " and the like from .env files and CLIs.
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+    def _compare(self, other: object) -> int:
+        if not isinstance(other, NotificationLevel):
+            return NotImplemented  # type: ignore[return-value]
+        return self.severity - other.severity
+
+    def __lt__(self, other: object) -> bool:
+        diff = self._compare(other)
+        return diff if diff is NotImplemented else diff < 0  # type: ignore[return-value]
+
+    def __le__(self, other: object) -> bool:
+        diff = self._compare(other)
+        return diff if diff is NotImplemented else diff <= 0  # type: ignore[return-value]
+
+    def __gt__(self, other: object) -> bool:
+        diff = self._compare(other)
+        return diff if diff is NotImplemented else diff > 0  # type: ignore[return-value]
+
+    def __ge__(self, other: object) -> bool:
+        diff = self._compare(other)
+        return diff if diff is NotImplemented else diff >= 0  # type: ignore[return-value]
+
+
+_SEVERITY = {level: index for index, level in enumerate(NotificationLevel)}
+
+
+class EventCategory(enum.Enum):
+    """The family an event type belongs to, for filtering and routing."""
+
+    TRAINING = "training"
+    CHECKPOINT = "checkpoint"
+    EVALUATION = "evaluation"
+    MILESTONE = "milestone"
+    RESOURCE = "resource"
+    ERROR = "error"
+
+
+_C, _L = EventCategory, NotificationLevel
+_EVENT_TYPE_TABLE: dict[str, tuple[EventCategory, NotificationLevel]] = {
+    "training_started": (_C.TRAINING, _L.INFO),
+    "training_completed": (_C.TRAINING, _L.SUCCESS),
+    "training_failed": (_C.TRAINING, _L.ERROR),
+    "training_paused": (_C.TRAINING, _L.WARNING),
+    "training_resumed": (_C.TRAINING, _L.INFO),
+    "checkpoint_saved": (_C.CHECKPOINT, _L.INFO),
+    "checkpoint_loading": (_C.CHECKPOINT, _L.INFO),
+    "evaluation_started": (_C.EVALUATION, _L.INFO),
+    "evaluation_completed": (_C.EVALUATION, _L.SUCCESS),
+    "evaluation_failed": (_C.EVALUATION, _L.ERROR),
+    "epoch_completed": (_C.MILESTONE, _L.INFO),
+    "batch_processed": (_C.MILESTONE, _L.INFO),
+    "loss_improved": (_C.MILESTONE, _L.SUCCESS),
+    "loss_degraded": (_C.MILESTONE, _L.WARNING),
+    "cost_threshold_exceeded": (_C.RESOURCE, _L.WARNING),
+    "gpu_memory_warning": (_C.RESOURCE, _L.WARNING),
+    "gpu_utilization_low": (_C.RESOURCE, _L.WARNING),
+    "disk_space_warning": (_C.RESOURCE, _L.WARNING),
+    "error_occurred": (_C.ERROR, _L.ERROR),
+    "out_of_memory": (_C.ERROR, _L.CRITICAL),
+    "nan_detected": (_C.ERROR, _L.ERROR),
+}
+
+
+class EventType(enum.Enum):
+    """What happened. Each type knows its category and its default level."""
+
+    TRAINING_STARTED = "training_started"
+    TRAINING_COMPLETED = "training_completed"
+    TRAINING_FAILED = "training_failed"
+    TRAINING_PAUSED = "training_paused"
+    TRAINING_RESUMED = "training_resumed"
+    CHECKPOINT_SAVED = "checkpoint_saved"
+    CHECKPOINT_LOADING = "checkpoint_loading"
+    EVALUATION_STARTED = "evaluation_started"
+    EVALUATION_COMPLETED = "evaluation_completed"
+    EVALUATION_FAILED = "evaluation_failed"
+    EPOCH_COMPLETED = "epoch_completed"
+    BATCH_PROCESSED = "batch_processed"
+    LOSS_IMPROVED = "loss_improved"
+    LOSS_DEGRADED = "loss_degraded"
+    COST_THRESHOLD_EXCEEDED = "cost_threshold_exceeded"
+    GPU_MEMORY_WARNING = "gpu_memory_warning"
+    GPU_UTILIZATION_LOW = "gpu_utilization_low"
+    DISK_SPACE_WARNING = "disk_space_warning"
+    ERROR_OCCURRED = "error_occurred"
+    OUT_OF_MEMORY = "out_of_memory"
+    NAN_DETECTED = "nan_detected"
+
+    @property
+    def category(self) -> EventCategory:
+        return _EVENT_TYPE_TABLE[self.value][0]
+
+    @property
+    def default_level(self) -> NotificationLevel:
+        return _EVENT_TYPE_TABLE[self.value][1]
+
+    @classmethod
+    def _missing_(cls, value: object) -> EventType | None:
+        # Accept member names ("LOSS_IMPROVED") as well as values.
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+
+def _enum_converter(enum_cls: type[enum.Enum], field_name: str) -> Any:
+    def convert(value: object) -> Any:
+        if isinstance(value, enum_cls):
+            return value
+        if isinstance(value, str):
+            try:
+                return enum_cls(value)
+            except ValueError:
+                choices = ", ".join(m.name for m in enum_cls)
+                raise ValueError(
+                    f"{field_name}: unknown {enum_cls.__name__} {value!r}; expected one of {choices}"
+                ) from None
+        raise TypeError(
+            f"{field_name} must be a {enum_cls.__name__} or its name, got {type(value).__name__}"
+        )
+
+    return convert
+
+
+def _metric_value(key: str, value: object) -> MetricValue:
+    if isinstance(value, (str, int)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bool):
+        return int(value)
+    if isinstance(value, numbers.Real) or hasattr(value, "__float__"):
+        # numpy and torch scalars arrive here; keep plain floats only.
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            pass
+    raise TypeError(
+        f"metrics[{key!r}] must be a number or a string, got {type(value).__name__}"
+    )
+
+
+def _convert_metrics(value: object) -> Mapping[str, MetricValue]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise TypeError(f"metrics must be a mapping of name to number, got {type(value).__name__}")
+    metrics: dict[str, MetricValue] = {}
+    for key, item in value.items():
+        if not isinstance(key, str):
+            raise TypeError(f"metrics keys must be strings, got {key!r}")
+        metrics[key] = _metric_value(key, item)
+    return MappingProxyType(metrics)
+
+
+def _convert_context(value: object) -> Mapping[str, Any]:
+    if value is None:
+        return MappingProxyType({})
+    if not isinstance(value, Mapping):
+        raise TypeError(f"context must be a mapping, got {type(value).__name__}")
+    for key in value:
+        if not isinstance(key, str):
+            raise TypeError(f"context keys must be strings, got {key!r}")
+    return MappingProxyType(dict(value))
+
+
+def _convert_tags(value: object) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str) or not isinstance(value, Iterable):
+        raise TypeError(f"tags must be a list of strings, got {type(value).__name__}")
+    tags = tuple(value)
+    for tag in tags:
+        if not isinstance(tag, str):
+            raise TypeError(f"tags must be strings, got {tag!r}")
+    return tags
+
+
+def _of_type(kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
+    """A validator whose error names the field and the types involved, nothing more."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    wanted = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
+
+    def check(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+        if value is None and optional:
+            return
+        if not isinstance(value, kinds):
+            raise TypeError(f"{attribute.name} must be {wanted}, got {type(value).__name__} {value!r:.60}")
+
+    return check
+
+
+def _optional(kind: type | tuple[type, ...]) -> Any:
+    return _of_type(kind, optional=True)
+
+
+def _non_negative(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+
+
+def _finite_or_none(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
+
+
+def _to_float_or_none(value: object) -> object:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    return value
+
+
+def _utc_timestamp(value: object) -> _dt.datetime:
+    if not isinstance(value, _dt.datetime):
+        raise TypeError(f"timestamp must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None:
+        raise ValueError("timestamp must be timezone-aware")
+    return value.astimezone(_dt.timezone.utc)
+
+
+def _now_utc() -> _dt.datetime:
+    return _dt.datetime.now(_dt.timezone.utc)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+_int = _optional(int)
+
+
+@attrs.frozen(kw_only=False)
+class NotificationEvent:
+    """One thing that happened in a run, ready for any channel.
+
+    Immutable: hooks and channels can share it across threads. ``metrics`` and
+    ``context`` are read-only mappings; use :meth:`evolve` for a changed copy.
+    """
+
+    event_type: EventType = attrs.field(converter=_enum_converter(EventType, "event_type"))
+    title: str = attrs.field(validator=_of_type(str))
+    message: str = attrs.field(default="", validator=_of_type(str))
+    level: NotificationLevel = attrs.field(
+        kw_only=True, converter=_enum_converter(NotificationLevel, "level")
+    )
+    model_name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    run_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    epoch: int | None = attrs.field(
+        default=None, kw_only=True, validator=[_int, _non_negative]
+    )
+    batch: int | None = attrs.field(
+        default=None, kw_only=True, validator=[_int, _non_negative]
+    )
+    cost: float | None = attrs.field(
+        default=None,
+        kw_only=True,
+        converter=_to_float_or_none,
+        validator=[_optional(float), _finite_or_none],
+    )
+    metrics: Mapping[str, MetricValue] = attrs.field(
+        factory=dict, kw_only=True, converter=_convert_metrics, hash=False
+    )
+    error_details: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
+    tags: tuple[str, ...] = attrs.field(factory=tuple, kw_only=True, converter=_convert_tags)
+    context: Mapping[str, Any] = attrs.field(
+        factory=dict, kw_only=True, converter=_convert_context, hash=False
+    )
+    timestamp: _dt.datetime = attrs.field(factory=_now_utc, kw_only=True, converter=_utc_timestamp)
+    event_id: str = attrs.field(factory=_new_id, kw_only=True, validator=_of_type(str))
+    source: Source = attrs.field(
+        factory=Source.current, kw_only=True, validator=_of_type(Source)
+    )
+
+    @level.default
+    def _level_from_type(self) -> NotificationLevel:
+        return self.event_type.default_level
+
+    @property
+    def category(self) -> EventCategory:
+        return self.event_type.category
+
+    def __str__(self) -> str:
+        return f"[{self.level.name}] {self.title}: {self.message}"
+
+    def evolve(self, **changes: Any) -> NotificationEvent:
+        """A copy with some fields changed (the id and timestamp are kept)."""
+        return attrs.evolve(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data for stores and logs; :meth:`from_dict` reverses it."""
+        return {
+            "event_id": self.event_id,
+            "event_type": self.event_type.value,
+            "level": self.level.value,
+            "title": self.title,
+            "message": self.message,
+            "model_name": self.model_name,
+            "run_id": self.run_id,
+            "epoch": self.epoch,
+            "batch": self.batch,
+            "cost": self.cost,
+            "error_details": self.error_details,
+            "metrics": dict(self.metrics),
+            "tags": list(self.tags),
+            "context": dict(self.context),
+            "timestamp": self.timestamp.isoformat(),
+            "source": self.source.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NotificationEvent:
+        return cls(
+            data["event_type"],
+            data["title"],
+            data.get("message", ""),
+            level=data["level"],
+            model_name=data.get("model_name"),
+            run_id=data.get("run_id"),
+            epoch=data.get("epoch"),
+            batch=data.get("batch"),
+            cost=data.get("cost"),
+            error_details=data.get("error_details"),
+            metrics=data.get("metrics") or {},
+            tags=data.get("tags") or (),
+            context=data.get("context") or {},
+            timestamp=_dt.datetime.fromisoformat(data["timestamp"]),
+            event_id=data["event_id"],
+            source=Source.from_dict(data.get("source") or {}),
+        )
