@@ -1,0 +1,184 @@
+"""Turning events into text people read: numbers, durations, costs, tracebacks.
+
+Every channel shows the same facts the same way (0.9543, ``1h 00m``, ``$12.50``),
+so the helpers live here once and channels only decide the layout.
+"""
+
+from __future__ import annotations
+
+import math
+import unicodedata
+from collections.abc import Mapping
+from typing import Any
+
+from afs_core.events import NotificationEvent, NotificationLevel
+
+LEVEL_EMOJI: Mapping[NotificationLevel, str] = {
+    NotificationLevel.INFO: "ℹ️",
+    NotificationLevel.SUCCESS: "✅",
+    NotificationLevel.WARNING: "⚠️",
+    NotificationLevel.ERROR: "❌",
+    NotificationLevel.CRITICAL: "🚨",
+}
+
+ELLIPSIS = "…"
+
+# Context keys with a known meaning: label and how to show the value.
+_COST_KEYS = frozenset({"threshold", "current_cost"})
+_DURATION_KEYS = frozenset({"duration"})
+_HIDDEN_CONTEXT_KEYS = frozenset({"traceback", "error_type"})
+_LABELS = {
+    "final_loss": "Final loss",
+    "batch_size": "Batch size",
+    "current_cost": "Cost",
+    "checkpoint_path": "Checkpoint",
+    "best_loss": "Best loss",
+    "exit_code": "Exit code",
+}
+
+
+def format_number(value: Any) -> str:
+    """A number as a person wants to read it: 0.9543, 3600, 12,345.68, NaN, inf."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return str(value)
+    if isinstance(value, int):
+        if abs(value) >= 10**15:
+            return f"{value:.4g}"
+        return f"{value:,}" if abs(value) >= 10_000 else str(value)
+    if math.isnan(value):
+        return "NaN"
+    if math.isinf(value):
+        return "inf" if value > 0 else "-inf"
+    if value != 0 and (abs(value) < 1e-3 or abs(value) >= 1e9):
+        return f"{value:.4g}" if abs(value) >= 1e9 else f"{value:.3e}"
+    text = f"{value:,.2f}" if abs(value) >= 10_000 else f"{value:.4f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def format_duration(seconds: float) -> str:
+    """``42s``, ``5m 03s``, ``1h 00m``, ``2d 03h``."""
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return format_number(seconds)
+    total = int(round(max(seconds, 0.0)))
+    days, rest = divmod(total, 86_400)
+    hours, rest = divmod(rest, 3_600)
+    minutes, secs = divmod(rest, 60)
+    if days:
+        return f"{days}d {hours:02d}h"
+    if hours:
+        return f"{hours}h {minutes:02d}m"
+    if minutes:
+        return f"{minutes}m {secs:02d}s"
+    return f"{secs}s"
+
+
+def format_cost(value: float) -> str:
+    """``$12.50``."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        return format_number(value)
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
+def format_value(key: str, value: Any) -> str:
+    """A context or metric value, shown according to what its key means."""
+    if key in _DURATION_KEYS:
+        return format_duration(value)
+    if key in _COST_KEYS:
+        return format_cost(value)
+    return format_number(value)
+
+
+def label_for(key: str) -> str:
+    return _LABELS.get(key) or key.replace("_", " ").capitalize()
+
+
+def strip_control(text: str, keep: str = "\n\t") -> str:
+    """``text`` without control characters (escape sequences, CR, NUL), except ``keep``.
+
+    Keeps hostile text from moving a terminal cursor, adding a header line or
+    hiding itself.
+    """
+    return "".join(
+        ch for ch in text if ch in keep or unicodedata.category(ch) not in ("Cc", "Cs")
+    )
+
+
+def truncate(text: str, limit: int, marker: str = ELLIPSIS) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with ``marker`` when cut."""
+    if limit <= 0:
+        return ""
+    if len(text) <= limit:
+        return text
+    if len(marker) >= limit:
+        return marker[:limit]
+    return text[: limit - len(marker)] + marker
+
+
+def trim_traceback(text: str, head: int = 4, tail: int = 16, max_chars: int = 3000) -> str:
+    """A long traceback cut to its first and last lines, where the cause usually is."""
+    lines = text.rstrip("\n").splitlines()
+    if len(lines) > head + tail + 1:
+        omitted = len(lines) - head - tail
+        lines = [*lines[:head], f"{ELLIPSIS} {omitted} lines omitted {ELLIPSIS}", *lines[-tail:]]
+    trimmed = "\n".join(lines)
+    if len(trimmed) > max_chars:
+        keep_head = max_chars // 4
+        marker = f"\n{ELLIPSIS} {len(trimmed) - max_chars} characters omitted {ELLIPSIS}\n"
+        keep_tail = max(max_chars - keep_head - len(marker), 0)
+        trimmed = trimmed[:keep_head] + marker + trimmed[len(trimmed) - keep_tail :]
+    return trimmed
+
+
+def headline(event: NotificationEvent) -> str:
+    """The title with its level emoji: ``✅ Training completed: m``."""
+    return f"{LEVEL_EMOJI[event.level]} {event.title}"
+
+
+def event_fields(event: NotificationEvent) -> list[tuple[str, str]]:
+    """The run context and metrics as (label, value) pairs, in reading order."""
+    fields: list[tuple[str, str]] = []
+    if event.model_name:
+        fields.append(("Model", event.model_name))
+    if event.run_id:
+        fields.append(("Run", event.run_id))
+    if event.epoch is not None:
+        fields.append(("Epoch", str(event.epoch)))
+    if event.batch is not None:
+        fields.append(("Batch", str(event.batch)))
+    if event.cost is not None:
+        fields.append(("Cost", format_cost(event.cost)))
+    for key, value in event.context.items():
+        if key in _HIDDEN_CONTEXT_KEYS or value is None:
+            continue
+        fields.append((label_for(key), format_value(key, value)))
+    for key, value in event.metrics.items():
+        fields.append((key, format_number(value)))
+    if event.tags:
+        fields.append(("Tags", ", ".join(event.tags)))
+    return fields
+
+
+def source_line(event: NotificationEvent) -> str:
+    """``host gpu-01 · rank 3 · 2026-11-27 13:59:21 UTC``."""
+    parts = []
+    if event.source.host:
+        parts.append(f"host {event.source.host}")
+    if event.source.rank is not None:
+        parts.append(f"rank {event.source.rank}")
+    parts.append(event.timestamp.strftime("%Y-%m-%d %H:%M:%S UTC"))
+    return " · ".join(parts)
+
+
+def render_text(event: NotificationEvent) -> str:
+    """The event as plain text: the fallback format of every channel."""
+    lines = [headline(event)]
+    if event.message:
+        lines.append(event.message)
+    fields = event_fields(event)
+    if fields:
+        lines.append(" · ".join(f"{label}: {value}" for label, value in fields))
+    traceback = event.context.get("traceback")
+    if isinstance(traceback, str) and traceback:
+        lines.append(trim_traceback(traceback))
+    lines.append(source_line(event))
+    return "\n".join(lines)

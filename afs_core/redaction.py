@@ -1,0 +1,41 @@
+"""Keeping secrets out of logs, reprs, errors and history.
+
+Channels declare what is secret; everything the core writes about a delivery goes
+through :func:`scrub` first.
+"""
+
+from __future__ import annotations
+
+import urllib.parse
+from collections.abc import Iterable
+
+MASK = "***"
+
+
+def scrub(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every non-trivial secret replaced by ``***``."""
+    # Longest first, so a secret that contains another is masked whole.
+    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+        text = text.replace(secret, MASK)
+    return text
+
+
+def redact_url(url: str, keep_path_segments: int = 1) -> str:
+    """A URL safe to show: scheme, host and the first path segments, the rest masked.
+
+    ``https://hooks.slack.com/services/T0/B0/XYZ`` becomes
+    ``https://hooks.slack.com/services/***``; user info and query are dropped.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return MASK
+    host = parts.hostname or ""
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    segments = [s for s in parts.path.split("/") if s]
+    shown = segments[:keep_path_segments]
+    path = "/" + "/".join(shown) if shown else ""
+    if len(segments) > len(shown):
+        path += "/" + MASK
+    return f"{parts.scheme}://{host}{path}" if parts.scheme else MASK

@@ -1,0 +1,114 @@
+import math
+
+import pytest
+
+from afs_core import EventType, NotificationEvent
+from afs_core.formatting import (
+    event_fields,
+    format_cost,
+    format_duration,
+    format_number,
+    render_text,
+    strip_control,
+    trim_traceback,
+    truncate,
+)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (0.954321987, "0.9543"),
+        (0.1234, "0.1234"),
+        (3600.0, "3600"),
+        (0.5, "0.5"),
+        (12345.678, "12,345.68"),
+        (0.00001234, "1.234e-05"),
+        (42, "42"),
+        (1_000_000, "1,000,000"),
+        (4.97e80, "4.97e+80"),
+        (10**30, "1e+30"),
+        (math.nan, "NaN"),
+        (math.inf, "inf"),
+        (-math.inf, "-inf"),
+        ("n/a", "n/a"),
+    ],
+)
+def test_numbers_read_like_a_person_wrote_them(value, text):
+    assert format_number(value) == text
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(42, "42s"), (303, "5m 03s"), (3600.0, "1h 00m"), (5400, "1h 30m"), (183600, "2d 03h")],
+)
+def test_durations(seconds, text):
+    assert format_duration(seconds) == text
+
+
+def test_costs():
+    assert format_cost(12.5) == "$12.50"
+    assert format_cost(1234.5) == "$1,234.50"
+    assert format_cost(math.nan) == "NaN"
+
+
+def test_truncate_marks_the_cut():
+    assert truncate("abcdef", 10) == "abcdef"
+    assert truncate("abcdefghij", 5) == "abcd…"
+    assert len(truncate("x" * 100, 7, marker="[cut]")) == 7
+
+
+def test_trim_traceback_keeps_head_and_tail():
+    text = "\n".join(f"line {i}" for i in range(100))
+    trimmed = trim_traceback(text, head=3, tail=5)
+    lines = trimmed.splitlines()
+    assert lines[:3] == ["line 0", "line 1", "line 2"]
+    assert lines[-5:] == [f"line {i}" for i in range(95, 100)]
+    assert "92 lines omitted" in trimmed
+
+
+def test_trim_traceback_bounds_characters():
+    trimmed = trim_traceback("x" * 50_000, max_chars=1000)
+    assert len(trimmed) <= 1000
+    assert "characters omitted" in trimmed
+
+
+def test_strip_control_removes_escapes_and_carriage_returns():
+    hostile = "ok\x1b[2J\x1b]0;pwned\x07\rdone\nnext\x00"
+    assert strip_control(hostile) == "ok[2J]0;pwneddone\nnext"
+    assert strip_control("a\nb", keep="") == "ab"
+
+
+def test_event_fields_format_known_context_and_metrics():
+    event = NotificationEvent(
+        EventType.TRAINING_COMPLETED,
+        "done",
+        "",
+        model_name="m",
+        run_id="r",
+        cost=12.5,
+        metrics={"accuracy": 0.954321987},
+        context={"duration": 3600.0, "final_loss": 0.1234, "traceback": "hidden"},
+    )
+    assert event_fields(event) == [
+        ("Model", "m"),
+        ("Run", "r"),
+        ("Cost", "$12.50"),
+        ("Duration", "1h 00m"),
+        ("Final loss", "0.1234"),
+        ("accuracy", "0.9543"),
+    ]
+
+
+def test_render_text_has_title_message_fields_and_traceback():
+    event = NotificationEvent(
+        EventType.TRAINING_FAILED,
+        "Training failed: m",
+        "Run r failed",
+        model_name="m",
+        context={"traceback": "Traceback\nValueError: bad"},
+    )
+    text = render_text(event)
+    assert text.startswith("❌ Training failed: m\nRun r failed\nModel: m")
+    assert "ValueError: bad" in text
+    assert event.source.host in text
