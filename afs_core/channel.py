@@ -1,0 +1,81 @@
+"""The contract every channel implements, ours and third parties' alike.
+
+A channel only knows how to render an event for its service (``format``) and how
+to send one rendered message (``deliver``). Everything around that — hooks,
+filtering, error handling, never raising — is done once, in the core.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, ClassVar, TypeVar
+
+from afs_core.events import NotificationEvent
+
+_C = TypeVar("_C", bound="Channel")
+
+
+class Channel:
+    """Base class of every channel (console, desktop, email, Slack, Discord, yours).
+
+    Subclasses override :meth:`deliver`, usually :meth:`format` and
+    :meth:`from_env`, and :meth:`secrets` when they hold credentials.
+    """
+
+    #: The channel's registered name ("slack"); set by the registry when empty.
+    name: ClassVar[str] = ""
+
+    def format(self, event: NotificationEvent) -> Any:
+        """Render ``event`` as this channel's message. Default: plain text."""
+        from afs_core.formatting import render_text
+
+        return render_text(event)
+
+    def deliver(self, message: Any) -> Any:
+        """Send one rendered message; raise a :class:`~afs_core.errors.DeliveryError` on failure.
+
+        May block for up to the channel's timeout. Returns an optional receipt.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not implement deliver()")
+
+    def send(self, event: NotificationEvent) -> bool:
+        """Format and deliver ``event`` through the plugin hooks, now, on this thread.
+
+        Never raises: a failure is logged and reported as ``False``.
+        """
+        return self.send_with_outcome(event).delivered
+
+    def send_with_outcome(self, event: NotificationEvent) -> Any:
+        """Like :meth:`send`, but returns the :class:`~afs_core.results.ChannelOutcome`."""
+        from afs_core.dispatch import deliver_event
+        from afs_core.plugins import get_plugins
+
+        return deliver_event(get_plugins(), self.name or type(self).__name__, self, event)
+
+    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
+        """Send several events; returns how many were delivered."""
+        return sum(1 for event in events if self.send(event))
+
+    @classmethod
+    def from_env(cls: type[_C], env: Mapping[str, str]) -> _C | None:
+        """A configured instance from settings, or ``None`` when its settings are absent.
+
+        Raises :class:`~afs_core.errors.ConfigurationError` when settings are
+        present but wrong, so the mistake shows at start-up, not at the first send.
+        """
+        return None
+
+    def is_configured(self) -> bool:
+        """Whether this instance has what it needs to deliver."""
+        return True
+
+    def describe(self) -> str:
+        """A one-line description for status output, with every secret redacted."""
+        return self.name or type(self).__name__
+
+    def secrets(self) -> Iterable[str]:
+        """Strings that must never appear in logs, errors or history (tokens, passwords)."""
+        return ()
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.describe()}>"

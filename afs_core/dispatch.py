@@ -1,0 +1,100 @@
+"""Running one event through the hooks to one channel, without ever raising.
+
+This is the single place where filter, format and deliver hooks meet a channel,
+so the manager, ``Channel.send`` and (later) the background engine behave alike.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from afs_core.events import NotificationEvent
+from afs_core.redaction import scrub
+from afs_core.results import ChannelOutcome, DeliveryStatus
+
+if TYPE_CHECKING:
+    from afs_core.channel import Channel
+    from afs_core.plugins import PluginHost
+
+logger = logging.getLogger("afs.dispatch")
+
+
+def enrich_event(plugins: PluginHost, event: NotificationEvent) -> NotificationEvent:
+    """``event`` with the context every ``afs_enrich_event`` hook adds; never raises."""
+    try:
+        additions = plugins.hook.afs_enrich_event(event=event)
+    except Exception:
+        logger.exception("afs_enrich_event hook failed; event sent without enrichment")
+        return event
+    extra: dict[str, object] = {}
+    for addition in additions:
+        if isinstance(addition, dict) or hasattr(addition, "items"):
+            extra.update(addition)
+    if not extra:
+        return event
+    merged = {**extra, **event.context}  # the caller's own context wins
+    try:
+        return event.evolve(context=merged)
+    except (TypeError, ValueError):
+        logger.exception("afs_enrich_event returned unusable context; ignored")
+        return event
+
+
+def _as_delivery_error(exc: BaseException) -> DeliveryError:
+    if isinstance(exc, DeliveryError):
+        return exc
+    # A network error a channel forgot to classify may pass; anything else is a bug
+    # that retrying will not fix.
+    reason = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, OSError):
+        return TransientDeliveryError(reason)
+    return PermanentDeliveryError(reason)
+
+
+def _secrets_of(channel: Channel) -> list[str]:
+    try:
+        return [s for s in channel.secrets() if isinstance(s, str)]
+    except Exception:
+        return []
+
+
+def deliver_event(
+    plugins: PluginHost, name: str, channel: Channel, event: NotificationEvent
+) -> ChannelOutcome:
+    """Filter, format and deliver ``event`` to ``channel``; report what happened."""
+    hook = plugins.hook
+    try:
+        verdicts = hook.afs_filter_event(event=event, channel=channel)
+        if any(verdict is False for verdict in verdicts):
+            return ChannelOutcome(name, DeliveryStatus.FILTERED)
+        message = hook.afs_format_event(event=event, channel=channel)
+        if message is None:
+            raise PermanentDeliveryError("no afs_format_event implementation produced a message")
+        hook.afs_deliver(message=message, channel=channel, event=event)
+    except Exception as exc:  # never into the caller's training loop
+        raw = _as_delivery_error(exc)
+        reason = scrub(str(raw.reason), _secrets_of(channel))
+        # Hooks and logs only ever see the scrubbed reason, never the raw exception.
+        kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
+        error = kind(reason, retry_after=raw.retry_after)
+        logger.warning("afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
+        _report_failure(plugins, event, channel, error)
+        return ChannelOutcome(
+            name,
+            DeliveryStatus.FAILED,
+            error=reason,
+            permanent=error.permanent,
+            retry_after=error.retry_after,
+        )
+    return ChannelOutcome(name, DeliveryStatus.DELIVERED)
+
+
+def _report_failure(
+    plugins: PluginHost, event: NotificationEvent, channel: Channel, error: DeliveryError
+) -> None:
+    try:
+        plugins.hook.afs_delivery_failed(event=event, channel=channel, error=error)
+    except Exception:
+        logger.exception("afs_delivery_failed hook raised; ignored")
