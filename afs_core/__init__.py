@@ -1,0 +1,74 @@
+"""AFS notifications: tell people what their training runs are doing.
+
+Names are imported on first use, so ``import afs_core`` stays cheap for scripts
+that only need a part of it.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__all__ = [
+    "Channel",
+    "ChannelOutcome",
+    "ConfigurationError",
+    "DeliveryError",
+    "EventCategory",
+    "EventType",
+    "NotificationEvent",
+    "NotificationLevel",
+    "NotificationManager",
+    "NotifyResult",
+    "PermanentDeliveryError",
+    "PluginHost",
+    "Source",
+    "TransientDeliveryError",
+    "hookimpl",
+]
+
+_WHERE = {
+    "Channel": "afs_core.channel",
+    "ChannelOutcome": "afs_core.results",
+    "NotifyResult": "afs_core.results",
+    "ConfigurationError": "afs_core.errors",
+    "DeliveryError": "afs_core.errors",
+    "PermanentDeliveryError": "afs_core.errors",
+    "TransientDeliveryError": "afs_core.errors",
+    "EventCategory": "afs_core.events",
+    "EventType": "afs_core.events",
+    "NotificationEvent": "afs_core.events",
+    "NotificationLevel": "afs_core.events",
+    "NotificationManager": "afs_core.manager",
+    "PluginHost": "afs_core.plugins",
+    "Source": "afs_core.source",
+    "hookimpl": "afs_core.hookspecs",
+}
+
+if TYPE_CHECKING:
+    from afs_core.channel import Channel
+    from afs_core.errors import (
+        ConfigurationError,
+        DeliveryError,
+        PermanentDeliveryError,
+        TransientDeliveryError,
+    )
+    from afs_core.events import EventCategory, EventType, NotificationEvent, NotificationLevel
+    from afs_core.hookspecs import hookimpl
+    from afs_core.manager import NotificationManager
+    from afs_core.plugins import PluginHost
+    from afs_core.results import ChannelOutcome, NotifyResult
+    from afs_core.source import Source
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'afs_core' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *__all__])

@@ -1,0 +1,77 @@
+"""Reading settings: ``.env`` for convenience, the real environment always winning.
+
+Channels receive the merged settings as a plain mapping, so ``from_env`` is easy
+to test and the process environment is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from afs_core.errors import ConfigurationError
+
+_TRUE = frozenset({"1", "true", "yes", "on"})
+_FALSE = frozenset({"0", "false", "no", "off"})
+
+
+def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
+    """The settings: ``.env`` values (``dotenv_path``, or the nearest ``.env`` found
+    from the working directory upwards) overlaid by the process environment."""
+    from dotenv import dotenv_values, find_dotenv
+
+    if dotenv_path is None:
+        found = find_dotenv(usecwd=True)
+        path = Path(found) if found else None
+    else:
+        path = Path(dotenv_path)
+        if not path.is_file():
+            raise ConfigurationError(f"env file {str(path)!r} does not exist")
+    values: dict[str, str] = {}
+    if path is not None:
+        values = {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values.update(os.environ)
+    return values
+
+
+def env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if raw == "":
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigurationError(f"{key} must be true or false, got {raw!r}")
+
+
+def env_float(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
+    raw = env.get(key, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be a number, got {raw!r}") from None
+    if not value >= minimum:  # also rejects NaN
+        raise ConfigurationError(f"{key} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def env_int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
+    raw = env.get(key, "").strip()
+    if raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise ConfigurationError(f"{key} must be a whole number, got {raw!r}") from None
+    if value < minimum:
+        raise ConfigurationError(f"{key} must be at least {minimum}, got {raw!r}")
+    return value
+
+
+def env_list(env: Mapping[str, str], key: str) -> list[str]:
+    """A comma-separated setting as a list, blanks dropped."""
+    return [part.strip() for part in env.get(key, "").split(",") if part.strip()]

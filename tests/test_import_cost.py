@@ -1,0 +1,43 @@
+"""``import afs_core`` stays light: no HTTP client, no plugin, nothing a script does not use."""
+
+import json
+import subprocess
+import sys
+
+PROBE = """
+import json, sys
+import afs_core
+after_import = sorted(sys.modules)
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+manager.notify("probe", "probe")
+print(json.dumps({"after_import": after_import, "after_notify": sorted(sys.modules)}))
+"""
+
+
+def run_probe(**env):
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=60,
+        env={"PATH": "", "AFS_CONSOLE": "false", **env},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_import_afs_core_loads_no_heavy_or_plugin_modules():
+    modules = run_probe()
+    heavy = {"requests", "urllib3", "pluggy", "attrs", "dotenv", "afs_slack", "afs_discord", "afs_email", "afs_desktop"}
+    assert not heavy & {m.split(".")[0] for m in modules["after_import"]}
+
+
+def test_plugins_that_are_not_allowed_are_not_imported():
+    modules = {m.split(".")[0] for m in run_probe(AFS_LOAD_PLUGINS="")["after_notify"]}
+    assert "pluggy" in modules and "attrs" in modules  # the probe really did the work
+    assert not modules & {"afs_slack", "afs_discord", "afs_email", "afs_desktop"}
+
+
+def test_loading_every_installed_plugin_does_not_import_an_http_client():
+    # Channels import their HTTP client when they first deliver, keeping start-up fast.
+    modules = {m.split(".")[0] for m in run_probe()["after_notify"]}
+    assert "pluggy" in modules
+    assert not modules & {"requests", "urllib3"}
