@@ -1,0 +1,130 @@
+"""Test helpers for channel and plugin authors, loaded by pytest automatically.
+
+Installed as a pytest plugin (``pytest11`` entry point), so any project that has
+afs-core installed gets these fixtures:
+
+- ``afs_plugins``: a clean :class:`~afs_core.plugins.PluginHost` (the core's own
+  plugins only) that is also the process default for the test, so
+  ``channel.send()`` runs through it. Register the plugin under test on it.
+- ``recording_channel``: a :class:`RecordingChannel` that keeps what it is sent.
+- ``afs_manager``: a manager on ``afs_plugins`` with ``recording_channel`` registered.
+- ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
+- ``afs_isolated_env``: removes AFS, channel and rank settings from the environment
+  and moves to an empty working directory, so no developer ``.env`` leaks into a
+  test (``usefixtures = afs_isolated_env`` applies it everywhere).
+
+and :func:`would_send`, which shows what a channel would send for an event.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_core.channel import Channel
+from afs_core.errors import DeliveryError
+from afs_core.events import EventType, NotificationEvent
+from afs_core.hookspecs import hookimpl
+from afs_core.manager import NotificationManager
+from afs_core.plugins import PluginHost, get_plugins, use_plugins
+
+__all__ = ["RecordingChannel", "make_event", "would_send"]
+
+
+class RecordingChannel(Channel):
+    """A channel that delivers into a list; set ``fail_with`` to make it fail."""
+
+    name = "recording"
+
+    def __init__(self, fail_with: DeliveryError | None = None) -> None:
+        self.messages: list[Any] = []
+        self.fail_with = fail_with
+
+    def deliver(self, message: Any) -> None:
+        if self.fail_with is not None:
+            raise self.fail_with
+        self.messages.append(message)
+
+
+class _RecordingPlugin:
+    """Registers :class:`RecordingChannel` as the ``recording`` channel."""
+
+    @hookimpl
+    def afs_register_channels(self, register: Callable[..., None]) -> None:
+        register("recording", RecordingChannel)
+
+
+def make_event(
+    event_type: EventType | str = EventType.TRAINING_COMPLETED,
+    title: str = "Training completed: tiny-model",
+    message: str = "Run run-1 finished.",
+    **fields: Any,
+) -> NotificationEvent:
+    """A valid event with sensible defaults; any field can be overridden."""
+    fields.setdefault("model_name", "tiny-model")
+    fields.setdefault("run_id", "run-1")
+    return NotificationEvent(event_type, title, message, **fields)
+
+
+def would_send(
+    channel: Channel, event: NotificationEvent, plugins: PluginHost | None = None
+) -> Any:
+    """The message ``channel`` would send for ``event`` after the filter and format
+    hooks ran, without delivering it; ``None`` when a filter holds it back."""
+    hook = (plugins or get_plugins()).hook
+    if any(verdict is False for verdict in hook.afs_filter_event(event=event, channel=channel)):
+        return None
+    return hook.afs_format_event(event=event, channel=channel)
+
+
+# Settings that from_env() reads, for the core and the first-party channels, and
+# the launcher variables that decide the rank.
+ISOLATED_PREFIXES = ("AFS_", "SLACK_", "DISCORD_", "SMTP_", "DESKTOP_NOTIFICATIONS_")
+ISOLATED_NAMES = frozenset(
+    {"FROM_EMAIL", "TO_EMAILS", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
+     "LOCAL_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK",
+     "OMPI_COMM_WORLD_SIZE", "MV2_COMM_WORLD_RANK", "SLURM_PROCID", "SLURM_NTASKS",
+     "JSM_NAMESPACE_RANK", "KERAS_DISTRIBUTION_PROCESS_ID"}
+)
+
+
+@pytest.fixture
+def afs_isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No AFS, channel or rank settings, and an empty working directory (returned)."""
+    for name in list(os.environ):
+        if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
+            monkeypatch.delenv(name)
+    workdir = tmp_path / "cwd"
+    workdir.mkdir(exist_ok=True)
+    monkeypatch.chdir(workdir)
+    return workdir
+
+
+@pytest.fixture
+def afs_plugins() -> Iterator[PluginHost]:
+    """A plugin host with only the core's plugins and the ``recording`` channel."""
+    host = PluginHost(load_entry_points=False, strict=True)
+    host.register(_RecordingPlugin(), name="afs.testing.recording")
+    with use_plugins(host):
+        yield host
+
+
+@pytest.fixture
+def recording_channel() -> RecordingChannel:
+    return RecordingChannel()
+
+
+@pytest.fixture
+def afs_manager(afs_plugins: PluginHost, recording_channel: RecordingChannel) -> NotificationManager:
+    manager = NotificationManager(plugins=afs_plugins)
+    manager.register_handler("recording", recording_channel)
+    return manager
+
+
+@pytest.fixture(name="make_event")
+def make_event_fixture() -> Callable[..., NotificationEvent]:
+    return make_event

@@ -1,0 +1,63 @@
+"""The fixtures afs-core gives plugin authors behave as documented."""
+
+from afs_core import Channel, EventType, hookimpl
+from afs_core.plugins import get_plugins
+from afs_core.testing import RecordingChannel, would_send
+
+
+def test_afs_plugins_is_clean_and_the_process_default(afs_plugins):
+    assert set(afs_plugins.channels) == {"console", "recording"}
+    assert get_plugins() is afs_plugins
+    assert afs_plugins.strict
+
+
+def test_afs_manager_delivers_to_the_recording_channel(afs_manager, recording_channel, make_event):
+    result = afs_manager.send_event(make_event(metrics={"acc": 0.9}))
+    assert result.delivered == ["recording"]
+    assert recording_channel.messages[0].startswith("✅ Training completed: tiny-model")
+
+
+def test_would_send_shows_the_message_after_hooks_without_sending(afs_plugins, make_event):
+    class Shout:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            return event.title.upper()
+
+        @hookimpl
+        def afs_filter_event(self, event, channel):
+            return event.event_type is not EventType.BATCH_PROCESSED
+
+    afs_plugins.register(Shout(), name="shout")
+    channel = RecordingChannel()
+    assert would_send(channel, make_event()) == "TRAINING COMPLETED: TINY-MODEL"
+    assert would_send(channel, make_event(EventType.BATCH_PROCESSED, "b")) is None
+    assert channel.messages == []
+
+
+def test_channel_send_uses_the_hooks_of_the_default_host(afs_plugins, make_event):
+    class Tag:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            return f"tagged {event.run_id}"
+
+    afs_plugins.register(Tag(), name="tag")
+    channel = RecordingChannel()
+    assert channel.send(make_event()) is True
+    assert channel.messages == ["tagged run-1"]
+    assert channel.send_batch([make_event(), make_event()]) == 2
+
+
+def test_send_returns_false_and_never_raises(afs_plugins, make_event):
+    class Broken(Channel):
+        def deliver(self, message):
+            raise RuntimeError("bug")
+
+    assert Broken().send(make_event()) is False
+    assert Broken().send_batch([make_event()] * 3) == 0
+
+
+def test_isolated_env_leaves_no_settings(monkeypatch, afs_isolated_env):
+    import os
+
+    assert not [k for k in os.environ if k.startswith(("AFS_", "SLACK_"))]
+    assert os.getcwd() == str(afs_isolated_env)
