@@ -1,0 +1,68 @@
+"""Start-up cost of AFS notifications, measured in fresh interpreters.
+
+Reports the median wall time, over many runs, of:
+  1. ``python -c pass``                         (the baseline)
+  2. ``python -c "import afs_core"``            (added import time; target < 50 ms)
+     and ``from afs_core import NotificationManager`` (the package loads names lazily,
+     so this is what a training script really pays)
+  3. interpreter start to the first ``notify()`` returning, with every installed
+     plugin loaded and the console channel writing to /dev/null (target < 100 ms
+     over the baseline).
+
+Run it with the interpreter whose environment you want to measure, e.g. after the
+README's install: ``.venv/bin/pip install -q . plugins/* && .venv/bin/python benchmarks/startup.py``
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+FIRST_NOTIFY = (
+    "from afs_core import NotificationManager\n"
+    "manager = NotificationManager.from_env()\n"
+    "manager.notify_training_started(model_name='bench', run_id='r1', epochs=1)\n"
+)
+
+
+def median_ms(code: str, runs: int, env: dict[str, str], cwd: str) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], env=env, cwd=cwd, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=60)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--runs", type=int, default=40)
+    args = parser.parse_args()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_")}
+    with tempfile.TemporaryDirectory() as cwd:  # no .env, no source tree on sys.path
+        median_ms("pass", 5, env, cwd)  # warm the file cache
+        median_ms(FIRST_NOTIFY, 5, env, cwd)
+        base = median_ms("pass", args.runs, env, cwd)
+        imported = median_ms("import afs_core", args.runs, env, cwd)
+        manager_import = median_ms("from afs_core import NotificationManager", args.runs, env, cwd)
+        first = median_ms(FIRST_NOTIFY, args.runs, env, cwd)
+        plugins = subprocess.run(
+            [sys.executable, "-c", "from afs_core.plugins import get_plugins;"
+             "print(','.join(sorted(get_plugins().channels)))"],
+            env=env, cwd=cwd, capture_output=True, text=True, check=True,
+        ).stdout.strip()
+    print(f"python {sys.version.split()[0]}, {args.runs} runs each, medians; channels: {plugins}")
+    print(f"python -c pass                        {base:7.1f} ms")
+    print(f"import afs_core                       {imported:7.1f} ms  (+{imported - base:.1f} ms)")
+    print(f"from afs_core import NotificationManager {manager_import:4.1f} ms  (+{manager_import - base:.1f} ms)")
+    print(f"start to first notify() returning     {first:7.1f} ms  (+{first - base:.1f} ms)")
+
+
+if __name__ == "__main__":
+    main()
