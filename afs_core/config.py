@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from afs_core.errors import ConfigurationError
 
@@ -46,30 +47,25 @@ def env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
     raise ConfigurationError(f"{key} must be true or false, got {raw!r}")
 
 
-def env_float(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
+def _env_number(env: Mapping[str, str], key: str, default: Any, minimum: Any, parse: Any, kind: str) -> Any:
     raw = env.get(key, "").strip()
     if raw == "":
         return default
     try:
-        value = float(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(f"{key} must be a number, got {raw!r}") from None
+        raise ConfigurationError(f"{key} must be {kind}, got {raw!r}") from None
     if not value >= minimum:  # also rejects NaN
         raise ConfigurationError(f"{key} must be at least {minimum}, got {raw!r}")
     return value
 
 
+def env_float(env: Mapping[str, str], key: str, default: float, *, minimum: float = 0.0) -> float:
+    return float(_env_number(env, key, default, minimum, float, "a number"))
+
+
 def env_int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0) -> int:
-    raw = env.get(key, "").strip()
-    if raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise ConfigurationError(f"{key} must be a whole number, got {raw!r}") from None
-    if value < minimum:
-        raise ConfigurationError(f"{key} must be at least {minimum}, got {raw!r}")
-    return value
+    return int(_env_number(env, key, default, minimum, int, "a whole number"))
 
 
 def env_list(env: Mapping[str, str], key: str) -> list[str]:

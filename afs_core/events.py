@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import enum
+import functools
 import math
 import numbers
 import uuid
@@ -22,7 +23,22 @@ from afs_core.source import Source
 MetricValue = Union[int, float, str]
 
 
-class NotificationLevel(enum.Enum):
+class _TextEnum(enum.Enum):
+    """An enum that also accepts its members' names and values in any case, as
+    they arrive from .env files and command lines ("WARNING", " loss_improved ")."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> _TextEnum | None:
+        if isinstance(value, str):
+            wanted = value.strip().lower()
+            for member in cls:
+                if member.value == wanted:
+                    return member
+        return None
+
+
+@functools.total_ordering
+class NotificationLevel(_TextEnum):
     """How loud an event is. Levels are ordered: ``level >= NotificationLevel.ERROR``."""
 
     INFO = "info"
@@ -36,36 +52,10 @@ class NotificationLevel(enum.Enum):
         """Position in the order INFO < SUCCESS < WARNING < ERROR < CRITICAL."""
         return _SEVERITY[self]
 
-    @classmethod
-    def _missing_(cls, value: object) -> NotificationLevel | None:
-        # Accept "WARNING", " warning " and the like from .env files and CLIs.
-        if isinstance(value, str):
-            wanted = value.strip().lower()
-            for member in cls:
-                if member.value == wanted:
-                    return member
-        return None
-
-    def _compare(self, other: object) -> int:
-        if not isinstance(other, NotificationLevel):
-            return NotImplemented  # type: ignore[return-value]
-        return self.severity - other.severity
-
     def __lt__(self, other: object) -> bool:
-        diff = self._compare(other)
-        return diff if diff is NotImplemented else diff < 0  # type: ignore[return-value]
-
-    def __le__(self, other: object) -> bool:
-        diff = self._compare(other)
-        return diff if diff is NotImplemented else diff <= 0  # type: ignore[return-value]
-
-    def __gt__(self, other: object) -> bool:
-        diff = self._compare(other)
-        return diff if diff is NotImplemented else diff > 0  # type: ignore[return-value]
-
-    def __ge__(self, other: object) -> bool:
-        diff = self._compare(other)
-        return diff if diff is NotImplemented else diff >= 0  # type: ignore[return-value]
+        if not isinstance(other, NotificationLevel):
+            return NotImplemented
+        return self.severity < other.severity
 
 
 _SEVERITY = {level: index for index, level in enumerate(NotificationLevel)}
@@ -108,7 +98,7 @@ _EVENT_TYPE_TABLE: dict[str, tuple[EventCategory, NotificationLevel]] = {
 }
 
 
-class EventType(enum.Enum):
+class EventType(_TextEnum):
     """What happened. Each type knows its category and its default level."""
 
     TRAINING_STARTED = "training_started"
@@ -141,15 +131,6 @@ class EventType(enum.Enum):
     def default_level(self) -> NotificationLevel:
         return _EVENT_TYPE_TABLE[self.value][1]
 
-    @classmethod
-    def _missing_(cls, value: object) -> EventType | None:
-        # Accept member names ("LOSS_IMPROVED") as well as values.
-        if isinstance(value, str):
-            wanted = value.strip().lower()
-            for member in cls:
-                if member.value == wanted:
-                    return member
-        return None
 
 
 def _enum_converter(enum_cls: type[enum.Enum], field_name: str) -> Any:

@@ -56,9 +56,11 @@ def format_number(value: Any) -> str:
 
 
 def format_duration(seconds: float) -> str:
-    """``42s``, ``5m 03s``, ``1h 00m``, ``2d 03h``."""
+    """``0.4s``, ``42s``, ``5m 03s``, ``1h 00m``, ``2d 03h``."""
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return format_number(seconds)
+    if 0 <= seconds < 9.95:
+        return f"{seconds:.1f}s"
     total = int(round(max(seconds, 0.0)))
     days, rest = divmod(total, 86_400)
     hours, rest = divmod(rest, 3_600)

@@ -40,7 +40,7 @@ def test_numbers_read_like_a_person_wrote_them(value, text):
 
 @pytest.mark.parametrize(
     ("seconds", "text"),
-    [(42, "42s"), (303, "5m 03s"), (3600.0, "1h 00m"), (5400, "1h 30m"), (183600, "2d 03h")],
+    [(0.42, "0.4s"), (42, "42s"), (303, "5m 03s"), (3600.0, "1h 00m"), (5400, "1h 30m"), (183600, "2d 03h")],
 )
 def test_durations(seconds, text):
     assert format_duration(seconds) == text
