@@ -8,9 +8,12 @@ filtering, error handling, never raising — is done once, in the core.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, ClassVar, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from afs_core.events import NotificationEvent
+
+if TYPE_CHECKING:
+    from afs_core.results import ChannelOutcome
 
 _C = TypeVar("_C", bound="Channel")
 
@@ -45,12 +48,13 @@ class Channel:
         """
         return self.send_with_outcome(event).delivered
 
-    def send_with_outcome(self, event: NotificationEvent) -> Any:
+    def send_with_outcome(self, event: NotificationEvent) -> ChannelOutcome:
         """Like :meth:`send`, but returns the :class:`~afs_core.results.ChannelOutcome`."""
-        from afs_core.dispatch import deliver_event
+        from afs_core.dispatch import deliver_event, enrich_event
         from afs_core.plugins import get_plugins
 
-        return deliver_event(get_plugins(), self.name or type(self).__name__, self, event)
+        plugins = get_plugins()
+        return deliver_event(plugins, self.name or type(self).__name__, self, enrich_event(plugins, event))
 
     def send_batch(self, events: Iterable[NotificationEvent]) -> int:
         """Send several events; returns how many were delivered."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.events import NotificationEvent
+from afs_core.formatting import strip_control
 from afs_core.redaction import scrub
 from afs_core.results import ChannelOutcome, DeliveryStatus
 
@@ -23,9 +24,11 @@ logger = logging.getLogger("afs.dispatch")
 
 def enrich_event(plugins: PluginHost, event: NotificationEvent) -> NotificationEvent:
     """``event`` with the context every ``afs_enrich_event`` hook adds; never raises."""
+    if not isinstance(event, NotificationEvent):
+        return event  # deliver_event reports it
     try:
         additions = plugins.hook.afs_enrich_event(event=event)
-    except Exception:
+    except (Exception, SystemExit):
         logger.exception("afs_enrich_event hook failed; event sent without enrichment")
         return event
     extra: dict[str, object] = {}
@@ -45,6 +48,8 @@ def enrich_event(plugins: PluginHost, event: NotificationEvent) -> NotificationE
 def _as_delivery_error(exc: BaseException) -> DeliveryError:
     if isinstance(exc, DeliveryError):
         return exc
+    if isinstance(exc, SystemExit):
+        return PermanentDeliveryError(f"channel called sys.exit({exc.code!r})")
     # A network error a channel forgot to classify may pass; anything else is a bug
     # that retrying will not fix.
     reason = f"{type(exc).__name__}: {exc}"
@@ -64,6 +69,11 @@ def deliver_event(
     plugins: PluginHost, name: str, channel: Channel, event: NotificationEvent
 ) -> ChannelOutcome:
     """Filter, format and deliver ``event`` to ``channel``; report what happened."""
+    if not isinstance(event, NotificationEvent):
+        logger.error("afs: %r was given %s, not a NotificationEvent; nothing sent", name, type(event).__name__)
+        return ChannelOutcome(
+            name, DeliveryStatus.FAILED, error=f"not a NotificationEvent: {type(event).__name__}", permanent=True
+        )
     hook = plugins.hook
     try:
         verdicts = hook.afs_filter_event(event=event, channel=channel)
@@ -73,9 +83,10 @@ def deliver_event(
         if message is None:
             raise PermanentDeliveryError("no afs_format_event implementation produced a message")
         hook.afs_deliver(message=message, channel=channel, event=event)
-    except Exception as exc:  # never into the caller's training loop
+    except (Exception, SystemExit) as exc:  # never into the caller's training loop
         raw = _as_delivery_error(exc)
-        reason = scrub(str(raw.reason), _secrets_of(channel))
+        # Service text can carry escape sequences; logs and history get plain text.
+        reason = strip_control(scrub(str(raw.reason), _secrets_of(channel)), keep="")
         # Hooks and logs only ever see the scrubbed reason, never the raw exception.
         kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
         error = kind(reason, retry_after=raw.retry_after)
@@ -96,5 +107,5 @@ def _report_failure(
 ) -> None:
     try:
         plugins.hook.afs_delivery_failed(event=event, channel=channel, error=error)
-    except Exception:
+    except (Exception, SystemExit):
         logger.exception("afs_delivery_failed hook raised; ignored")

@@ -13,7 +13,6 @@ import math
 import numbers
 import uuid
 from collections.abc import Iterable, Mapping
-from types import MappingProxyType
 from typing import Any, Union
 
 import attrs
@@ -152,7 +151,7 @@ def _enum_converter(enum_cls: type[enum.Enum], field_name: str) -> Any:
     return convert
 
 
-def _metric_value(key: str, value: object) -> MetricValue:
+def as_metric_value(key: str, value: object) -> MetricValue:
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
     if isinstance(value, bool):
@@ -168,28 +167,58 @@ def _metric_value(key: str, value: object) -> MetricValue:
     )
 
 
+class FrozenDict(dict):  # type: ignore[type-arg]
+    """A dict that refuses changes: events stay immutable, yet pickle and copy like a dict."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("event mappings are read-only; use event.evolve(...)")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+    __ior__ = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict:
+        return self  # immutable all the way down (see _convert_context)
+
+    def __copy__(self) -> FrozenDict:
+        return self
+
+
+def _frozen(value: object) -> Any:
+    """A deep, read-only copy of plain containers; other values are kept as they are."""
+    if isinstance(value, Mapping):
+        return FrozenDict({key: _frozen(item) for key, item in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple(_frozen(item) for item in value)
+    if isinstance(value, (set, frozenset)):
+        return frozenset(_frozen(item) for item in value)
+    return value
+
+
 def _convert_metrics(value: object) -> Mapping[str, MetricValue]:
     if value is None:
-        return MappingProxyType({})
+        return FrozenDict()
     if not isinstance(value, Mapping):
         raise TypeError(f"metrics must be a mapping of name to number, got {type(value).__name__}")
     metrics: dict[str, MetricValue] = {}
     for key, item in value.items():
         if not isinstance(key, str):
             raise TypeError(f"metrics keys must be strings, got {key!r}")
-        metrics[key] = _metric_value(key, item)
-    return MappingProxyType(metrics)
+        metrics[key] = as_metric_value(key, item)
+    return FrozenDict(metrics)
 
 
 def _convert_context(value: object) -> Mapping[str, Any]:
     if value is None:
-        return MappingProxyType({})
+        return FrozenDict()
     if not isinstance(value, Mapping):
         raise TypeError(f"context must be a mapping, got {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"context keys must be strings, got {key!r}")
-    return MappingProxyType(dict(value))
+    return _frozen(value)
 
 
 def _convert_tags(value: object) -> tuple[str, ...]:
@@ -222,11 +251,6 @@ def _optional(kind: type | tuple[type, ...]) -> Any:
     return _of_type(kind, optional=True)
 
 
-def _non_negative(instance: object, attribute: attrs.Attribute, value: Any) -> None:
-    if value is not None and value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
-
-
 def _finite_or_none(instance: object, attribute: attrs.Attribute, value: Any) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
@@ -234,7 +258,10 @@ def _finite_or_none(instance: object, attribute: attrs.Attribute, value: Any) ->
 
 def _to_float_or_none(value: object) -> object:
     if isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ValueError("cost is too large: over 1e308") from None
     return value
 
 
@@ -254,7 +281,13 @@ def _new_id() -> str:
     return uuid.uuid4().hex
 
 
-_int = _optional(int)
+def _count(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{attribute.name} must be int or None, got {type(value).__name__} {value!r:.60}")
+    if value < 0:
+        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
 
 
 @attrs.frozen(kw_only=False)
@@ -274,10 +307,10 @@ class NotificationEvent:
     model_name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
     run_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
     epoch: int | None = attrs.field(
-        default=None, kw_only=True, validator=[_int, _non_negative]
+        default=None, kw_only=True, validator=_count
     )
     batch: int | None = attrs.field(
-        default=None, kw_only=True, validator=[_int, _non_negative]
+        default=None, kw_only=True, validator=_count
     )
     cost: float | None = attrs.field(
         default=None,

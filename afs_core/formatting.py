@@ -23,6 +23,10 @@ LEVEL_EMOJI: Mapping[NotificationLevel, str] = {
 
 ELLIPSIS = "…"
 
+# Characters that reorder the text around them (a "Trojan Source" trick); the
+# joiners that build emoji sequences are not among them and are kept.
+_BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 # Context keys with a known meaning: label and how to show the value.
 _COST_KEYS = frozenset({"threshold", "current_cost"})
 _DURATION_KEYS = frozenset({"duration"})
@@ -43,7 +47,8 @@ def format_number(value: Any) -> str:
         return str(value)
     if isinstance(value, int):
         if abs(value) >= 10**15:
-            return f"{value:.4g}"
+            digits = str(abs(value))  # too large for a float: scientific by hand
+            return f"{'-' if value < 0 else ''}{digits[0]}.{digits[1:4]}e+{len(digits) - 1}"
         return f"{value:,}" if abs(value) >= 10_000 else str(value)
     if math.isnan(value):
         return "NaN"
@@ -101,7 +106,9 @@ def strip_control(text: str, keep: str = "\n\t") -> str:
     hiding itself.
     """
     return "".join(
-        ch for ch in text if ch in keep or unicodedata.category(ch) not in ("Cc", "Cs")
+        ch
+        for ch in text
+        if ch in keep or (unicodedata.category(ch) not in ("Cc", "Cs") and ch not in _BIDI_CONTROLS)
     )
 
 

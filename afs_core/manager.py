@@ -20,7 +20,7 @@ from afs_core.channel import Channel
 from afs_core.config import env_bool, load_env
 from afs_core.dispatch import deliver_event, enrich_event
 from afs_core.errors import ConfigurationError, TransientDeliveryError
-from afs_core.events import EventType, NotificationEvent, NotificationLevel
+from afs_core.events import EventType, NotificationEvent, NotificationLevel, as_metric_value
 from afs_core.formatting import format_cost, format_duration, format_number, trim_traceback
 from afs_core.plugins import PluginHost, get_plugins
 from afs_core.results import NotifyResult
@@ -31,17 +31,39 @@ _F = TypeVar("_F", bound=Callable[..., NotifyResult])
 
 
 def _never_raises(method: _F) -> _F:
-    """Turn any exception in a notify method into a rejected result and a log line."""
+    """Turn any exception in a notify method into a rejected result and a log line
+    (SystemExit from a plugin included: only Ctrl-C may stop the caller)."""
 
     @functools.wraps(method)
     def guarded(self: NotificationManager, *args: Any, **kwargs: Any) -> NotifyResult:
         try:
             return method(self, *args, **kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             logger.error("afs: notification rejected by %s(): %s", method.__name__, exc)
             return NotifyResult(None, rejected=f"{type(exc).__name__}: {exc}")
 
     return guarded  # type: ignore[return-value]
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _usable_metrics(metrics: Mapping[Any, Any] | None) -> dict[str, Any]:
+    """Metrics the event model accepts: one odd value must not cost the whole message,
+    so ``None`` is dropped and anything else that is not a number is shown as text."""
+    usable: dict[str, Any] = {}
+    for key, value in (metrics or {}).items():
+        if value is None:
+            continue
+        try:
+            usable[_safe_str(key)] = as_metric_value(_safe_str(key), value)
+        except TypeError:
+            usable[_safe_str(key)] = _safe_str(value)
+    return usable
 
 
 def _error_context(error: BaseException | str | None) -> tuple[str | None, dict[str, Any]]:
@@ -49,13 +71,16 @@ def _error_context(error: BaseException | str | None) -> tuple[str | None, dict[
     if error is None:
         return None, {}
     if isinstance(error, BaseException):
-        details = f"{type(error).__name__}: {error}"
-        lines = _traceback.format_exception(type(error), error, error.__traceback__)
+        details = f"{type(error).__name__}: {_safe_str(error)}"
         context: dict[str, Any] = {"error_type": type(error).__name__}
         if error.__traceback__ is not None:
-            context["traceback"] = trim_traceback("".join(lines))
+            try:
+                lines = _traceback.format_exception(type(error), error, error.__traceback__)
+                context["traceback"] = trim_traceback("".join(lines))
+            except Exception:  # an exception whose str() fails; keep what we have
+                pass
         return details, context
-    return str(error), {}
+    return _safe_str(error), {}
 
 
 def _run_label(model_name: str | None, run_id: str | None) -> str:
@@ -219,7 +244,7 @@ class NotificationManager:
             level=NotificationLevel.INFO if level is None else level,
             model_name=model_name,
             run_id=run_id,
-            metrics=metrics or {},
+            metrics=_usable_metrics(metrics),
             context={**extra, **context},
             **fields,
         )
@@ -235,6 +260,7 @@ class NotificationManager:
         **fields: Any,
     ) -> NotifyResult:
         fields["context"] = {k: v for k, v in (fields.get("context") or {}).items() if v is not None}
+        fields["metrics"] = _usable_metrics(fields.get("metrics"))
         event = NotificationEvent(
             event_type, title, message, level=level or event_type.default_level, **fields
         )

@@ -27,6 +27,10 @@ BUILTIN_PLUGINS = ("afs_core.default_plugins.console", "afs_core.default_plugins
 
 logger = logging.getLogger("afs.plugins")
 
+# A plugin that calls sys.exit() while importing (argparse at import time, say) must
+# not end the training run; Ctrl-C still does.
+_CAUGHT = (Exception, SystemExit)
+
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _TRUE = frozenset({"1", "true", "yes", "on"})
 
@@ -90,6 +94,7 @@ class PluginHost:
         self.failures: list[PluginFailure] = []
         self._distributions: dict[str, tuple[str | None, str | None]] = {}
         self.channels: dict[str, ChannelSpec] = {}
+        self._registration_order: list[str] = []
         if trace:
             self.pm.trace.root.setwriter(logger.debug)
             self.pm.enable_tracing()
@@ -97,6 +102,7 @@ class PluginHost:
 
         for module_name in BUILTIN_PLUGINS:
             self.pm.register(importlib.import_module(module_name), name=module_name)
+            self._registration_order.append(module_name)
         if load_entry_points:
             self._load_entry_points(None if allow is None else frozenset(allow))
         self._collect_channels()
@@ -129,7 +135,7 @@ class PluginHost:
                 continue
             try:
                 plugin = ep.load()
-            except Exception as exc:
+            except _CAUGHT as exc:
                 self._fail(ep.name, dist_name, f"failed to import {ep.value}: {exc!r}", exc)
                 continue
             if self._register_checked(plugin, ep.name, dist_name):
@@ -148,6 +154,8 @@ class PluginHost:
 
     def unregister(self, name: str) -> None:
         self.pm.unregister(name=name)
+        if name in self._registration_order:
+            self._registration_order.remove(name)
         self._distributions.pop(name, None)
         self._collect_channels()
 
@@ -163,6 +171,7 @@ class PluginHost:
             self.pm.unregister(name=name)
             self._fail(name, dist_name, f"has an unknown hook: {exc}", exc)
             return False
+        self._registration_order.append(name)
         return True
 
     def _fail(self, name: str, dist_name: str | None, error: str, exc: BaseException) -> None:
@@ -176,24 +185,40 @@ class PluginHost:
 
     def _collect_channels(self) -> None:
         channels: dict[str, ChannelSpec] = {}
-        # get_hookimpls() lists plugins in registration order: the core's own first,
-        # so a plugin cannot take over a built-in channel name by accident.
-        for impl in self.pm.hook.afs_register_channels.get_hookimpls():
+        # Ask plugins in registration order, the core's own first, whatever their
+        # tryfirst/trylast marks: a plugin cannot take over a built-in channel name.
+        order = {name: index for index, name in enumerate(self._registration_order)}
+        impls = sorted(
+            self.pm.hook.afs_register_channels.get_hookimpls(),
+            key=lambda impl: order.get(impl.plugin_name, len(order)),
+        )
+        for impl in impls:
             plugin_name = impl.plugin_name
             dist_name = self._distributions.get(plugin_name, (None, None))[0]
+            offered: dict[str, ChannelSpec] = {}
 
-            def register(name: str, channel_class: type[Channel], *, _p=plugin_name, _d=dist_name) -> None:
-                self._add_channel(channels, name, channel_class, _p, _d)
+            def register(name: str, channel_class: type[Channel], *, _p=plugin_name, _d=dist_name, _o=offered) -> None:
+                self._check_channel(channels, _o, name, channel_class, _p, _d)
+                _o[name] = ChannelSpec(name, channel_class, _p, _d)
 
             try:
                 impl.function(register=register)
-            except Exception as exc:
+            except _CAUGHT as exc:
+                # All or nothing: a plugin that fails half-way is not left half active.
+                self.pm.unregister(name=plugin_name)
+                self._registration_order.remove(plugin_name)
                 self._fail(plugin_name, dist_name, f"failed in afs_register_channels: {exc!r}", exc)
+                continue
+            for spec in offered.values():
+                if not vars(spec.channel_class).get("name"):
+                    spec.channel_class.name = spec.name  # a subclass gets its own name
+            channels.update(offered)
         self.channels = channels
 
-    def _add_channel(
+    def _check_channel(
         self,
-        channels: dict[str, ChannelSpec],
+        channels: Mapping[str, ChannelSpec],
+        offered: Mapping[str, ChannelSpec],
         name: str,
         channel_class: type[Channel],
         plugin: str,
@@ -203,17 +228,9 @@ class PluginHost:
             raise ValueError(f"channel name {name!r} must be lowercase letters, digits, '-' or '_'")
         if not (isinstance(channel_class, type) and issubclass(channel_class, Channel)):
             raise TypeError(f"channel {name!r} must be a subclass of afs_core.Channel, got {channel_class!r}")
-        if name in channels:
-            owner = channels[name]
-            message = f"channel {name!r} is already registered by {owner.distribution or owner.plugin}"
-            if self.strict:
-                raise PluginLoadError(f"afs plugin {plugin!r}: {message}")
-            logger.warning("afs plugin %r: %s; skipped", plugin, message)
-            self.failures.append(PluginFailure(plugin, dist_name, message))
-            return
-        if not vars(channel_class).get("name"):
-            channel_class.name = name  # a subclass of another channel gets its own name
-        channels[name] = ChannelSpec(name, channel_class, plugin, dist_name)
+        owner = channels.get(name) or offered.get(name)
+        if owner is not None:
+            raise ValueError(f"channel {name!r} is already registered by {owner.distribution or owner.plugin}")
 
     # -- views --------------------------------------------------------------------
 
@@ -251,13 +268,26 @@ def _settings(env: Mapping[str, str]) -> dict[str, Any]:
 _lock = threading.Lock()
 _hosts: dict[tuple[Any, ...], PluginHost] = {}
 _override: list[PluginHost] = []
+_default_settings: dict[str, Any] | None = None
 
 
 def get_plugins(env: Mapping[str, str] | None = None) -> PluginHost:
-    """The process-wide plugin host for these settings, loaded once and reused."""
+    """The process-wide plugin host for these settings, loaded once and reused.
+
+    Without ``env``, the settings are the environment plus ``.env`` (read once), so
+    ``Channel.send`` honours the same ``AFS_LOAD_PLUGINS`` as ``from_env()``.
+    """
     if _override:
         return _override[-1]
-    settings = _settings(os.environ if env is None else env)
+    if env is None:
+        global _default_settings
+        if _default_settings is None:
+            from afs_core.config import load_env
+
+            _default_settings = _settings(load_env())
+        settings = _default_settings
+    else:
+        settings = _settings(env)
     key = (settings["allow"], settings["strict"], settings["trace"])
     with _lock:
         host = _hosts.get(key)

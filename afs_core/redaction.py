@@ -14,8 +14,9 @@ MASK = "***"
 
 def scrub(text: str, secrets: Iterable[str]) -> str:
     """``text`` with every non-trivial secret replaced by ``***``."""
-    # Longest first, so a secret that contains another is masked whole.
-    for secret in sorted({s for s in secrets if s and len(s) >= 4}, key=len, reverse=True):
+    # Longest first, so a secret that contains another is masked whole. Even a short
+    # secret is masked: a mangled message beats a leaked password.
+    for secret in sorted({s for s in secrets if s}, key=len, reverse=True):
         text = text.replace(secret, MASK)
     return text
 
@@ -31,11 +32,37 @@ def redact_url(url: str, keep_path_segments: int = 1) -> str:
     except ValueError:
         return MASK
     host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
+    try:
+        port = parts.port
+    except ValueError:  # out of range: show none rather than fail a status line
+        port = None
+    if port:
+        host = f"{host}:{port}"
     segments = [s for s in parts.path.split("/") if s]
     shown = segments[:keep_path_segments]
     path = "/" + "/".join(shown) if shown else ""
     if len(segments) > len(shown):
         path += "/" + MASK
     return f"{parts.scheme}://{host}{path}" if parts.scheme else MASK
+
+
+def url_secrets(url: str, public_segments: int = 1) -> list[str]:
+    """The parts of a webhook URL that must be masked wherever they appear.
+
+    HTTP libraries quote a URL's path without its host ("with url: /services/T/B/x"),
+    so the path after the public segments, and its last segment, are secrets too.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return [url]
+    segments = [s for s in parts.path.split("/") if s]
+    private = segments[public_segments:]
+    secrets = [url]
+    if private:
+        secrets += ["/".join(private), private[-1]]
+    if parts.query:
+        secrets.append(parts.query)
+    if parts.password:
+        secrets.append(parts.password)
+    return secrets

@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from afs_core.channel import Channel
+from afs_core.dispatch import enrich_event
 from afs_core.errors import DeliveryError
 from afs_core.events import EventType, NotificationEvent
 from afs_core.hookspecs import hookimpl
@@ -73,9 +74,11 @@ def make_event(
 def would_send(
     channel: Channel, event: NotificationEvent, plugins: PluginHost | None = None
 ) -> Any:
-    """The message ``channel`` would send for ``event`` after the filter and format
-    hooks ran, without delivering it; ``None`` when a filter holds it back."""
-    hook = (plugins or get_plugins()).hook
+    """The message ``channel`` would send for ``event`` after the enrich, filter and
+    format hooks ran, without delivering it; ``None`` when a filter holds it back."""
+    plugins = plugins or get_plugins()
+    event = enrich_event(plugins, event)
+    hook = plugins.hook
     if any(verdict is False for verdict in hook.afs_filter_event(event=event, channel=channel)):
         return None
     return hook.afs_format_event(event=event, channel=channel)

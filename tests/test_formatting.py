@@ -27,7 +27,8 @@ from afs_core.formatting import (
         (42, "42"),
         (1_000_000, "1,000,000"),
         (4.97e80, "4.97e+80"),
-        (10**30, "1e+30"),
+        (10**30, "1.000e+30"),
+        (-(10**400), "-1.000e+400"),
         (math.nan, "NaN"),
         (math.inf, "inf"),
         (-math.inf, "-inf"),
@@ -112,3 +113,9 @@ def test_render_text_has_title_message_fields_and_traceback():
     assert text.startswith("❌ Training failed: m\nRun r failed\nModel: m")
     assert "ValueError: bad" in text
     assert event.source.host in text
+
+
+def test_strip_control_removes_bidi_overrides_but_keeps_emoji_joiners():
+    assert strip_control("abc\u202edcba\u2066x") == "abcdcbax"
+    family = "👨\u200d👩\u200d👧 🚀✅"
+    assert strip_control(family) == family

@@ -181,7 +181,6 @@ def test_the_manager_never_raises(afs_manager, caplog):
     [
         lambda m: m.notify(title=123, message="x"),
         lambda m: m.notify("t", "m", event_type="NOT_A_TYPE"),
-        lambda m: m.notify("t", "m", metrics={"acc": object()}),
         lambda m: m.send_event("not an event"),
         lambda m: m.notify_training_completed("m", "r", duration="an hour"),
         lambda m: m.notify_gpu_memory_warning("lots"),
@@ -193,6 +192,40 @@ def test_bad_input_is_rejected_and_logged_not_raised(afs_manager, recording_chan
     assert result.rejected and not result and not result.ok
     assert "notification rejected" in caplog.text
     assert recording_channel.messages == []
+
+
+def test_one_odd_metric_does_not_cost_the_whole_message(afs_manager, recording_channel):
+    result = afs_manager.notify_training_completed(
+        "m", "r", duration=5.0, eval_metrics={"accuracy": 0.95, "bleu": None, "notes": ["a", "b"]}
+    )
+    assert result.delivered == ["recording"]
+    assert dict(result.event.metrics) == {"accuracy": 0.95, "notes": "['a', 'b']"}
+
+
+def test_an_exception_that_cannot_be_printed_is_still_reported(afs_manager):
+    class Weird(Exception):
+        def __str__(self):
+            raise RuntimeError("no")
+
+    try:
+        raise Weird()
+    except Weird as exc:
+        result = afs_manager.notify_training_failed("m", "r", exc)
+    assert result.delivered == ["recording"]
+    assert result.event.error_details == "Weird: <unprintable Weird>"
+
+
+def test_a_plugin_calling_sys_exit_cannot_end_the_run(afs_manager):
+    from afs_core import hookimpl
+
+    class Exits:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            raise SystemExit(2)
+
+    afs_manager.plugins.register(Exits(), name="exits")
+    result = afs_manager.notify("t", "m")
+    assert "sys.exit(2)" in result.failed["recording"]
 
 
 def test_hooks_that_raise_do_not_reach_the_caller(afs_manager):
@@ -309,3 +342,24 @@ def test_get_status_describes_channels(afs_manager):
     status = afs_manager.get_status()
     assert status["registered_handlers"] == ["recording"]
     assert status["channel_status"]["recording"]["handler_type"] == "RecordingChannel"
+
+
+def test_escape_sequences_in_service_errors_do_not_reach_logs(afs_manager, caplog):
+    afs_manager.register_handler(
+        "remote", RecordingChannel(fail_with=PermanentDeliveryError("HTTP 400: \x1b]0;owned\x07\x1b[2Jall good"))
+    )
+    with caplog.at_level(logging.WARNING, logger="afs"):
+        result = afs_manager.notify("t", "m")
+    assert "\x1b" not in caplog.text and "\x1b" not in result.failed["remote"]
+    assert result.failed["remote"] == "HTTP 400: ]0;owned[2Jall good"
+
+
+def test_events_pickle_for_queues_and_processes(afs_manager):
+    import copy
+    import pickle
+
+    event = last_event(afs_manager.notify("t", "m", metrics={"a": 1.0}, config={"lr": [1, 2]}))
+    assert pickle.loads(pickle.dumps(event)) == event
+    assert copy.deepcopy(event) == event
+    with pytest.raises(TypeError):
+        event.context["config"]["lr"] = 3

@@ -210,3 +210,86 @@ def test_a_channel_whose_from_env_crashes_is_skipped(site, monkeypatch, caplog):
         manager = NotificationManager.from_env(plugins=PluginHost())
     assert list(manager.handlers) == ["acme"]
     assert "crashy channel could not read its settings" in caplog.text
+
+
+def test_trylast_does_not_let_a_plugin_take_the_console_name(site):
+    install(
+        site,
+        "afs-hijack",
+        """
+        from afs_core import Channel, hookimpl
+
+        class Evil(Channel):
+            def deliver(self, message):
+                pass
+
+        @hookimpl(trylast=True)
+        def afs_register_channels(register):
+            register("console", Evil)
+        """,
+        "hijack",
+    )
+    host = PluginHost()
+    assert host.channels["console"].plugin == "afs_core.default_plugins.console"
+    assert [f.distribution for f in host.failures] == ["afs-hijack"]
+
+
+def test_a_plugin_that_fails_half_way_is_not_left_half_active(site):
+    install(
+        site,
+        "afs-half",
+        """
+        from afs_core import Channel, hookimpl
+
+        class Half(Channel):
+            def deliver(self, message):
+                pass
+
+        @hookimpl
+        def afs_register_channels(register):
+            register("half", Half)
+            raise RuntimeError("second channel broke")
+
+        @hookimpl
+        def afs_format_event(event, channel):
+            return "hijacked"
+        """,
+        "half",
+    )
+    host = PluginHost()
+    assert "half" not in host.channels
+    assert "half" not in dict(host.pm.list_name_plugin())
+    assert "second channel broke" in host.failures[0].error
+
+
+def test_a_plugin_that_exits_while_importing_is_skipped(site):
+    install(site, "afs-argparse", "import sys\nsys.exit(2)", "argparse-at-import")
+    good(site, "afs-acme", "acme", "ACME_TOKEN")
+    host = PluginHost()
+    assert "acme" in host.channels
+    assert host.failures[0].distribution == "afs-argparse"
+
+
+def test_channel_send_honours_the_allow_list_from_dotenv(site, monkeypatch):
+    import afs_core.plugins as plugins_module
+    from afs_core import EventType, NotificationEvent
+    from afs_core.testing import RecordingChannel
+
+    install(
+        site,
+        "afs-spy",
+        """
+        from afs_core import hookimpl
+
+        @hookimpl
+        def afs_format_event(event, channel):
+            return "rewritten by spy"
+        """,
+        "spy",
+    )
+    Path(".env").write_text("AFS_LOAD_PLUGINS=\n")
+    monkeypatch.setattr(plugins_module, "_default_settings", None)
+    monkeypatch.setattr(plugins_module, "_hosts", {})
+    channel = RecordingChannel()
+    assert channel.send(NotificationEvent(EventType.TRAINING_STARTED, "t", "m"))
+    assert channel.messages[0] != "rewritten by spy"

@@ -61,3 +61,23 @@ def test_isolated_env_leaves_no_settings(monkeypatch, afs_isolated_env):
 
     assert not [k for k in os.environ if k.startswith(("AFS_", "SLACK_"))]
     assert os.getcwd() == str(afs_isolated_env)
+
+
+def test_send_enriches_like_the_manager(afs_plugins, make_event):
+    class Link:
+        @hookimpl
+        def afs_enrich_event(self, event):
+            return {"run_url": "https://runs.example/1"}
+
+    afs_plugins.register(Link(), name="link")
+    channel = RecordingChannel()
+    channel.send(make_event())
+    assert "https://runs.example/1" in channel.messages[0]
+    assert "https://runs.example/1" in would_send(channel, make_event())
+
+
+def test_send_of_something_that_is_not_an_event_is_false(afs_plugins):
+    channel = RecordingChannel()
+    assert channel.send({"title": "seed dict"}) is False
+    assert channel.send_batch([None, "x"]) == 0
+    assert channel.messages == []

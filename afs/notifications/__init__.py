@@ -7,6 +7,7 @@ distribution when that is installed, and a missing one says what to install.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from typing import Any
 
 _CORE = {
@@ -28,7 +29,8 @@ _CHANNELS = {
     "DiscordNotifier": ("afs-discord", "afs_discord"),
 }
 
-__all__ = [*_CORE, *_ALIASES, *_CHANNELS]
+# Star-import brings the installed channels only; naming a missing one explains itself.
+__all__ = [*_CORE, *_ALIASES, *(n for n, (_, m) in _CHANNELS.items() if importlib.util.find_spec(m))]
 
 
 def __getattr__(name: str) -> Any:
@@ -53,4 +55,4 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted([*__all__, *_CHANNELS])

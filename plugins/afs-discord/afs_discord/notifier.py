@@ -12,7 +12,7 @@ from typing import Any
 
 from afs_core import Channel, PermanentDeliveryError
 from afs_core.config import env_float, load_env
-from afs_core.redaction import redact_url
+from afs_core.redaction import redact_url, url_secrets
 
 
 class DiscordNotifier(Channel):
@@ -57,7 +57,5 @@ class DiscordNotifier(Channel):
         return "discord " + redact_url(self.webhook_url, keep_path_segments=2)
 
     def secrets(self) -> Iterable[str]:
-        if not self.webhook_url:
-            return []
-        # The token is the last path segment; the whole URL is secret too.
-        return [self.webhook_url, self.webhook_url.rstrip("/").rsplit("/", 1)[-1]]
+        # /api/webhooks is public; the id and token after it are not.
+        return url_secrets(self.webhook_url, public_segments=2) if self.webhook_url else []

@@ -1,5 +1,6 @@
 from afs_core import NotificationManager
 from afs_core.plugins import PluginHost
+from afs_core.redaction import scrub
 from afs_discord import DiscordNotifier
 
 URL = "https://discord.com/api/webhooks/123456/tok3nSECRETpart"
@@ -30,6 +31,7 @@ def test_token_never_shows(monkeypatch):
     notifier = DiscordNotifier()
     assert notifier.describe() == "discord https://discord.com/api/webhooks/***"
     assert "tok3n" not in repr(notifier)
+    assert "tok3n" not in scrub("POST /api/webhooks/123456/tok3nSECRETpart?wait=true: 401", notifier.secrets())
     manager = NotificationManager.from_env(plugins=PluginHost(allow={"discord"}))
     result = manager.notify("t", "m")
     assert "discord" in result.failed and "tok3n" not in result.failed["discord"]

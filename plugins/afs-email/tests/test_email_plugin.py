@@ -3,6 +3,7 @@ import pytest
 from afs_core import NotificationManager
 from afs_core.errors import ConfigurationError
 from afs_core.plugins import PluginHost
+from afs_core.redaction import scrub
 from afs_email import EmailNotifier
 
 SETTINGS = {
@@ -44,7 +45,8 @@ def test_password_never_shows(monkeypatch):
     for key, value in SETTINGS.items():
         monkeypatch.setenv(key, value)
     notifier = EmailNotifier()
-    assert "app-pa55word" not in repr(notifier) and "app-pa55word" not in str(vars(notifier).get("smtp_password"))
+    assert "app-pa55word" not in repr(notifier) and "app-pa55word" not in notifier.describe()
+    assert scrub("535 auth failed for me@example.com/app-pa55word", notifier.secrets()).endswith("/***")
     manager = NotificationManager.from_env(plugins=PluginHost(allow={"email"}))
     result = manager.notify("t", "m")
     assert result["email"] is False and "app-pa55word" not in result.failed["email"]

@@ -12,7 +12,7 @@ from typing import Any
 
 from afs_core import Channel, PermanentDeliveryError
 from afs_core.config import env_float, load_env
-from afs_core.redaction import redact_url
+from afs_core.redaction import redact_url, url_secrets
 
 
 class SlackNotifier(Channel):
@@ -57,4 +57,4 @@ class SlackNotifier(Channel):
         return f"slack {target}" + (f" {self.channel}" if self.channel else "")
 
     def secrets(self) -> Iterable[str]:
-        return [self.webhook_url] if self.webhook_url else []
+        return url_secrets(self.webhook_url, public_segments=1) if self.webhook_url else []

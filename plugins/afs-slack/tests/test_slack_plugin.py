@@ -2,6 +2,7 @@ import pytest
 
 from afs_core import NotificationManager
 from afs_core.plugins import PluginHost
+from afs_core.redaction import scrub
 from afs_slack import SlackNotifier
 
 URL = "https://hooks.slack.com/services/T000/B000/sekr1tTOKENvalue"
@@ -23,8 +24,10 @@ def test_no_arguments_reads_the_same_settings(monkeypatch):
     assert SlackNotifier().webhook_url == URL
 
 
-def test_token_is_redacted_in_descriptions():
+def test_token_is_redacted_in_descriptions_and_errors():
     notifier = SlackNotifier(webhook_url=URL, channel="#alerts")
+    quoted_by_requests = "Max retries exceeded with url: /services/T000/B000/sekr1tTOKENvalue"
+    assert "sekr1t" not in scrub(quoted_by_requests, notifier.secrets())
     assert "sekr1t" not in repr(notifier) and "sekr1t" not in notifier.describe()
     assert notifier.describe() == "slack https://hooks.slack.com/services/*** #alerts"
 
