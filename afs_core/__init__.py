@@ -7,7 +7,8 @@ that only need a part of it.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers know it)
 
 __all__ = [
     "Channel",
@@ -61,7 +62,7 @@ if TYPE_CHECKING:
     from afs_core.source import Source
 
 
-def __getattr__(name: str) -> Any:
+def __getattr__(name: str) -> object:
     module = _WHERE.get(name)
     if module is None:
         raise AttributeError(f"module 'afs_core' has no attribute {name!r}")

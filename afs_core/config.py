@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 from afs_core.errors import ConfigurationError
@@ -17,20 +16,32 @@ _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off"})
 
 
+def find_env_file(start: str | None = None) -> str | None:
+    """The nearest ``.env`` file from ``start`` (the working directory) upwards."""
+    directory = os.path.abspath(start or os.getcwd())
+    while True:
+        candidate = os.path.join(directory, ".env")
+        if os.path.isfile(candidate):
+            return candidate
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return None
+        directory = parent
+
+
 def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str]:
     """The settings: ``.env`` values (``dotenv_path``, or the nearest ``.env`` found
     from the working directory upwards) overlaid by the process environment."""
-    from dotenv import dotenv_values, find_dotenv
-
     if dotenv_path is None:
-        found = find_dotenv(usecwd=True)
-        path = Path(found) if found else None
+        path = find_env_file()
     else:
-        path = Path(dotenv_path)
-        if not path.is_file():
-            raise ConfigurationError(f"env file {str(path)!r} does not exist")
+        path = os.fspath(dotenv_path)
+        if not os.path.isfile(path):
+            raise ConfigurationError(f"env file {path!r} does not exist")
     values: dict[str, str] = {}
     if path is not None:
+        from dotenv import dotenv_values  # parsing is python-dotenv's job; only when needed
+
         values = {k: v for k, v in dotenv_values(path).items() if v is not None}
     values.update(os.environ)
     return values

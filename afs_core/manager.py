@@ -11,7 +11,6 @@ import functools
 import logging
 import os
 import threading
-import traceback as _traceback
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -75,7 +74,9 @@ def _error_context(error: BaseException | str | None) -> tuple[str | None, dict[
         context: dict[str, Any] = {"error_type": type(error).__name__}
         if error.__traceback__ is not None:
             try:
-                lines = _traceback.format_exception(type(error), error, error.__traceback__)
+                import traceback
+
+                lines = traceback.format_exception(type(error), error, error.__traceback__)
                 context["traceback"] = trim_traceback("".join(lines))
             except Exception:  # an exception whose str() fails; keep what we have
                 pass

@@ -6,7 +6,6 @@ through :func:`scrub` first.
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Iterable
 
 MASK = "***"
@@ -27,6 +26,8 @@ def redact_url(url: str, keep_path_segments: int = 1) -> str:
     ``https://hooks.slack.com/services/T0/B0/XYZ`` becomes
     ``https://hooks.slack.com/services/***``; user info and query are dropped.
     """
+    import urllib.parse  # only status output and channels with URLs need it
+
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:
@@ -52,6 +53,8 @@ def url_secrets(url: str, public_segments: int = 1) -> list[str]:
     HTTP libraries quote a URL's path without its host ("with url: /services/T/B/x"),
     so the path after the public segments, and its last segment, are secrets too.
     """
+    import urllib.parse
+
     try:
         parts = urllib.parse.urlsplit(url)
     except ValueError:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,6 +69,11 @@ def detect_world_size(env: Mapping[str, str] | None = None) -> int | None:
 
 @functools.lru_cache(maxsize=1)
 def _host_name() -> str:
+    # os.uname() is what socket.gethostname() reads on POSIX, without importing socket.
+    if hasattr(os, "uname"):
+        return os.uname().nodename or "unknown-host"
+    import socket
+
     try:
         return socket.gethostname()
     except OSError:
