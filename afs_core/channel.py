@@ -77,6 +77,9 @@ class Channel:
         """A one-line description for status output, with every secret redacted."""
         return self.name or type(self).__name__
 
+    def close(self) -> None:
+        """Release connections or other resources; the channel may be used again after."""
+
     def secrets(self) -> Iterable[str]:
         """Strings that must never appear in logs, errors or history (tokens, passwords)."""
         return ()

@@ -112,15 +112,24 @@ def strip_control(text: str, keep: str = "\n\t") -> str:
     )
 
 
-def truncate(text: str, limit: int, marker: str = ELLIPSIS) -> str:
-    """``text`` cut to at most ``limit`` characters, ending with ``marker`` when cut."""
+def truncate(text: str, limit: int, marker: str = ELLIPSIS, *, keep_entities: bool = False) -> str:
+    """``text`` cut to at most ``limit`` characters, ending with ``marker`` when cut.
+
+    With ``keep_entities`` (for text already escaped as ``&amp;``, ``&lt;``...) the cut
+    never falls inside an entity, which would show as garbage or break markup.
+    """
     if limit <= 0:
         return ""
     if len(text) <= limit:
         return text
     if len(marker) >= limit:
         return marker[:limit]
-    return text[: limit - len(marker)] + marker
+    kept = text[: limit - len(marker)]
+    if keep_entities:
+        amp = kept.rfind("&")
+        if amp != -1 and ";" not in kept[amp:]:
+            kept = kept[:amp]
+    return kept + marker
 
 
 def trim_traceback(text: str, head: int = 4, tail: int = 16, max_chars: int = 3000) -> str:

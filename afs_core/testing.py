@@ -8,6 +8,8 @@ afs-core installed gets these fixtures:
   ``channel.send()`` runs through it. Register the plugin under test on it.
 - ``recording_channel``: a :class:`RecordingChannel` that keeps what it is sent.
 - ``afs_manager``: a manager on ``afs_plugins`` with ``recording_channel`` registered.
+- ``webhook_server``: a :class:`~afs_core.loopback.WebhookServer` on 127.0.0.1 that
+  records requests and plays scripted answers, for testing HTTP channels for real.
 - ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
 - ``afs_isolated_env``: removes AFS, channel and rank settings from the environment
   and moves to an empty working directory, so no developer ``.env`` leaks into a
@@ -30,10 +32,11 @@ from afs_core.dispatch import enrich_event
 from afs_core.errors import DeliveryError
 from afs_core.events import EventType, NotificationEvent
 from afs_core.hookspecs import hookimpl
+from afs_core.loopback import Scripted, WebhookServer
 from afs_core.manager import NotificationManager
 from afs_core.plugins import PluginHost, get_plugins, use_plugins
 
-__all__ = ["RecordingChannel", "make_event", "would_send"]
+__all__ = ["RecordingChannel", "Scripted", "WebhookServer", "make_event", "would_send"]
 
 
 class RecordingChannel(Channel):
@@ -126,6 +129,15 @@ def afs_manager(afs_plugins: PluginHost, recording_channel: RecordingChannel) ->
     manager = NotificationManager(plugins=afs_plugins)
     manager.register_handler("recording", recording_channel)
     return manager
+
+
+@pytest.fixture
+def webhook_server() -> Iterator[WebhookServer]:
+    server = WebhookServer().start()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(name="make_event")

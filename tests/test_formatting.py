@@ -119,3 +119,11 @@ def test_strip_control_removes_bidi_overrides_but_keeps_emoji_joiners():
     assert strip_control("abc\u202edcba\u2066x") == "abcdcbax"
     family = "👨\u200d👩\u200d👧 🚀✅"
     assert strip_control(family) == family
+
+
+def test_truncate_never_cuts_an_entity_in_half():
+    escaped = "&lt;" * 1000
+    cut = truncate(escaped, 3000, keep_entities=True)
+    assert len(cut) <= 3000 and cut.endswith("&lt;…")
+    assert cut[:-1].count("&") == cut[:-1].count(";")
+    assert truncate("ab&amp;cd", 6, keep_entities=True) == "ab…"
