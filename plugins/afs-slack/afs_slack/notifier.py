@@ -1,22 +1,36 @@
 """``SlackNotifier``: posts events to a Slack incoming webhook.
 
-This release registers the channel and reads its settings; posting to Slack
-(Block Kit rendering, escaping, limits, retries) is the next step, so ``deliver``
-fails with a permanent, clearly worded error until then.
+Rendering lives in :mod:`afs_slack.blocks`; this module validates the settings,
+posts within a total deadline over one reused connection, and turns Slack's
+answers into typed delivery errors.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, PermanentDeliveryError
+from afs_core import Channel, ConfigurationError
 from afs_core.config import env_float, load_env
+from afs_core.events import NotificationEvent
+from afs_core.formatting import strip_control, truncate
 from afs_core.redaction import redact_url, url_secrets
+from afs_core.webhooks import classify_status, parse_retry_after, validate_webhook_url
+
+if TYPE_CHECKING:
+    from afs_core.http import WebhookSession
+
+SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
+DEFAULT_TIMEOUT = 10.0
 
 
 class SlackNotifier(Channel):
-    """Slack incoming-webhook channel. Settings: ``SLACK_WEBHOOK_URL``, ``SLACK_CHANNEL``."""
+    """Slack incoming-webhook channel.
+
+    Settings: ``SLACK_WEBHOOK_URL``, ``SLACK_CHANNEL`` (honoured only by legacy
+    custom-integration webhooks; app webhooks post where they were installed),
+    ``SLACK_TIMEOUT`` (seconds, a total deadline per request).
+    """
 
     name = "slack"
 
@@ -25,15 +39,25 @@ class SlackNotifier(Channel):
         webhook_url: str | None = None,
         channel: str | None = None,
         timeout: float | None = None,
+        *,
+        allow_any_host: bool = False,
     ) -> None:
         if webhook_url is None:
             env = load_env()
-            webhook_url = env.get("SLACK_WEBHOOK_URL") or None
+            webhook_url = env.get("SLACK_WEBHOOK_URL", "").strip()
+            if not webhook_url:
+                raise ConfigurationError("SLACK_WEBHOOK_URL is not set (in the environment or .env)")
             channel = channel or env.get("SLACK_CHANNEL") or None
-            timeout = timeout if timeout is not None else env_float(env, "SLACK_TIMEOUT", 10.0)
-        self.webhook_url = webhook_url
+            if timeout is None:
+                timeout = env_float(env, "SLACK_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1)
+        validate_webhook_url(webhook_url, setting="SLACK_WEBHOOK_URL", hosts=SLACK_HOSTS,
+                             allow_any_host=allow_any_host)
+        self.webhook_url = webhook_url.strip()
         self.channel = channel
-        self.timeout = 10.0 if timeout is None else float(timeout)
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if not self.timeout > 0:
+            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        self._session: WebhookSession | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> SlackNotifier | None:
@@ -43,18 +67,33 @@ class SlackNotifier(Channel):
         return cls(
             webhook_url=url,
             channel=env.get("SLACK_CHANNEL") or None,
-            timeout=env_float(env, "SLACK_TIMEOUT", 10.0),
+            timeout=env_float(env, "SLACK_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1),
         )
 
-    def is_configured(self) -> bool:
-        return bool(self.webhook_url)
+    def format(self, event: NotificationEvent) -> dict[str, Any]:
+        from afs_slack.blocks import render
 
-    def deliver(self, message: Any) -> None:
-        raise PermanentDeliveryError("afs-slack 0.1.0 cannot post to Slack yet; delivery is not built")
+        return render(event, channel=self.channel)
+
+    def deliver(self, message: Any) -> str:
+        if self._session is None:
+            from afs_core.http import WebhookSession  # requests loads on first send only
+
+            self._session = WebhookSession(user_agent="afs-slack", secrets=self.secrets())
+        answer = self._session.post_json(self.webhook_url, message, timeout=self.timeout)
+        # Slack says what went wrong in the body ("invalid_blocks", "channel_is_archived").
+        said = truncate(strip_control(answer.text.strip(), keep=""), 200) or "no body"
+        error = classify_status(answer.status, said, retry_after=parse_retry_after(answer.headers.get("Retry-After")))
+        if error is not None:
+            raise error
+        return said
 
     def describe(self) -> str:
-        target = redact_url(self.webhook_url, keep_path_segments=1) if self.webhook_url else "not configured"
-        return f"slack {target}" + (f" {self.channel}" if self.channel else "")
+        return f"slack {redact_url(self.webhook_url)}" + (f" {self.channel}" if self.channel else "")
 
     def secrets(self) -> Iterable[str]:
-        return url_secrets(self.webhook_url, public_segments=1) if self.webhook_url else []
+        return url_secrets(self.webhook_url, public_segments=1)
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()

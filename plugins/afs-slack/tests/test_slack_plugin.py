@@ -1,6 +1,7 @@
 import pytest
 
 from afs_core import NotificationManager
+from afs_core.errors import ConfigurationError
 from afs_core.plugins import PluginHost
 from afs_core.redaction import scrub
 from afs_slack import SlackNotifier
@@ -21,7 +22,39 @@ def test_from_env_needs_the_webhook_url():
 
 def test_no_arguments_reads_the_same_settings(monkeypatch):
     monkeypatch.setenv("SLACK_WEBHOOK_URL", URL)
-    assert SlackNotifier().webhook_url == URL
+    monkeypatch.setenv("SLACK_TIMEOUT", "2.5")
+    notifier = SlackNotifier()
+    assert (notifier.webhook_url, notifier.timeout) == (URL, 2.5)
+
+
+def test_no_arguments_and_no_settings_is_a_clear_error():
+    with pytest.raises(ConfigurationError, match="SLACK_WEBHOOK_URL is not set"):
+        SlackNotifier()
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("hooks.slack.com/services/T/B/X", "must start with https://"),
+        ("http://hooks.slack.com/services/T/B/X", "must use https://"),
+        ("https://evil.example/services/T/B/X", "must point at hooks.slack.com"),
+        ("https://hooks.slack.com:99999/x", "not a valid URL"),
+        ("", "must be a webhook URL"),
+    ],
+)
+def test_wrong_webhook_urls_are_refused_at_construction(url, message):
+    with pytest.raises(ConfigurationError, match=message) as info:
+        SlackNotifier(webhook_url=url)
+    assert "services/T/B/X" not in str(info.value)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1:8080/any/path", "http://localhost/x", "http://[::1]:9/y"])
+def test_loopback_urls_need_no_flag(url):
+    assert SlackNotifier(webhook_url=url).webhook_url == url
+
+
+def test_any_host_with_an_explicit_opt_out():
+    assert SlackNotifier(webhook_url="https://relay.example/hook", allow_any_host=True)
 
 
 def test_token_is_redacted_in_descriptions_and_errors():
@@ -32,14 +65,18 @@ def test_token_is_redacted_in_descriptions_and_errors():
     assert notifier.describe() == "slack https://hooks.slack.com/services/*** #alerts"
 
 
-def test_manager_registers_slack_from_dotenv_and_reports_failure_without_token(tmp_path, monkeypatch):
-    monkeypatch.delenv("SLACK_WEBHOOK_URL", raising=False)
+def test_manager_registers_slack_from_dotenv(tmp_path):
     env_file = tmp_path / ".env"
     env_file.write_text(f"SLACK_WEBHOOK_URL={URL}\n")
     manager = NotificationManager.from_env(env_file, plugins=PluginHost(allow={"slack"}))
     assert list(manager.handlers) == ["slack"]
-    result = manager.notify("t", "m")
-    assert result["slack"] is False and "cannot post to Slack yet" in result.failed["slack"]
+
+
+def test_a_wrong_url_in_dotenv_stops_from_env_with_a_clear_error(tmp_path):
+    env_file = tmp_path / ".env"
+    env_file.write_text("SLACK_WEBHOOK_URL=https://hooks.slack.example/services/T/B/X\n")
+    with pytest.raises(ConfigurationError, match="slack channel: SLACK_WEBHOOK_URL must point at"):
+        NotificationManager.from_env(env_file, plugins=PluginHost(allow={"slack"}))
 
 
 def test_seed_import_path():
@@ -48,9 +85,7 @@ def test_seed_import_path():
     assert Seed is SlackNotifier
 
 
-@pytest.mark.parametrize("bad", ["abc", "-1"])
+@pytest.mark.parametrize("bad", ["abc", "0", "-1"])
 def test_bad_timeout_is_a_configuration_error(bad):
-    from afs_core.errors import ConfigurationError
-
     with pytest.raises(ConfigurationError, match="SLACK_TIMEOUT"):
         SlackNotifier.from_env({"SLACK_WEBHOOK_URL": URL, "SLACK_TIMEOUT": bad})

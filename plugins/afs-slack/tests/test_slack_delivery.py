@@ -1,0 +1,149 @@
+"""SlackNotifier against a real HTTP server on 127.0.0.1 with scripted answers."""
+
+import json
+import logging
+import time
+
+import pytest
+
+from afs_core import NotificationManager, PermanentDeliveryError, TransientDeliveryError
+from afs_core.testing import Scripted
+from afs_slack import SlackNotifier
+
+TOKEN = "T0AAA/B0BBB/sekr1tTOKEN"
+
+
+@pytest.fixture
+def slack(webhook_server, afs_plugins):
+    notifier = SlackNotifier(webhook_url=f"{webhook_server.url}/services/{TOKEN}", timeout=2)
+    yield notifier
+    notifier.close()
+
+
+def test_delivers_block_kit_json_and_reads_ok(slack, webhook_server, make_event):
+    assert slack.send(make_event(metrics={"accuracy": 0.954321}))
+    request = webhook_server.received[0]
+    assert request.path == f"/services/{TOKEN}"
+    assert request.headers["Content-Type"].startswith("application/json")
+    payload = request.json
+    assert payload["blocks"][0]["text"]["text"] == "✅ Training completed: tiny-model"
+    assert payload["attachments"][0]["color"] == "#2EB67D"
+    assert "*accuracy*\n0.9543" in json.dumps(payload, ensure_ascii=False).replace("\\n", "\n")
+
+
+def test_send_batch_reuses_one_connection(slack, webhook_server, make_event):
+    assert slack.send_batch([make_event(title=f"event {i}") for i in range(5)]) == 5
+    assert len({r.client_port for r in webhook_server.received}) == 1
+    assert [r.json["blocks"][0]["text"]["text"] for r in webhook_server.received][-1].endswith("event 4")
+
+
+def test_channel_override_sent_only_when_configured(webhook_server, afs_plugins, make_event):
+    SlackNotifier(webhook_url=f"{webhook_server.url}/a").send(make_event())
+    SlackNotifier(webhook_url=f"{webhook_server.url}/b", channel="#alerts").send(make_event())
+    assert "channel" not in webhook_server.received[0].json
+    assert webhook_server.received[1].json["channel"] == "#alerts"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "kind"),
+    [
+        (400, "invalid_blocks", PermanentDeliveryError),
+        (403, "invalid_token", PermanentDeliveryError),
+        (404, "no_service", PermanentDeliveryError),
+        (410, "channel_is_archived", PermanentDeliveryError),
+        (408, "timeout", TransientDeliveryError),
+        (500, "rollup_error", TransientDeliveryError),
+        (503, "unavailable", TransientDeliveryError),
+    ],
+)
+def test_answers_are_classified_with_slacks_words(slack, webhook_server, make_event, status, body, kind):
+    webhook_server.respond(status=status, body=body)
+    with pytest.raises(kind, match=f"HTTP {status}: {body}"):
+        slack.deliver(slack.format(make_event()))
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [({"Retry-After": "2"}, 2.0), ({}, None), ({"Retry-After": "soon"}, None), ({"Retry-After": "86400"}, 3600.0)],
+)
+def test_429_is_transient_with_the_services_wait(slack, webhook_server, make_event, header, expected):
+    webhook_server.respond(status=429, body="rate_limited", headers=header)
+    outcome = slack.send_with_outcome(make_event())
+    assert not outcome.delivered and not outcome.permanent
+    assert outcome.retry_after == expected
+
+
+def test_retry_after_as_an_http_date(slack, webhook_server, make_event):
+    from email.utils import formatdate
+
+    webhook_server.respond(status=429, body="rate_limited", headers={"Retry-After": formatdate(time.time() + 30, usegmt=True)})
+    outcome = slack.send_with_outcome(make_event())
+    assert 25 <= outcome.retry_after <= 31
+
+
+@pytest.mark.parametrize("answer", [Scripted(delay=10), Scripted(dribble=0.3)])
+def test_a_server_that_stalls_cannot_hold_a_send_past_the_deadline(webhook_server, afs_plugins, make_event, answer):
+    notifier = SlackNotifier(webhook_url=f"{webhook_server.url}/x", timeout=1)
+    webhook_server.respond(answer)
+    started = time.monotonic()
+    outcome = notifier.send_with_outcome(make_event())
+    elapsed = time.monotonic() - started
+    assert not outcome.delivered and not outcome.permanent
+    assert "deadline" in outcome.error
+    assert elapsed < 2.0
+
+
+def test_connection_refused_is_transient_and_names_no_secret(afs_plugins, make_event, caplog):
+    import socket
+
+    with socket.socket() as probe:  # a port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    notifier = SlackNotifier(webhook_url=f"http://127.0.0.1:{port}/services/{TOKEN}", timeout=1)
+    with caplog.at_level(logging.DEBUG):
+        outcome = notifier.send_with_outcome(make_event())
+    assert not outcome.permanent and "could not connect" in outcome.error
+    assert "sekr1t" not in caplog.text and "sekr1t" not in outcome.error
+
+
+def test_permanent_failures_name_no_secret_in_results_or_logs(slack, webhook_server, afs_plugins, caplog):
+    webhook_server.respond(status=403, body=f"invalid_token for /services/{TOKEN}")
+    manager = NotificationManager(plugins=afs_plugins)
+    manager.register_handler("slack", slack)
+    with caplog.at_level(logging.DEBUG):
+        result = manager.notify_training_failed("m", "r", "boom")
+    assert result.outcomes["slack"].permanent
+    assert "sekr1t" not in result.failed["slack"] and "sekr1t" not in caplog.text
+    assert "invalid_token" in result.failed["slack"]
+
+
+def test_hostile_text_arrives_escaped(slack, webhook_server, make_event):
+    slack.send(make_event(title="<!channel> deploy", message="a & b <https://x|y> <@U123> <!subteam^S1>"))
+    raw = webhook_server.received[0].body.decode()
+    payload = webhook_server.received[0].json
+    assert payload["blocks"][0]["text"]["text"].endswith("&lt;!channel&gt; deploy")
+    assert "a &amp; b &lt;https://x|y&gt; &lt;@U123&gt; &lt;!subteam^S1&gt;" in raw
+    assert "<!" not in raw and "<@" not in raw and "<https" not in raw
+
+
+def test_nan_and_emoji_arrive_as_valid_json(slack, webhook_server, make_event):
+    family = "🚀✅👨‍👩‍👧"
+    slack.send(make_event(title=f"done {family}", metrics={"loss": float("nan"), "grad": float("inf")}))
+    raw = webhook_server.received[0].body.decode("utf-8")
+    json.loads(raw, parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+    assert family in raw and "*loss*\\nNaN" in raw and "*grad*\\ninf" in raw
+
+
+def test_another_plugin_can_replace_slacks_rendering(slack, webhook_server, afs_plugins, make_event):
+    from afs_core import hookimpl
+
+    class PlainSlack:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            if isinstance(channel, SlackNotifier):
+                return {"text": f"plain: {event.title}"}
+            return None
+
+    afs_plugins.register(PlainSlack(), name="plain-slack")
+    assert slack.send(make_event())
+    assert webhook_server.received[0].json == {"text": "plain: Training completed: tiny-model"}
