@@ -7,7 +7,8 @@ so the manager, ``Channel.send`` and (later) the background engine behave alike.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.events import NotificationEvent
@@ -65,6 +66,21 @@ def _secrets_of(channel: Channel) -> list[str]:
         return []
 
 
+class Filtered(Exception):
+    """An ``afs_filter_event`` hook held the event back from this channel."""
+
+
+def render_message(plugins: PluginHost, channel: Channel, event: NotificationEvent) -> Any:
+    """The message for ``channel`` after filter and format hooks; raises :class:`Filtered`."""
+    hook = plugins.hook
+    if any(verdict is False for verdict in hook.afs_filter_event(event=event, channel=channel)):
+        raise Filtered()
+    message = hook.afs_format_event(event=event, channel=channel)
+    if message is None:
+        raise PermanentDeliveryError("no afs_format_event implementation produced a message")
+    return message
+
+
 def deliver_event(
     plugins: PluginHost, name: str, channel: Channel, event: NotificationEvent
 ) -> ChannelOutcome:
@@ -74,32 +90,41 @@ def deliver_event(
         return ChannelOutcome(
             name, DeliveryStatus.FAILED, error=f"not a NotificationEvent: {type(event).__name__}", permanent=True
         )
-    hook = plugins.hook
     try:
-        verdicts = hook.afs_filter_event(event=event, channel=channel)
-        if any(verdict is False for verdict in verdicts):
-            return ChannelOutcome(name, DeliveryStatus.FILTERED)
-        message = hook.afs_format_event(event=event, channel=channel)
-        if message is None:
-            raise PermanentDeliveryError("no afs_format_event implementation produced a message")
-        hook.afs_deliver(message=message, channel=channel, event=event)
+        message = render_message(plugins, channel, event)
+    except Filtered:
+        return ChannelOutcome(name, DeliveryStatus.FILTERED)
+    except (Exception, SystemExit) as exc:
+        return _failed(plugins, name, channel, [event], exc)
+    return deliver_message(plugins, name, channel, message, [event])
+
+
+def deliver_message(
+    plugins: PluginHost, name: str, channel: Channel, message: Any, events: Sequence[NotificationEvent]
+) -> ChannelOutcome:
+    """Deliver one rendered message carrying ``events`` (one, or a batch) through the
+    ``afs_deliver`` hook; the hook sees the first event of a batch."""
+    try:
+        plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
     except (Exception, SystemExit) as exc:  # never into the caller's training loop
-        raw = _as_delivery_error(exc)
-        # Service text can carry escape sequences; logs and history get plain text.
-        reason = strip_control(scrub(str(raw.reason), _secrets_of(channel)), keep="")
-        # Hooks and logs only ever see the scrubbed reason, never the raw exception.
-        kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
-        error = kind(reason, retry_after=raw.retry_after)
+        return _failed(plugins, name, channel, events, exc)
+    return ChannelOutcome(name, DeliveryStatus.DELIVERED)
+
+
+def _failed(
+    plugins: PluginHost, name: str, channel: Channel, events: Sequence[NotificationEvent], exc: BaseException
+) -> ChannelOutcome:
+    raw = _as_delivery_error(exc)
+    # Service text can carry escape sequences and secrets; logs and history get neither.
+    reason = strip_control(scrub(str(raw.reason), _secrets_of(channel)), keep="")
+    kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
+    error = kind(reason, retry_after=raw.retry_after)
+    for event in events:
         logger.warning("afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
         _report_failure(plugins, event, channel, error)
-        return ChannelOutcome(
-            name,
-            DeliveryStatus.FAILED,
-            error=reason,
-            permanent=error.permanent,
-            retry_after=error.retry_after,
-        )
-    return ChannelOutcome(name, DeliveryStatus.DELIVERED)
+    return ChannelOutcome(
+        name, DeliveryStatus.FAILED, error=reason, permanent=error.permanent, retry_after=error.retry_after
+    )
 
 
 def _report_failure(

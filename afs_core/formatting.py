@@ -132,6 +132,11 @@ def truncate(text: str, limit: int, marker: str = ELLIPSIS, *, keep_entities: bo
     return kept + marker
 
 
+def defuse_fences(text: str) -> str:
+    """Text safe inside a ``` code block: a fence in the text cannot close it early."""
+    return text.replace("```", "`\u200b`\u200b`")
+
+
 def trim_traceback(text: str, head: int = 4, tail: int = 16, max_chars: int = 3000) -> str:
     """A long traceback cut to its first and last lines, where the cause usually is."""
     lines = text.rstrip("\n").splitlines()

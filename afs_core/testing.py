@@ -15,11 +15,14 @@ afs-core installed gets these fixtures:
   and moves to an empty working directory, so no developer ``.env`` leaks into a
   test (``usefixtures = afs_isolated_env`` applies it everywhere).
 
-and :func:`would_send`, which shows what a channel would send for an event.
+and :func:`would_send`, which shows what a channel would send for an event,
+:func:`sample_events` (one fixed event per category) and :func:`assert_matches_snapshot`.
 """
 
 from __future__ import annotations
 
+import datetime as dt
+import json
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,15 +31,24 @@ from typing import Any
 import pytest
 
 from afs_core.channel import Channel
-from afs_core.dispatch import enrich_event
+from afs_core.dispatch import Filtered, enrich_event, render_message
 from afs_core.errors import DeliveryError
 from afs_core.events import EventType, NotificationEvent
 from afs_core.hookspecs import hookimpl
 from afs_core.loopback import Scripted, WebhookServer
 from afs_core.manager import NotificationManager
 from afs_core.plugins import PluginHost, get_plugins, use_plugins
+from afs_core.source import Source
 
-__all__ = ["RecordingChannel", "Scripted", "WebhookServer", "make_event", "would_send"]
+__all__ = [
+    "RecordingChannel",
+    "Scripted",
+    "WebhookServer",
+    "assert_matches_snapshot",
+    "make_event",
+    "sample_events",
+    "would_send",
+]
 
 
 class RecordingChannel(Channel):
@@ -74,17 +86,68 @@ def make_event(
     return NotificationEvent(event_type, title, message, **fields)
 
 
+def sample_events() -> dict[str, NotificationEvent]:
+    """One realistic event per category (and a few more), with a fixed time, id and
+    source, so channel payloads can be compared against stored snapshots."""
+    fixed: dict[str, Any] = dict(
+        timestamp=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc),
+        event_id="0" * 32,
+        source=Source(host="gpu-01", pid=4242, rank=0, world_size=8),
+        model_name="m",
+        run_id="r",
+    )
+    return {
+        "training_completed": NotificationEvent(
+            EventType.TRAINING_COMPLETED, "Training completed: m", "Run r finished in 1h 00m, final loss 0.1234.",
+            metrics={"accuracy": 0.95}, context={"duration": 3600.0, "final_loss": 0.1234}, tags=["nightly"], **fixed),
+        "training_failed": NotificationEvent(
+            EventType.TRAINING_FAILED, "Training failed: m", "Run r failed: RuntimeError: CUDA out of memory",
+            error_details="RuntimeError: CUDA out of memory",
+            context={"traceback": 'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\n'
+                                  "RuntimeError: CUDA out of memory"},
+            **fixed),
+        "checkpoint_saved": NotificationEvent(
+            EventType.CHECKPOINT_SAVED, "Checkpoint saved: m", "Run r saved a checkpoint.",
+            epoch=3, context={"checkpoint_path": "ckpt/epoch-3"}, **fixed),
+        "evaluation_completed": NotificationEvent(
+            EventType.EVALUATION_COMPLETED, "Evaluation completed: m", "Run r finished evaluation.",
+            metrics={"accuracy": 0.954321, "f1": 0.92}, **fixed),
+        "milestone_loss_improved": NotificationEvent(
+            EventType.LOSS_IMPROVED, "Loss improved: m", "Loss improved to 0.2.",
+            metrics={"loss": 0.2}, context={"previous_loss": 0.3, "step": 100}, **fixed),
+        "resource_cost": NotificationEvent(
+            EventType.COST_THRESHOLD_EXCEEDED, "Cost threshold exceeded: m",
+            "Cost reached $12.50, over the $10.00 threshold.", cost=12.5, context={"threshold": 10.0}, **fixed),
+        "error_nan": NotificationEvent(
+            EventType.NAN_DETECTED, "NaN detected: m", "Run r: loss became NaN.",
+            context={"metric": "loss", "step": 12}, **fixed),
+    }
+
+
+def assert_matches_snapshot(payload: Any, path: Path) -> None:
+    """``payload`` as pretty JSON equals the file at ``path``.
+
+    A missing snapshot (or ``UPDATE_SNAPSHOTS=1``) writes the file and fails the
+    test, so a snapshot is only ever accepted after someone has read it.
+    """
+    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        pytest.fail(f"snapshot {path.name} written; review it and run again")
+    assert text == path.read_text(encoding="utf-8"), f"payload differs from snapshot {path.name}"
+
+
 def would_send(
     channel: Channel, event: NotificationEvent, plugins: PluginHost | None = None
 ) -> Any:
     """The message ``channel`` would send for ``event`` after the enrich, filter and
     format hooks ran, without delivering it; ``None`` when a filter holds it back."""
     plugins = plugins or get_plugins()
-    event = enrich_event(plugins, event)
-    hook = plugins.hook
-    if any(verdict is False for verdict in hook.afs_filter_event(event=event, channel=channel)):
+    try:
+        return render_message(plugins, channel, enrich_event(plugins, event))
+    except Filtered:
         return None
-    return hook.afs_format_event(event=event, channel=channel)
 
 
 # Settings that from_env() reads, for the core and the first-party channels, and

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import ELLIPSIS, event_fields, headline, source_line, strip_control, trim_traceback, truncate
+from afs_core.formatting import ELLIPSIS, defuse_fences, event_fields, headline, source_line, strip_control, trim_traceback, truncate
 
 # Block Kit limits (shared/reference/protocols.md).
 MAX_BLOCKS = 50
@@ -69,7 +69,7 @@ def render(event: NotificationEvent, channel: str | None = None) -> dict[str, An
     tail: list[dict[str, Any]] = []
     if isinstance(traceback, str) and traceback:
         fence = "```"
-        code = fit(trim_traceback(traceback), SECTION_TEXT - 2 * len(fence))
+        code = fit(defuse_fences(trim_traceback(traceback)), SECTION_TEXT - 2 * len(fence))
         tail.append({"type": "section", "text": _mrkdwn(f"{fence}{code}{fence}")})
     tail.append({"type": "context", "elements": [_mrkdwn(fit(source_line(event), SECTION_TEXT))]})
     # One header block sits outside the attachment; everything shares the 50-block budget.

@@ -1,13 +1,12 @@
 """Block Kit rendering: limits, escaping, and one payload snapshot per event category."""
 
-import datetime as dt
 import json
-import os
 from pathlib import Path
 
 import pytest
 
-from afs_core import EventType, NotificationEvent, Source
+from afs_core import EventType, NotificationEvent
+from afs_core.testing import assert_matches_snapshot, sample_events
 from afs_slack.blocks import render
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"
@@ -100,41 +99,8 @@ def test_fallback_text_reads_like_a_phone_notification():
     assert payload["text"] == "✅ Training completed: m — Run r finished in 1h 00m."
 
 
-FIXED = dict(
-    timestamp=dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.timezone.utc),
-    event_id="0" * 32,
-    source=Source(host="gpu-01", pid=4242, rank=0, world_size=8),
-)
-CATEGORY_EVENTS = {
-    "training_completed": event(
-        message="Run r finished in 1h 00m, final loss 0.1234.", metrics={"accuracy": 0.95},
-        context={"duration": 3600.0, "final_loss": 0.1234}, tags=["nightly"], **FIXED),
-    "training_failed": event(
-        EventType.TRAINING_FAILED, "Training failed: m", "Run r failed: RuntimeError: CUDA out of memory",
-        error_details="RuntimeError: CUDA out of memory",
-        context={"traceback": 'Traceback (most recent call last):\n  File "train.py", line 3, in <module>\nRuntimeError: CUDA out of memory'},
-        **FIXED),
-    "checkpoint_saved": event(EventType.CHECKPOINT_SAVED, "Checkpoint saved: m", "Run r saved a checkpoint.",
-                              epoch=3, context={"checkpoint_path": "ckpt/epoch-3"}, **FIXED),
-    "evaluation_completed": event(EventType.EVALUATION_COMPLETED, "Evaluation completed: m", "Run r finished evaluation.",
-                                  metrics={"accuracy": 0.954321, "f1": 0.92}, **FIXED),
-    "milestone_loss_improved": event(EventType.LOSS_IMPROVED, "Loss improved: m", "Loss improved to 0.2.",
-                                     metrics={"loss": 0.2}, context={"previous_loss": 0.3, "step": 100}, **FIXED),
-    "resource_cost": event(EventType.COST_THRESHOLD_EXCEEDED, "Cost threshold exceeded: m",
-                           "Cost reached $12.50, over the $10.00 threshold.", cost=12.5,
-                           context={"threshold": 10.0}, **FIXED),
-    "error_nan": event(EventType.NAN_DETECTED, "NaN detected: m", "Run r: loss became NaN.",
-                       context={"metric": "loss", "step": 12}, **FIXED),
-}
-
-
-@pytest.mark.parametrize("name", sorted(CATEGORY_EVENTS))
+@pytest.mark.parametrize("name", sorted(sample_events()))
 def test_payload_snapshot(name):
-    payload = render(CATEGORY_EVENTS[name])
+    payload = render(sample_events()[name])
     assert not limit_violations(payload)
-    path = SNAPSHOTS / f"{name}.json"
-    text = json.dumps(payload, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
-    if os.environ.get("UPDATE_SNAPSHOTS") == "1" or not path.exists():
-        path.write_text(text, encoding="utf-8")
-        pytest.fail(f"snapshot {path.name} written; review it and run again")
-    assert text == path.read_text(encoding="utf-8")
+    assert_matches_snapshot(payload, SNAPSHOTS / f"{name}.json")
