@@ -9,7 +9,6 @@ which the HTTP channel distributions declare; ``import afs_core`` never loads it
 from __future__ import annotations
 
 import logging
-import socket
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -21,6 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
+from afs_core.deadline import Deadline
 from afs_core.errors import TransientDeliveryError
 from afs_core.redaction import scrub
 from afs_core.webhooks import encode_json
@@ -49,41 +49,11 @@ _scrubber = _ScrubSecrets()
 logging.getLogger("urllib3.connectionpool").addFilter(_scrubber)
 
 
-class _Watched:
-    """The connection a request is using, so the watchdog can cut it."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.connection: HTTPConnection | None = None
-        self.expired = False
-
-    def attach(self, connection: HTTPConnection) -> None:
-        with self.lock:
-            self.connection = connection
-            if self.expired:
-                _shut(connection)
-
-    def expire(self) -> None:
-        with self.lock:
-            self.expired = True
-            if self.connection is not None:
-                _shut(self.connection)
-
-
-def _shut(connection: HTTPConnection) -> None:
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-
-
 class _WatchedMixin:
     def _attach(self) -> None:
-        watched = getattr(_current, "watched", None)
-        if watched is not None:
-            watched.attach(self)  # type: ignore[arg-type]
+        deadline = getattr(_current, "deadline", None)
+        if deadline is not None:
+            deadline.attach(self)
 
     def connect(self) -> None:
         self._attach()
@@ -144,29 +114,26 @@ class WebhookSession:
 
     def post_json(self, url: str, payload: Mapping[str, Any], *, timeout: float) -> HttpAnswer:
         body = encode_json(payload)
-        watched = _Watched()
-        watchdog = threading.Timer(timeout, watched.expire)
-        watchdog.daemon = True
-        _current.watched = watched
-        watchdog.start()
-        try:
-            response = self._session.post(
-                url,
-                data=body,
-                headers={"Content-Type": "application/json; charset=utf-8"},
-                timeout=(timeout, timeout),
-                allow_redirects=False,
-            )
-            answer = HttpAnswer(response.status_code, response.headers, response.text)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            if watched.expired:
-                raise TransientDeliveryError(f"no complete answer within the {timeout:g} s deadline") from None
-            raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
-        finally:
-            watchdog.cancel()
-            _current.watched = None
-        if watched.expired:
-            raise TransientDeliveryError(f"no complete answer within the {timeout:g} s deadline")
+        late = TransientDeliveryError(f"no complete answer within the {timeout:g} s deadline")
+        with Deadline(timeout) as deadline:
+            _current.deadline = deadline
+            try:
+                response = self._session.post(
+                    url,
+                    data=body,
+                    headers={"Content-Type": "application/json; charset=utf-8"},
+                    timeout=(timeout, timeout),
+                    allow_redirects=False,
+                )
+                answer = HttpAnswer(response.status_code, response.headers, response.text)
+            except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+                if deadline.expired:
+                    raise late from None
+                raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
+            finally:
+                _current.deadline = None
+        if deadline.expired:
+            raise late
         return answer
 
     def close(self) -> None:

@@ -7,6 +7,7 @@ through :func:`scrub` first.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Any
 
 MASK = "***"
 
@@ -69,3 +70,33 @@ def url_secrets(url: str, public_segments: int = 1) -> list[str]:
     if parts.password:
         secrets.append(parts.password)
     return secrets
+
+
+class Secret:
+    """A value that shows as ``***`` in reprs, f-strings, ``vars()`` dumps and tracebacks;
+    :meth:`reveal` gives it back where it is really needed."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK!r})"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __reduce__(self) -> Any:
+        raise TypeError("secrets are not pickled")

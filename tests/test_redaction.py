@@ -17,3 +17,17 @@ def test_redact_url_keeps_only_what_identifies_the_service():
     assert redact_url("https://hooks.slack.com/services/T/B/X") == "https://hooks.slack.com/services/***"
     assert redact_url("https://user:pw@discord.com/api/webhooks/1/t?wait=true", 2) == "https://discord.com/api/webhooks/***"
     assert redact_url("https://h.example:99999/x/y") == "https://h.example/x/***"
+
+
+def test_secret_hides_in_reprs_and_dumps():
+    import pickle
+
+    import pytest
+
+    from afs_core.redaction import Secret
+
+    secret = Secret("hunter2")
+    assert "hunter2" not in f"{secret} {secret!r} {vars(type('X', (), {'p': secret}))}"
+    assert secret.reveal() == "hunter2" and bool(secret) and not Secret("")
+    with pytest.raises(TypeError):
+        pickle.dumps(secret)
