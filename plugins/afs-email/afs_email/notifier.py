@@ -1,22 +1,78 @@
-"""``EmailNotifier``: sends events as email reports over SMTP.
+"""``EmailNotifier``: sends events as email reports over SMTP (standard library only).
 
-This release registers the channel and reads its settings; building and sending
-the messages (STARTTLS/TLS, HTML report, batching) comes next, so ``deliver``
-fails with a permanent, clearly worded error until then.
+Rendering lives in :mod:`afs_email.report`; this module validates the settings,
+speaks SMTP with TLS that fails closed, holds every send to a total deadline,
+keeps one connection and one login for a batch, and turns SMTP replies into
+typed delivery errors.
 """
 
 from __future__ import annotations
 
+import smtplib
+import ssl
+import threading
 from collections.abc import Iterable, Mapping, Sequence
+from email.headerregistry import Address
+from email.message import EmailMessage
 from typing import Any
 
-from afs_core import Channel, PermanentDeliveryError
+from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import env_float, env_int, env_list, load_env
+from afs_core.deadline import Deadline
+from afs_core.errors import DeliveryError
+from afs_core.events import NotificationEvent
+from afs_core.formatting import strip_control, truncate
+from afs_core.redaction import Secret
+from afs_email.report import EmailReport, build_message, header_safe, render
+
+DEFAULT_TIMEOUT = 10.0
+TLS_MODES = ("starttls", "implicit", "off")
+_APP_PASSWORD_HINT = (
+    "check SMTP_USER and SMTP_PASSWORD; Gmail, Outlook and iCloud need an app password, "
+    "not the account password"
+)
+
+
+class PartialDeliveryError(PermanentDeliveryError):
+    """The server accepted the message for some recipients and refused others."""
+
+    def __init__(self, reason: str, refused: Mapping[str, str]) -> None:
+        super().__init__(reason)
+        self.refused = dict(refused)
+
+
+def _address(value: str, setting: str) -> str:
+    text = value.strip()
+    if not text or any(ch in text for ch in "\r\n,;<>"):
+        raise ConfigurationError(f"{setting} must be plain email addresses, got {text!r}")
+    try:
+        Address(addr_spec=text)
+    except (ValueError, IndexError) as exc:
+        raise ConfigurationError(f"{setting}: {text!r} is not an email address ({exc})") from None
+    if "@" not in text:
+        raise ConfigurationError(f"{setting}: {text!r} is not an email address")
+    return text
+
+
+def _reply(exc: smtplib.SMTPResponseException) -> str:
+    text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
+    return truncate(strip_control(text, keep=""), 200)
+
+
+class _Batch:
+    """One open connection shared by the sends of a batch."""
+
+    def __init__(self) -> None:
+        self.smtp: smtplib.SMTP | None = None
+        self.opened = 0
+        self.reconnects = 0
 
 
 class EmailNotifier(Channel):
     """SMTP channel. Settings: ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER``,
-    ``SMTP_PASSWORD``, ``FROM_EMAIL``, ``TO_EMAILS`` (comma-separated)."""
+    ``SMTP_PASSWORD``, ``FROM_EMAIL``, ``TO_EMAILS`` (comma-separated),
+    ``SMTP_TIMEOUT`` (total seconds per send), ``SMTP_TLS`` (``starttls``,
+    ``implicit`` or ``off``; default from the port), ``SMTP_CA_FILE``."""
 
     name = "email"
 
@@ -29,20 +85,64 @@ class EmailNotifier(Channel):
         from_email: str | None = None,
         to_emails: Sequence[str] | None = None,
         timeout: float | None = None,
+        *,
+        tls: str | None = None,
+        ca_file: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        env: Mapping[str, str] = load_env() if smtp_host is None else {}
-        self.smtp_host = smtp_host or env.get("SMTP_HOST") or None
-        self.smtp_port = smtp_port if smtp_port is not None else env_int(env, "SMTP_PORT", 587, minimum=1)
-        self.smtp_user = smtp_user or env.get("SMTP_USER") or None
-        self._smtp_password = smtp_password or env.get("SMTP_PASSWORD") or None
-        self.from_email = from_email or env.get("FROM_EMAIL") or self.smtp_user
-        self.to_emails = list(to_emails) if to_emails is not None else env_list(env, "TO_EMAILS")
-        self.timeout = float(timeout) if timeout is not None else env_float(env, "SMTP_TIMEOUT", 10.0)
+        if smtp_host is None:
+            env = load_env()
+            smtp_host = env.get("SMTP_HOST", "").strip()
+            if not smtp_host:
+                raise ConfigurationError("SMTP_HOST is not set (in the environment or .env)")
+            smtp_port = smtp_port if smtp_port is not None else env_int(env, "SMTP_PORT", 587, minimum=1)
+            smtp_user = smtp_user or env.get("SMTP_USER") or None
+            smtp_password = smtp_password or env.get("SMTP_PASSWORD") or None
+            from_email = from_email or env.get("FROM_EMAIL") or None
+            to_emails = to_emails if to_emails is not None else env_list(env, "TO_EMAILS")
+            timeout = timeout if timeout is not None else env_float(env, "SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1)
+            tls = tls or env.get("SMTP_TLS") or None
+            ca_file = ca_file or env.get("SMTP_CA_FILE") or None
+        if not isinstance(smtp_host, str) or not smtp_host.strip() or any(c in smtp_host for c in " \r\n/"):
+            raise ConfigurationError(f"SMTP_HOST must be a host name, got {smtp_host!r}")
+        self.smtp_host = smtp_host.strip()
+        self.smtp_port = 587 if smtp_port is None else int(smtp_port)
+        if not 0 < self.smtp_port < 65536:
+            raise ConfigurationError(f"SMTP_PORT must be 1-65535, got {smtp_port!r}")
+        if bool(smtp_user) != bool(smtp_password):
+            raise ConfigurationError("SMTP_USER and SMTP_PASSWORD go together: set both, or neither for a relay")
+        self.smtp_user = smtp_user
+        self._smtp_password = Secret(smtp_password) if smtp_password else None
+        sender = from_email or smtp_user
+        if not sender:
+            raise ConfigurationError("FROM_EMAIL is not set (and there is no SMTP_USER to send as)")
+        self.from_email = _address(sender, "FROM_EMAIL")
+        self.to_emails = [_address(a, "TO_EMAILS") for a in (to_emails or [])]
+        if not self.to_emails:
+            raise ConfigurationError("TO_EMAILS must list at least one recipient")
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
+        if not self.timeout > 0:
+            raise ConfigurationError(f"SMTP_TIMEOUT must be a positive number of seconds, got {timeout!r}")
+        mode = (tls or ("implicit" if self.smtp_port == 465 else "starttls")).strip().lower()
+        if mode not in TLS_MODES:
+            raise ConfigurationError(f"SMTP_TLS must be one of {', '.join(TLS_MODES)}, got {tls!r}")
+        self.tls = mode
+        if ca_file is not None and ssl_context is None:
+            try:
+                ssl_context = ssl.create_default_context(cafile=ca_file)
+            except (OSError, ssl.SSLError) as exc:
+                raise ConfigurationError(f"SMTP_CA_FILE {ca_file!r} cannot be used: {exc}") from None
+        self._ssl_context = ssl_context
+        self._local = threading.local()
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> EmailNotifier | None:
         host = env.get("SMTP_HOST", "").strip()
         if not host:
+            partial = [k for k in ("SMTP_USER", "SMTP_PASSWORD", "FROM_EMAIL", "TO_EMAILS") if env.get(k, "").strip()]
+            if partial:
+                verb = "is" if len(partial) == 1 else "are"
+                raise ConfigurationError(f"SMTP_HOST is missing, but {', '.join(partial)} {verb} set")
             return None
         return cls(
             smtp_host=host,
@@ -51,20 +151,168 @@ class EmailNotifier(Channel):
             smtp_password=env.get("SMTP_PASSWORD") or None,
             from_email=env.get("FROM_EMAIL") or None,
             to_emails=env_list(env, "TO_EMAILS"),
-            timeout=env_float(env, "SMTP_TIMEOUT", 10.0),
+            timeout=env_float(env, "SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1),
+            tls=env.get("SMTP_TLS") or None,
+            ca_file=env.get("SMTP_CA_FILE") or None,
         )
+
+    # -- rendering --------------------------------------------------------------------
+
+    def format(self, event: NotificationEvent) -> EmailReport:
+        return render(event)
+
+    def _message(self, message: Any) -> EmailMessage:
+        if isinstance(message, EmailMessage):
+            return message
+        if isinstance(message, EmailReport):
+            report = message
+        else:  # a plugin's formatter returned text: send it as it is, escaped in the HTML part
+            import html
+
+            text = str(message)
+            first = text.strip().splitlines()[0] if text.strip() else "notification"
+            report = EmailReport(f"[AFS] {header_safe(first)}"[:200], text, f"<pre>{html.escape(text)}</pre>")
+        return build_message(report, self.from_email, self.to_emails)
+
+    # -- sending ----------------------------------------------------------------------
+
+    def deliver(self, message: Any) -> None:
+        email_message = self._message(message)
+        batch: _Batch | None = getattr(self._local, "batch", None)
+        with Deadline(self.timeout) as deadline:
+            try:
+                if batch is None:
+                    smtp = self._open(deadline)
+                    try:
+                        self._transmit(smtp, email_message)
+                    finally:
+                        self._quit(smtp)
+                    return
+                if batch.smtp is None:
+                    batch.smtp = self._reopen(batch, deadline)
+                else:
+                    deadline.attach(batch.smtp)
+                try:
+                    self._transmit(batch.smtp, email_message)
+                except smtplib.SMTPServerDisconnected:
+                    if deadline.expired:
+                        raise
+                    batch.smtp = None  # the server dropped us midway
+                    batch.smtp = self._reopen(batch, deadline)
+                    self._transmit(batch.smtp, email_message)
+            except Exception as exc:
+                if batch is not None and batch.smtp is not None and not _still_usable(exc):
+                    self._quit(batch.smtp)
+                    batch.smtp = None
+                raise self._classify(exc, deadline) from None
+
+    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
+        """Send each event as its own email over one connection with one login."""
+        self._local.batch = batch = _Batch()
+        try:
+            return super().send_batch(events)
+        finally:
+            self._local.batch = None
+            if batch.smtp is not None:
+                with Deadline(min(self.timeout, 5.0)) as deadline:
+                    deadline.attach(batch.smtp)
+                    self._quit(batch.smtp)
+
+    def _reopen(self, batch: _Batch, deadline: Deadline) -> smtplib.SMTP:
+        """The batch's connection: the first one, then at most one more."""
+        if batch.opened >= 1:
+            if batch.reconnects >= 1:
+                raise TransientDeliveryError("the SMTP server dropped the batch's connection twice; the rest stays unsent")
+            batch.reconnects += 1
+        batch.opened += 1
+        return self._open(deadline)
+
+    def _context(self) -> ssl.SSLContext:
+        return self._ssl_context or ssl.create_default_context()
+
+    def _open(self, deadline: Deadline) -> smtplib.SMTP:
+        """Connected, secured and logged in, or an exception; credentials only over TLS."""
+        if self.tls == "implicit":
+            smtp: smtplib.SMTP = smtplib.SMTP_SSL(timeout=deadline.remaining(), context=self._context())
+        else:
+            smtp = smtplib.SMTP(timeout=deadline.remaining())
+        # Built without a host so the deadline watches the socket from the first byte;
+        # smtplib then verifies the certificate against _host, which only its
+        # constructor sets.
+        smtp._host = self.smtp_host  # type: ignore[attr-defined]
+        deadline.attach(smtp)
+        try:
+            smtp.connect(self.smtp_host, self.smtp_port)
+            smtp.ehlo()
+            if self.tls == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise PermanentDeliveryError(
+                        "the server offers no STARTTLS, so nothing was sent and no credentials either "
+                        "(SMTP_TLS=off allows plain SMTP, for a local relay only)"
+                    )
+                smtp.starttls(context=self._context())
+                smtp.ehlo()
+            if self.smtp_user and self._smtp_password:
+                smtp.login(self.smtp_user, self._smtp_password.reveal())
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+    def _transmit(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
+        refused = smtp.send_message(message, from_addr=self.from_email, to_addrs=self.to_emails)
+        if refused:
+            named = {addr: f"{code} {truncate(strip_control(text.decode('utf-8', 'replace'), keep=''), 100)}"
+                     for addr, (code, text) in refused.items()}
+            raise PartialDeliveryError(
+                f"delivered to {len(self.to_emails) - len(named)} of {len(self.to_emails)} recipients; refused: "
+                + ", ".join(f"{addr} ({why})" for addr, why in named.items()),
+                refused=named,
+            )
+
+    @staticmethod
+    def _quit(smtp: smtplib.SMTP) -> None:
+        try:
+            smtp.quit()
+        except (smtplib.SMTPException, OSError):
+            smtp.close()
+
+    def _classify(self, exc: BaseException, deadline: Deadline) -> DeliveryError:
+        if isinstance(exc, DeliveryError):
+            return exc
+        if deadline.expired:
+            return TransientDeliveryError(f"the SMTP exchange did not finish within the {self.timeout:g} s deadline")
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            return PermanentDeliveryError(f"SMTP authentication failed ({exc.smtp_code} {_reply(exc)}): {_APP_PASSWORD_HINT}")
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            refused = ", ".join(f"{addr} ({code})" for addr, (code, _) in exc.recipients.items())
+            return PermanentDeliveryError(f"every recipient was refused: {refused}")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            what = f"SMTP {exc.smtp_code} {_reply(exc)}"
+            kind = TransientDeliveryError if 400 <= exc.smtp_code < 500 else PermanentDeliveryError
+            return kind(what)
+        if isinstance(exc, smtplib.SMTPNotSupportedError):
+            return PermanentDeliveryError(f"the server does not support what is needed: {exc}")
+        if isinstance(exc, ssl.SSLCertVerificationError):
+            return PermanentDeliveryError(f"the server's TLS certificate failed verification: {exc.verify_message}")
+        if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
+            return TransientDeliveryError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
+        return PermanentDeliveryError(f"{type(exc).__name__}: {exc}")
+
+    # -- status -----------------------------------------------------------------------
 
     def is_configured(self) -> bool:
         return bool(self.smtp_host and self.from_email and self.to_emails)
 
-    def deliver(self, message: Any) -> None:
-        raise PermanentDeliveryError("afs-email 0.1.0 cannot send email yet; delivery is not built")
-
     def describe(self) -> str:
-        if not self.smtp_host:
-            return "email (not configured)"
         login = f"{self.smtp_user}@" if self.smtp_user else ""
-        return f"email smtp://{login}{self.smtp_host}:{self.smtp_port} -> {', '.join(self.to_emails)}"
+        return f"email smtp://{login}{self.smtp_host}:{self.smtp_port} ({self.tls}) -> {', '.join(self.to_emails)}"
 
     def secrets(self) -> Iterable[str]:
-        return [self._smtp_password] if self._smtp_password else []
+        return [self._smtp_password.reveal()] if self._smtp_password else []
+
+
+def _still_usable(exc: BaseException) -> bool:
+    """A refused message leaves the connection open; anything else may have broken it."""
+    return isinstance(exc, (PartialDeliveryError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused,
+                            smtplib.SMTPDataError))

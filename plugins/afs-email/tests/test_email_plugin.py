@@ -22,10 +22,18 @@ def test_entry_point_offers_the_email_channel():
 
 
 def test_from_env_reads_every_setting():
-    assert EmailNotifier.from_env({}) is None
-    notifier = EmailNotifier.from_env(SETTINGS)
-    assert notifier.smtp_port == 465 and notifier.to_emails == ["a@example.com", "b@example.com"]
-    assert notifier.is_configured()
+    assert EmailNotifier.from_env({"SMTP_PORT": "587"}) is None
+    notifier = EmailNotifier.from_env({**SETTINGS, "SMTP_TIMEOUT": "3"})
+    assert notifier.smtp_port == 465 and notifier.tls == "implicit" and notifier.timeout == 3.0
+    assert notifier.to_emails == ["a@example.com", "b@example.com"]
+
+
+def test_no_arguments_reads_the_same_settings(monkeypatch):
+    for key, value in SETTINGS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("SMTP_TLS", "starttls")
+    notifier = EmailNotifier()
+    assert (notifier.smtp_host, notifier.tls, notifier.from_email) == ("smtp.example.com", "starttls", "me@example.com")
 
 
 def test_seed_constructor_arguments():
@@ -33,12 +41,37 @@ def test_seed_constructor_arguments():
         smtp_host="smtp.gmail.com", smtp_port=587, smtp_user="me@gmail.com",
         smtp_password="app-password", from_email="me@gmail.com", to_emails=["r@example.com"],
     )
-    assert notifier.describe() == "email smtp://me@gmail.com@smtp.gmail.com:587 -> r@example.com"
+    assert notifier.describe() == "email smtp://me@gmail.com@smtp.gmail.com:587 (starttls) -> r@example.com"
 
 
-def test_bad_port_is_a_configuration_error():
-    with pytest.raises(ConfigurationError, match="SMTP_PORT"):
-        EmailNotifier.from_env({**SETTINGS, "SMTP_PORT": "smtp"})
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [
+        ({"SMTP_HOST": "", "TO_EMAILS": "a@example.com"}, "SMTP_HOST is missing, but .*TO_EMAILS are set"),
+        ({"SMTP_PORT": "smtp"}, "SMTP_PORT must be a whole number"),
+        ({"SMTP_PORT": "70000"}, "SMTP_PORT must be 1-65535"),
+        ({"SMTP_PASSWORD": ""}, "SMTP_USER and SMTP_PASSWORD go together"),
+        ({"TO_EMAILS": ""}, "TO_EMAILS must list at least one recipient"),
+        ({"TO_EMAILS": "not-an-address"}, "not an email address"),
+        ({"TO_EMAILS": "a@example.com\r\nBcc: x@example.com"}, "plain email addresses"),
+        ({"FROM_EMAIL": "", "SMTP_USER": "", "SMTP_PASSWORD": ""}, "FROM_EMAIL is not set"),
+        ({"SMTP_TLS": "maybe"}, "SMTP_TLS must be one of starttls, implicit, off"),
+        ({"SMTP_CA_FILE": "/no/such/ca.pem"}, "SMTP_CA_FILE"),
+        ({"SMTP_HOST": "smtp.example.com/x"}, "SMTP_HOST must be a host name"),
+    ],
+)
+def test_wrong_settings_are_clear_errors_at_configuration_time(settings, message):
+    with pytest.raises(ConfigurationError, match=message) as info:
+        EmailNotifier.from_env({**SETTINGS, **settings})
+    assert "app-pa55word" not in str(info.value)
+
+
+def test_a_bad_setting_stops_from_env_at_start_up(monkeypatch):
+    monkeypatch.setenv("SMTP_HOST", "smtp.example.com")
+    monkeypatch.setenv("TO_EMAILS", "nobody")
+    monkeypatch.setenv("FROM_EMAIL", "me@example.com")
+    with pytest.raises(ConfigurationError, match="email channel: TO_EMAILS"):
+        NotificationManager.from_env(plugins=PluginHost(allow={"email"}))
 
 
 def test_password_never_shows(monkeypatch):
@@ -46,10 +79,8 @@ def test_password_never_shows(monkeypatch):
         monkeypatch.setenv(key, value)
     notifier = EmailNotifier()
     assert "app-pa55word" not in repr(notifier) and "app-pa55word" not in notifier.describe()
+    assert "app-pa55word" not in str(vars(notifier))
     assert scrub("535 auth failed for me@example.com/app-pa55word", notifier.secrets()).endswith("/***")
-    manager = NotificationManager.from_env(plugins=PluginHost(allow={"email"}))
-    result = manager.notify("t", "m")
-    assert result["email"] is False and "app-pa55word" not in result.failed["email"]
 
 
 def test_seed_import_path():
