@@ -1,17 +1,41 @@
-"""``DesktopNotifier``: native desktop notifications where the user sits.
+"""``DesktopNotifier``: native desktop notifications on macOS, Linux and Windows.
 
-This release registers the channel and reads its settings; the macOS, Linux
-(D-Bus) and Windows backends come next, so ``deliver`` fails with a permanent,
-clearly worded error until then.
+The message is composed once (:mod:`afs_desktop.message`); a backend per platform
+shows it (:mod:`afs_desktop.backends`). Where none can, a send fails within a
+second with the reason, and ``from_env`` does not register the channel at all.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
 from collections.abc import Mapping
 from typing import Any
 
-from afs_core import Channel, EventType, NotificationEvent, NotificationLevel, PermanentDeliveryError
+from afs_core import Channel, EventType, NotificationEvent, NotificationLevel
 from afs_core.config import env_bool
+from afs_core.formatting import strip_control, truncate
+from afs_desktop.backends import Backend
+from afs_desktop.message import BODY_LIMIT, TITLE_LIMIT, DesktopMessage, compose
+
+logger = logging.getLogger("afs.desktop")
+
+
+def choose_backend(platform: str | None = None) -> Backend:
+    """The backend for this platform; on Linux D-Bus first, then ``notify-send``."""
+    from afs_desktop.backends.commands import macos_backend, notify_send_backend, windows_backend
+    from afs_desktop.backends.freedesktop import FreedesktopBackend
+
+    platform = platform or sys.platform
+    if platform == "darwin":
+        return macos_backend()
+    if platform.startswith("win"):
+        return windows_backend()
+    dbus = FreedesktopBackend()
+    if dbus.unavailable_reason() is None:
+        return dbus
+    fallback = notify_send_backend()
+    return fallback if fallback.unavailable_reason() is None else dbus
 
 
 class DesktopNotifier(Channel):
@@ -19,28 +43,56 @@ class DesktopNotifier(Channel):
 
     name = "desktop"
 
-    def __init__(self, enable_sound: bool = True, app_name: str = "AFS") -> None:
+    def __init__(self, enable_sound: bool = True, app_name: str = "AFS", backend: Backend | None = None) -> None:
         self.enable_sound = enable_sound
-        self.app_name = app_name
+        self.app_name = truncate(strip_control(app_name, keep=""), 64) or "AFS"
+        self._backend = backend
+
+    @property
+    def backend(self) -> Backend:
+        if self._backend is None:
+            self._backend = choose_backend()
+        return self._backend
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DesktopNotifier | None:
         if not env_bool(env, "DESKTOP_NOTIFICATIONS_ENABLED", False):
             return None
-        return cls(enable_sound=env_bool(env, "DESKTOP_NOTIFICATIONS_SOUND", True))
+        notifier = cls(enable_sound=env_bool(env, "DESKTOP_NOTIFICATIONS_SOUND", True))
+        reason = notifier.backend.unavailable_reason()
+        if reason is not None:
+            logger.warning("afs: desktop notifications are enabled but unavailable here: %s", reason)
+            return None
+        return notifier
+
+    def format(self, event: NotificationEvent) -> DesktopMessage:
+        return compose(event, app_name=self.app_name, sound=self.enable_sound)
+
+    def deliver(self, message: Any) -> Any:
+        if not isinstance(message, DesktopMessage):  # a plugin's formatter returned text
+            lines = str(message).strip().splitlines() or ["AFS"]
+            message = DesktopMessage(
+                truncate(strip_control(lines[0], keep=""), TITLE_LIMIT),
+                truncate(strip_control("\n".join(lines[1:3])), BODY_LIMIT),
+                NotificationLevel.INFO, self.app_name, self.enable_sound,
+            )
+        return self.backend.show(message)
 
     def notify_simple(
         self, title: str, message: str, level: NotificationLevel | str = NotificationLevel.INFO
     ) -> bool:
-        """Show one notification without building an event by hand."""
+        """Show one notification without building an event by hand; never raises."""
         try:
-            event = NotificationEvent(EventType.ERROR_OCCURRED, title, message, level=level)
-        except (TypeError, ValueError):
+            event = NotificationEvent(EventType.ERROR_OCCURRED, str(title), str(message), level=level)
+        except (TypeError, ValueError) as exc:
+            logger.error("afs: desktop notification rejected: %s", exc)
             return False
         return self.send(event)
 
-    def deliver(self, message: Any) -> None:
-        raise PermanentDeliveryError("afs-desktop 0.1.0 has no desktop backend yet")
+    def is_configured(self) -> bool:
+        return self.backend.unavailable_reason() is None
 
     def describe(self) -> str:
-        return f"desktop ({self.app_name}, sound {'on' if self.enable_sound else 'off'})"
+        backend = self._backend.name if self._backend is not None else "auto"
+        return f"desktop {backend} ({self.app_name}, sound {'on' if self.enable_sound else 'off'})"
+
