@@ -79,6 +79,20 @@ def env_int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0)
     return int(_env_number(env, key, default, minimum, int, "a whole number"))
 
 
+MAX_TIMEOUT = 3600.0
+
+
+def check_timeout(value: object, setting: str) -> float:
+    """A per-send deadline in seconds: a finite number from 0.1 to an hour."""
+    try:
+        seconds = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ConfigurationError(f"{setting} must be a number of seconds, got {value!r}") from None
+    if not 0.1 <= seconds <= MAX_TIMEOUT:  # also rejects NaN and infinity
+        raise ConfigurationError(f"{setting} must be between 0.1 and {MAX_TIMEOUT:g} seconds, got {value!r}")
+    return seconds
+
+
 def env_list(env: Mapping[str, str], key: str) -> list[str]:
     """A comma-separated setting as a list, blanks dropped."""
     return [part.strip() for part in env.get(key, "").split(",") if part.strip()]

@@ -7,6 +7,7 @@ so the helpers live here once and channels only decide the layout.
 from __future__ import annotations
 
 import math
+import re
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -22,6 +23,7 @@ LEVEL_EMOJI: Mapping[NotificationLevel, str] = {
 }
 
 ELLIPSIS = "…"
+_BACKTICK_PAIR = re.compile(r"`(?=`)")
 
 # Characters that reorder the text around them (a "Trojan Source" trick); the
 # joiners that build emoji sequences are not among them and are kept.
@@ -133,8 +135,9 @@ def truncate(text: str, limit: int, marker: str = ELLIPSIS, *, keep_entities: bo
 
 
 def defuse_fences(text: str) -> str:
-    """Text safe inside a ``` code block: a fence in the text cannot close it early."""
-    return text.replace("```", "`\u200b`\u200b`")
+    """Text safe inside a ``` code block: no two backticks stay adjacent, so no run of
+    them (three, five, any) can close the block early."""
+    return _BACKTICK_PAIR.sub("`\u200b", text)
 
 
 def trim_traceback(text: str, head: int = 4, tail: int = 16, max_chars: int = 3000) -> str:

@@ -116,6 +116,7 @@ def classify_status(
 def encode_json(payload: Mapping[str, Any]) -> bytes:
     """Strict JSON: a NaN that slipped through fails here, not at the service."""
     try:
-        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8")
+        # "replace": a lone surrogate in some text becomes "?" instead of losing the event.
+        return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8", "replace")
     except ValueError as exc:
         raise PermanentDeliveryError(f"payload is not valid JSON: {exc}") from None

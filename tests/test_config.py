@@ -45,3 +45,12 @@ def test_numbers_and_lists():
     assert env_float({"K": " 2.5 "}, "K", 1.0) == 2.5 and env_float({}, "K", 1.0) == 1.0
     assert env_int({"K": "7"}, "K", 1) == 7
     assert env_list({"K": "a@x, ,b@y,"}, "K") == ["a@x", "b@y"]
+
+
+@pytest.mark.parametrize("value", ["inf", "nan", "0", "1e10", "abc", None])
+def test_timeouts_must_be_finite_and_sensible(value):
+    from afs_core.config import check_timeout
+
+    with pytest.raises(ConfigurationError, match="X_TIMEOUT"):
+        check_timeout(value, "X_TIMEOUT")
+    assert check_timeout("2.5", "X_TIMEOUT") == 2.5

@@ -127,3 +127,11 @@ def test_truncate_never_cuts_an_entity_in_half():
     assert len(cut) <= 3000 and cut.endswith("&lt;…")
     assert cut[:-1].count("&") == cut[:-1].count(";")
     assert truncate("ab&amp;cd", 6, keep_entities=True) == "ab…"
+
+
+@pytest.mark.parametrize("run", ["```", "````", "`````", "``````````"])
+def test_no_run_of_backticks_survives_defusing(run):
+    from afs_core.formatting import defuse_fences
+
+    defused = defuse_fences(f"a{run}b")
+    assert "``" not in defused and defused.replace("\u200b", "") == f"a{run}b"

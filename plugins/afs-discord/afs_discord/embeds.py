@@ -64,7 +64,7 @@ def render(event: NotificationEvent) -> dict[str, Any]:
                           f"rank {event.source.rank}" if event.source.rank is not None else "") if part
     )
     embed: dict[str, Any] = {
-        "title": _fit(headline(event), TITLE),
+        "title": _fit(strip_control(headline(event), keep=""), TITLE),
         "color": COLOURS[event.level],
         "timestamp": event.timestamp.isoformat(),
         "fields": [
@@ -109,19 +109,37 @@ def fit_embed(embed: Mapping[str, Any], budget: int = EMBEDS_TOTAL) -> dict[str,
         fields = [*fields[: FIELDS - 1], {"name": ELLIPSIS, "value": f"{hidden} more not shown", "inline": False}]
     if fields or "fields" in fitted:
         fitted["fields"] = fields
-    # Over budget: shorten the description first, then drop fields from the end.
+    # Over budget: shorten the description, then drop fields from the end, then cut
+    # the footer, the author and finally the title.
     excess = embed_size(fitted) - budget
     if excess > 0 and fitted.get("description"):
-        keep = max(len(fitted["description"]) - excess, 0)
-        fitted["description"] = truncate(fitted["description"], keep) if keep else ""
+        fitted["description"] = _cut_keeping_fences(fitted["description"], len(fitted["description"]) - excess)
         if not fitted["description"]:
             del fitted["description"]
     while embed_size(fitted) > budget and fitted.get("fields"):
         fitted["fields"] = fitted["fields"][:-1]
+    for part in ("footer", "author"):
+        key = "text" if part == "footer" else "name"
+        excess = embed_size(fitted) - budget
+        if excess > 0 and isinstance(fitted.get(part), Mapping):
+            text = str(fitted[part].get(key, ""))
+            fitted[part] = {**fitted[part], key: truncate(text, max(len(text) - excess, 0))}
     excess = embed_size(fitted) - budget
     if excess > 0 and "title" in fitted:
-        fitted["title"] = truncate(fitted["title"], max(len(fitted["title"]) - excess, 1))
+        title = str(fitted["title"])
+        fitted["title"] = truncate(title, max(len(title) - excess, 0))
     return fitted
+
+
+def _cut_keeping_fences(text: str, keep: int) -> str:
+    """``text`` cut to ``keep`` characters; a code block the cut opened is closed again,
+    so what follows a cut fence is never rendered as markdown."""
+    cut = truncate(text, max(keep, 0))
+    if cut.count("```") % 2 == 1:
+        cut = truncate(text, max(keep - 4, 0)) + "\n```" if keep > 8 else ""
+        if cut.count("```") % 2 == 1:  # the cut fell inside the opening fence itself
+            cut = truncate(text.split("```")[0], max(keep, 0))
+    return cut
 
 
 def fit_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,12 +147,12 @@ def fit_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     fitted = dict(payload)
     if "content" in fitted and fitted["content"] is not None:
         fitted["content"] = _fit(strip_control(str(fitted["content"])), CONTENT)
-    embeds = list(fitted.get("embeds") or [])[:EMBEDS_PER_MESSAGE]
+    embeds = [e for e in list(fitted.get("embeds") or [])[:EMBEDS_PER_MESSAGE] if isinstance(e, Mapping)]
     remaining, fitted_embeds = EMBEDS_TOTAL, []
     for embed in embeds:
-        if remaining <= 0:
-            break
         fitted_embed = fit_embed(embed, budget=remaining)
+        if embed_size(fitted_embed) > remaining:
+            break  # nothing of it fits any more
         remaining -= embed_size(fitted_embed)
         fitted_embeds.append(fitted_embed)
     if "embeds" in fitted:

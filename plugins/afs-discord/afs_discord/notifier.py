@@ -16,7 +16,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
-from afs_core.config import env_float, load_env
+from afs_core.config import check_timeout, env_float, load_env
 from afs_core.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
@@ -36,20 +36,30 @@ _ALONE = object()
 
 
 class _RateLimits:
-    """What Discord's headers said: per-webhook buckets and the process-wide pause."""
+    """What Discord's headers said: per-webhook buckets and the process-wide pause.
+
+    A send takes its slot from the bucket before it goes out, so threads sharing a
+    webhook cannot all fire into its last slot.
+    """
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.buckets: dict[str, tuple[int, float]] = {}  # webhook -> (remaining, resets at)
         self.global_until = 0.0
 
-    def wait_for(self, webhook: str, now: float) -> float:
+    def reserve(self, webhook: str, now: float) -> float:
+        """Seconds to wait before sending (0: go now, and the slot is taken)."""
         with self.lock:
             wait = self.global_until - now
             remaining, resets_at = self.buckets.get(webhook, (1, 0.0))
+            if resets_at <= now:
+                remaining = max(remaining, 1)  # the window is over: at least one slot again
             if remaining <= 0:
                 wait = max(wait, resets_at - now)
-            return max(wait, 0.0)
+            if wait > 0:
+                return wait
+            self.buckets[webhook] = (remaining - 1, resets_at)
+            return 0.0
 
     def learn(self, webhook: str, headers: Mapping[str, str], now: float) -> None:
         remaining = headers.get("X-RateLimit-Remaining")
@@ -61,7 +71,14 @@ class _RateLimits:
         except ValueError:
             return
         with self.lock:
+            known, known_reset = self.buckets.get(webhook, (count, 0.0))
+            if known_reset > now and abs(known_reset - (now + reset_after)) < 1.0:
+                count = min(count, known)  # an older answer arriving late cannot refill the bucket
             self.buckets[webhook] = (count, now + reset_after)
+
+    def exhaust(self, webhook: str, seconds: float, now: float) -> None:
+        with self.lock:
+            self.buckets[webhook] = (0, now + seconds)
 
     def pause_everything(self, seconds: float, now: float) -> None:
         with self.lock:
@@ -120,11 +137,14 @@ class DiscordNotifier(Channel):
         self.webhook_url = normalise_url(webhook_url)
         self.username = username
         self.avatar_url = avatar_url
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-        if not self.timeout > 0:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, got {timeout!r}")
-        self._bucket_key = urllib.parse.urlsplit(self.webhook_url).path
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else check_timeout(timeout, "DISCORD_TIMEOUT")
+        path = urllib.parse.urlsplit(self.webhook_url).path
+        self._bucket_key = path
+        segments = [s for s in path.split("/") if s]
+        # Up to ".../webhooks" is public; the id and token after it are not (all of a relay's path is).
+        self._public_segments = segments.index("webhooks") + 1 if "webhooks" in segments else 0
         self._session: WebhookSession | None = None
+        self._gone: str | None = None
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DiscordNotifier | None:
@@ -153,6 +173,8 @@ class DiscordNotifier(Channel):
     def deliver(self, message: Any) -> dict[str, Any]:
         if not isinstance(message, Mapping):
             raise PermanentDeliveryError(f"a Discord message must be a JSON object, got {type(message).__name__}")
+        if self._gone is not None:  # Discord said this webhook no longer exists: stop calling it
+            raise PermanentDeliveryError(self._gone)
         payload = fit_payload(message)
         deadline = time.monotonic() + self.timeout
         self._wait_for_rate_limit(deadline)
@@ -166,28 +188,36 @@ class DiscordNotifier(Channel):
         RATE_LIMITS.learn(self._bucket_key, answer.headers, now)
         body = _json_object(answer.text)
         if answer.status == 429:
-            retry_after = parse_retry_after(body.get("retry_after")) or parse_retry_after(answer.headers.get("Retry-After"))
+            retry_after = parse_retry_after(body.get("retry_after"))
+            if retry_after is None:
+                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+            wait = 1.0 if retry_after is None else retry_after
             if body.get("global") is True:
-                RATE_LIMITS.pause_everything(retry_after or 1.0, now)
+                RATE_LIMITS.pause_everything(wait, now)
+            else:
+                RATE_LIMITS.exhaust(self._bucket_key, wait, now)
             raise TransientDeliveryError("HTTP 429: rate limited" + (" (global)" if body.get("global") else ""),
                                          retry_after=retry_after)
         said = _discord_words(body, answer.text)
         if answer.status == 404 and body.get("code") == UNKNOWN_WEBHOOK:
-            raise PermanentDeliveryError("HTTP 404: Unknown Webhook (deleted in Discord? create a new one)")
+            self._gone = "HTTP 404: Unknown Webhook (deleted in Discord? create a new one)"
+            raise PermanentDeliveryError(self._gone)
         error = classify_status(answer.status, said, retry_after=parse_retry_after(answer.headers.get("Retry-After")))
         if error is not None:
             raise error
         return body
 
     def _wait_for_rate_limit(self, deadline: float) -> None:
-        """Sleep until the bucket refills, if that fits the deadline; else report it."""
-        now = time.monotonic()
-        wait = RATE_LIMITS.wait_for(self._bucket_key, now)
-        if wait <= 0:
-            return
-        if now + wait >= deadline:
-            raise TransientDeliveryError(f"rate limited for {wait:.2f} s more", retry_after=min(wait, MAX_RETRY_AFTER))
-        time.sleep(wait)
+        """Sleep until a slot is free, if that fits the deadline; else report the wait.
+        Asked again after each sleep: a global pause may have begun meanwhile."""
+        while True:
+            now = time.monotonic()
+            wait = RATE_LIMITS.reserve(self._bucket_key, now)
+            if wait <= 0:
+                return
+            if now + wait >= deadline:
+                raise TransientDeliveryError(f"rate limited for {wait:.2f} s more", retry_after=min(wait, MAX_RETRY_AFTER))
+            time.sleep(wait)
 
     def send_batch(self, events: Iterable[NotificationEvent]) -> int:
         """Send events packed up to 10 embeds and 6000 characters a request; returns
@@ -220,8 +250,11 @@ class DiscordNotifier(Channel):
                 open_payload = None
                 continue
             embeds = message.get("embeds") if isinstance(message, Mapping) else None
-            extra = set(message) - {"embeds", "allowed_mentions", "username", "avatar_url"} if embeds else {"?"}
-            if extra or len(embeds) != 1:
+            batchable = (
+                isinstance(embeds, list) and len(embeds) == 1 and isinstance(embeds[0], Mapping)
+                and set(message) <= {"embeds", "allowed_mentions", "username", "avatar_url"}
+            )
+            if not batchable:
                 messages.append((message, [event]))  # a custom payload travels on its own
                 open_payload = None
                 continue
@@ -245,11 +278,10 @@ class DiscordNotifier(Channel):
     # -- status -----------------------------------------------------------------------
 
     def describe(self) -> str:
-        return "discord " + redact_url(self.webhook_url, keep_path_segments=2)
+        return "discord " + redact_url(self.webhook_url, keep_path_segments=self._public_segments)
 
     def secrets(self) -> Iterable[str]:
-        # /api/webhooks is public; the id and token after it are not.
-        return url_secrets(self.webhook_url, public_segments=2)
+        return url_secrets(self.webhook_url, public_segments=self._public_segments)
 
     def close(self) -> None:
         if self._session is not None:

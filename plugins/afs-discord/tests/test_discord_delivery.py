@@ -203,3 +203,76 @@ def test_payload_snapshot(discord, name):
     embed = payload["embeds"][0]
     assert embed_size(embed) <= 6000 and len(embed["fields"]) <= 25
     assert_matches_snapshot(payload, Path(__file__).parent / "snapshots" / f"{name}.json")
+
+
+def test_a_lone_surrogate_or_escape_in_the_title_does_not_lose_the_event(discord, webhook_server, make_event):
+    assert discord.send(make_event(title="a\x1b[2J\x07b \ud800 c"))
+    assert webhook_server.received[0].json["embeds"][0]["title"] == "✅ a[2Jb  c"
+
+
+def test_footers_and_authors_count_towards_6000_too(discord, webhook_server):
+    big = {"title": "t" * 256, "description": "d" * 4096, "footer": {"text": "f" * 2048}, "author": {"name": "a" * 256}}
+    discord.deliver({"embeds": [dict(big), dict(big), dict(big)]})
+    embeds = webhook_server.received[0].json["embeds"]
+    assert sum(embed_size(e) for e in embeds) <= 6000
+
+
+def test_a_cut_description_never_leaves_a_code_block_open(discord, webhook_server):
+    description = "m\n```\nTraceback\n# PWNED\n[click](https://evil.example)\n" + "frame\n" * 900 + "```"
+    discord.deliver({"embeds": [{"title": "t", "description": description, "fields": [{"name": "n", "value": "v" * 1000}] * 5}]})
+    embed = webhook_server.received[0].json["embeds"][0]
+    assert embed_size(embed) <= 6000 and embed["description"].count("```") % 2 == 0
+
+
+def test_threads_sharing_a_webhook_cannot_all_take_its_last_slot(webhook_server, afs_plugins, make_event):
+    import threading
+
+    notifier = DiscordNotifier(webhook_url=f"{webhook_server.url}/api/webhooks/7/t", timeout=5)
+    notifier_module.RATE_LIMITS.learn(notifier._bucket_key, {"X-RateLimit-Remaining": "1", "X-RateLimit-Reset-After": "0.5"}, time.monotonic())
+    webhook_server.default = Scripted(body=STORED, headers={"X-RateLimit-Remaining": "1", "X-RateLimit-Reset-After": "0.5"})
+    threads = [threading.Thread(target=notifier.send, args=(make_event(),)) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+    arrivals = sorted(r.at for r in webhook_server.received)
+    assert len(arrivals) == 3 and arrivals[1] - arrivals[0] >= 0.3
+
+
+def test_a_plain_429_is_remembered_for_that_webhook(discord, webhook_server, make_event):
+    webhook_server.respond(status=429, body=json.dumps({"retry_after": 0.4, "global": False}))
+    assert not discord.send(make_event())
+    assert discord.send(make_event())
+    first, second = webhook_server.received
+    assert second.at - first.at >= 0.4
+
+
+def test_a_zero_retry_after_in_the_body_is_zero(discord, webhook_server, make_event):
+    webhook_server.respond(status=429, body=json.dumps({"retry_after": 0, "global": False}), headers={"Retry-After": "7"})
+    assert discord.send_with_outcome(make_event()).retry_after == 0.0
+
+
+def test_an_unknown_webhook_is_not_called_again(discord, webhook_server, make_event):
+    webhook_server.respond(status=404, body=json.dumps({"message": "Unknown Webhook", "code": 10015}))
+    assert not discord.send(make_event())
+    outcome = discord.send_with_outcome(make_event())
+    assert outcome.permanent and "Unknown Webhook" in outcome.error
+    assert len(webhook_server.received) == 1
+
+
+def test_a_relay_path_is_secret_all_the_way(webhook_server, afs_plugins, make_event, caplog):
+    relay = DiscordNotifier(webhook_url="https://relay.example/hook-SECRET", allow_any_host=True)
+    assert "SECRET" not in relay.describe() and "SECRET" not in repr(relay)
+    assert "hook-SECRET" in list(relay.secrets())
+
+
+def test_send_batch_survives_a_formatter_that_returns_odd_things(discord, webhook_server, afs_plugins, make_event):
+    from afs_core import hookimpl
+
+    class Odd:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            return {"embeds": "not a list"} if event.title == "odd" else None
+
+    afs_plugins.register(Odd(), name="odd")
+    assert discord.send_batch([make_event(title="odd"), make_event(), make_event()]) == 3

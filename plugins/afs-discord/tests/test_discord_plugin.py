@@ -65,6 +65,12 @@ def test_wrong_urls_are_refused_at_construction(url, message):
     assert "abc" not in str(info.value)
 
 
+@pytest.mark.parametrize("bad", [0, -1, float("inf"), float("nan"), 1e10])
+def test_timeouts_must_be_sensible(bad):
+    with pytest.raises(ConfigurationError, match="DISCORD_TIMEOUT"):
+        DiscordNotifier(webhook_url=URL, timeout=bad)
+
+
 def test_other_hosts_need_the_explicit_opt_out():
     assert DiscordNotifier(webhook_url="https://relay.example/hook", allow_any_host=True)
 

@@ -17,7 +17,7 @@ from email.message import EmailMessage
 from typing import Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
-from afs_core.config import env_float, env_int, env_list, load_env
+from afs_core.config import check_timeout, env_float, env_int, env_list, load_env
 from afs_core.deadline import Deadline
 from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
@@ -120,9 +120,7 @@ class EmailNotifier(Channel):
         self.to_emails = [_address(a, "TO_EMAILS") for a in (to_emails or [])]
         if not self.to_emails:
             raise ConfigurationError("TO_EMAILS must list at least one recipient")
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else float(timeout)
-        if not self.timeout > 0:
-            raise ConfigurationError(f"SMTP_TIMEOUT must be a positive number of seconds, got {timeout!r}")
+        self.timeout = DEFAULT_TIMEOUT if timeout is None else check_timeout(timeout, "SMTP_TIMEOUT")
         mode = (tls or ("implicit" if self.smtp_port == 465 else "starttls")).strip().lower()
         if mode not in TLS_MODES:
             raise ConfigurationError(f"SMTP_TLS must be one of {', '.join(TLS_MODES)}, got {tls!r}")

@@ -58,6 +58,7 @@ def test_seed_constructor_arguments():
         ({"SMTP_TLS": "maybe"}, "SMTP_TLS must be one of starttls, implicit, off"),
         ({"SMTP_CA_FILE": "/no/such/ca.pem"}, "SMTP_CA_FILE"),
         ({"SMTP_HOST": "smtp.example.com/x"}, "SMTP_HOST must be a host name"),
+        ({"SMTP_TIMEOUT": "inf"}, "SMTP_TIMEOUT must be between"),
     ],
 )
 def test_wrong_settings_are_clear_errors_at_configuration_time(settings, message):

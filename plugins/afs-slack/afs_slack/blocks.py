@@ -61,16 +61,20 @@ def _field_sections(fields: list[tuple[str, str]], room: int) -> list[dict[str, 
 def render(event: NotificationEvent, channel: str | None = None) -> dict[str, Any]:
     """The webhook payload for ``event``."""
     body: list[dict[str, Any]] = []
-    if event.message:
-        body.append({"type": "section", "text": _mrkdwn(fit(event.message, SECTION_TEXT))})
+    texts = [event.message]
     if event.error_details and event.error_details not in event.message:
-        body.append({"type": "section", "text": _mrkdwn(fit(event.error_details, SECTION_TEXT))})
+        texts.append(event.error_details)
+    for text in texts:
+        fitted = fit(text, SECTION_TEXT).strip()
+        if fitted:  # Slack refuses an empty text object
+            body.append({"type": "section", "text": _mrkdwn(fitted)})
     traceback = event.context.get("traceback")
     tail: list[dict[str, Any]] = []
     if isinstance(traceback, str) and traceback:
         fence = "```"
-        code = fit(defuse_fences(trim_traceback(traceback)), SECTION_TEXT - 2 * len(fence))
-        tail.append({"type": "section", "text": _mrkdwn(f"{fence}{code}{fence}")})
+        code = fit(defuse_fences(trim_traceback(traceback)), SECTION_TEXT - 2 * len(fence)).strip()
+        if code:
+            tail.append({"type": "section", "text": _mrkdwn(f"{fence}{code}{fence}")})
     tail.append({"type": "context", "elements": [_mrkdwn(fit(source_line(event), SECTION_TEXT))]})
     # One header block sits outside the attachment; everything shares the 50-block budget.
     room = MAX_BLOCKS - 1 - len(body) - len(tail)

@@ -147,3 +147,27 @@ def test_another_plugin_can_replace_slacks_rendering(slack, webhook_server, afs_
     afs_plugins.register(PlainSlack(), name="plain-slack")
     assert slack.send(make_event())
     assert webhook_server.received[0].json == {"text": "plain: Training completed: tiny-model"}
+
+
+def test_after_a_429_nothing_is_posted_until_slack_says(webhook_server, afs_plugins, make_event):
+    notifier = SlackNotifier(webhook_url=f"{webhook_server.url}/services/{TOKEN}", timeout=2)
+    webhook_server.respond(status=429, body="rate_limited", headers={"Retry-After": "30"})
+    assert notifier.send_batch([make_event() for _ in range(20)]) == 0
+    assert len(webhook_server.received) == 1
+    outcome = notifier.send_with_outcome(make_event())
+    assert 28 <= outcome.retry_after <= 30 and "asked to wait" in outcome.error
+
+
+def test_a_token_that_is_the_whole_path_is_still_secret(webhook_server, afs_plugins, make_event, caplog):
+    relay = SlackNotifier(webhook_url=f"{webhook_server.url}/xoxb-SECRET-TOKEN")
+    other = SlackNotifier(webhook_url="https://relay.example/xoxb-SECRET-TOKEN", allow_any_host=True)
+    with caplog.at_level(logging.DEBUG):
+        assert relay.send(make_event())
+    for text in (repr(relay), relay.describe(), other.describe(), caplog.text):
+        assert "SECRET" not in text
+
+
+def test_a_control_character_message_makes_no_empty_section(slack, webhook_server, make_event):
+    slack.send(make_event(message="\x1b\x07", error_details="\x00", context={"traceback": "\x1b"}))
+    blocks = webhook_server.received[0].json["attachments"][0]["blocks"]
+    assert all(block.get("text", {}).get("text", "x") for block in blocks)

@@ -40,6 +40,8 @@ def test_no_arguments_and_no_settings_is_a_clear_error():
         ("https://evil.example/services/T/B/X", "must point at hooks.slack.com"),
         ("https://hooks.slack.com:99999/x", "not a valid URL"),
         ("", "must be a webhook URL"),
+        ("https://hooks.slack.com", "wrong path"),
+        ("https://hooks.slack.com/api/T/B/X", "wrong path"),
     ],
 )
 def test_wrong_webhook_urls_are_refused_at_construction(url, message):
@@ -85,7 +87,9 @@ def test_seed_import_path():
     assert Seed is SlackNotifier
 
 
-@pytest.mark.parametrize("bad", ["abc", "0", "-1"])
+@pytest.mark.parametrize("bad", ["abc", "0", "-1", "inf", "nan"])
 def test_bad_timeout_is_a_configuration_error(bad):
     with pytest.raises(ConfigurationError, match="SLACK_TIMEOUT"):
         SlackNotifier.from_env({"SLACK_WEBHOOK_URL": URL, "SLACK_TIMEOUT": bad})
+    with pytest.raises(ConfigurationError, match="SLACK_TIMEOUT"):
+        SlackNotifier(webhook_url=URL, timeout=float(bad) if bad != "abc" else bad)
