@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from afs_core.events import NotificationEvent
+from afs_core.pacing import RateLimit
 
 if TYPE_CHECKING:
     from afs_core.results import ChannelOutcome
@@ -27,6 +28,10 @@ class Channel:
 
     #: The channel's registered name ("slack"); set by the registry when empty.
     name: ClassVar[str] = ""
+    #: How fast the engine may send through this channel (None: no limit of ours).
+    rate_limit: ClassVar[RateLimit | None] = None
+    #: Seconds in which repeats of a repetitive event are held back (0: never).
+    throttle_seconds: ClassVar[float] = 600.0
 
     def format(self, event: NotificationEvent) -> Any:
         """Render ``event`` as this channel's message. Default: plain text."""

@@ -3,15 +3,58 @@
 Socket timeouts bound each read; a peer that sends a byte just before each one
 expires (or greets never, after accepting) could hold a send forever. A watchdog
 shuts the attached socket when the deadline passes, which ends any blocked call
-at once; the caller then reports the deadline, not a vague disconnect.
+at once; the caller then reports the deadline, not a vague disconnect. One
+watchdog thread serves every deadline in the process.
 """
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import socket
 import threading
 import time
 from typing import Any
+
+
+class _Watchdog:
+    """Sleeps until the nearest deadline, expires it, repeats; started on first use."""
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._counter = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def watch(self, deadline: Deadline) -> None:
+        with self._condition:
+            heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="afs-deadlines", daemon=True)
+                self._thread.start()
+            self._condition.notify()
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while True:
+                    while self._heap and self._heap[0][2].finished:
+                        heapq.heappop(self._heap)  # ended in time
+                    if not self._heap:
+                        self._condition.wait(30.0)
+                        if not self._heap:
+                            self._thread = None
+                            return
+                        continue
+                    wait = self._heap[0][0] - time.monotonic()
+                    if wait <= 0:
+                        _, _, due = heapq.heappop(self._heap)
+                        break
+                    self._condition.wait(wait)
+            due._expire()
+
+
+_WATCHDOG = _Watchdog()
 
 
 class Deadline:
@@ -23,15 +66,14 @@ class Deadline:
         self._lock = threading.Lock()
         self._holder: Any = None
         self._expired = False
-        self._timer = threading.Timer(seconds, self._expire)
-        self._timer.daemon = True
+        self.finished = False
 
     def __enter__(self) -> Deadline:
-        self._timer.start()
+        _WATCHDOG.watch(self)
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self._timer.cancel()
+        self.finished = True
 
     @property
     def expired(self) -> bool:
@@ -49,6 +91,8 @@ class Deadline:
                 _shut(holder)
 
     def _expire(self) -> None:
+        if self.finished:
+            return
         with self._lock:
             self._expired = True
             if self._holder is not None:

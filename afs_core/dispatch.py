@@ -82,9 +82,13 @@ def render_message(plugins: PluginHost, channel: Channel, event: NotificationEve
 
 
 def deliver_event(
-    plugins: PluginHost, name: str, channel: Channel, event: NotificationEvent
+    plugins: PluginHost, name: str, channel: Channel, event: NotificationEvent, *, report: bool = True
 ) -> ChannelOutcome:
-    """Filter, format and deliver ``event`` to ``channel``; report what happened."""
+    """Filter, format and deliver ``event`` to ``channel``; report what happened.
+
+    ``report=False`` leaves calling ``afs_delivery_failed`` to the caller (the engine
+    calls it once, when it gives up, not for every failed attempt).
+    """
     if not isinstance(event, NotificationEvent):
         logger.error("afs: %r was given %s, not a NotificationEvent; nothing sent", name, type(event).__name__)
         return ChannelOutcome(
@@ -95,24 +99,26 @@ def deliver_event(
     except Filtered:
         return ChannelOutcome(name, DeliveryStatus.FILTERED)
     except (Exception, SystemExit) as exc:
-        return _failed(plugins, name, channel, [event], exc)
-    return deliver_message(plugins, name, channel, message, [event])
+        return _failed(plugins, name, channel, [event], exc, report)
+    return deliver_message(plugins, name, channel, message, [event], report=report)
 
 
 def deliver_message(
-    plugins: PluginHost, name: str, channel: Channel, message: Any, events: Sequence[NotificationEvent]
+    plugins: PluginHost, name: str, channel: Channel, message: Any, events: Sequence[NotificationEvent],
+    *, report: bool = True,
 ) -> ChannelOutcome:
     """Deliver one rendered message carrying ``events`` (one, or a batch) through the
     ``afs_deliver`` hook; the hook sees the first event of a batch."""
     try:
         plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
     except (Exception, SystemExit) as exc:  # never into the caller's training loop
-        return _failed(plugins, name, channel, events, exc)
+        return _failed(plugins, name, channel, events, exc, report)
     return ChannelOutcome(name, DeliveryStatus.DELIVERED)
 
 
 def _failed(
-    plugins: PluginHost, name: str, channel: Channel, events: Sequence[NotificationEvent], exc: BaseException
+    plugins: PluginHost, name: str, channel: Channel, events: Sequence[NotificationEvent], exc: BaseException,
+    report: bool = True,
 ) -> ChannelOutcome:
     raw = _as_delivery_error(exc)
     # Service text can carry escape sequences and secrets; logs and history get neither.
@@ -120,14 +126,17 @@ def _failed(
     kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
     error = kind(reason, retry_after=raw.retry_after)
     for event in events:
-        logger.warning("afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
-        _report_failure(plugins, event, channel, error)
+        # Final failures warn; an attempt the engine will retry is only worth an info line.
+        logger.log(logging.WARNING if report else logging.INFO,
+                   "afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
+        if report:
+            report_failure(plugins, event, channel, error)
     return ChannelOutcome(
         name, DeliveryStatus.FAILED, error=reason, permanent=error.permanent, retry_after=error.retry_after
     )
 
 
-def _report_failure(
+def report_failure(
     plugins: PluginHost, event: NotificationEvent, channel: Channel, error: DeliveryError
 ) -> None:
     try:

@@ -11,20 +11,28 @@ import functools
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
 from afs_core.channel import Channel
-from afs_core.config import env_bool, load_env
+from afs_core.config import env_bool, env_float, env_int, load_env
 from afs_core.dispatch import deliver_event, enrich_event
 from afs_core.errors import ConfigurationError, TransientDeliveryError
 from afs_core.events import EventType, NotificationEvent, NotificationLevel, as_metric_value
 from afs_core.formatting import format_cost, format_duration, format_number, trim_traceback
+from afs_core.engine import DeliveryEngine, apply_rank_policy, failure_key
 from afs_core.plugins import PluginHost, get_plugins
-from afs_core.results import NotifyResult
+from afs_core.quiet import ChannelPolicy
+from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
+from afs_core.retry import RetryPolicy
+from afs_core.store import Store
 
 logger = logging.getLogger("afs.manager")
+
+RANK_WINDOW = 30.0  # seconds in which the same failure from several ranks is sent once
+RANK_COLLECT = 2.0  # seconds the first report waits for the other ranks'
 
 _F = TypeVar("_F", bound=Callable[..., NotifyResult])
 
@@ -121,15 +129,44 @@ def _as_channel(handler: Any) -> Channel:
 class NotificationManager:
     """Sends training events to every registered channel.
 
+    By default ``notify*()`` only validates the event, writes it to the local
+    outbox and returns; a background engine delivers it (see ``flush``/``close``).
+
     :param plugins: the plugin host whose hooks shape delivery; default: the
         process-wide one (installed plugins, filtered by ``AFS_LOAD_PLUGINS``).
+    :param background: deliver on background threads from a durable outbox
+        (default); ``False`` delivers on the caller's thread, now.
+    :param store: the outbox and history; default ``AFS_HOME``/afs.db.
+    :param retry: when to retry a failed delivery and when to give up.
+    :param all_ranks: let every rank of a distributed job send everything; by
+        default ranks other than 0 send ERROR and CRITICAL only.
+    :param settings: where channel policies (``AFS_SLACK_MIN_LEVEL``...) are read;
+        default the environment.
     """
 
-    def __init__(self, *, plugins: PluginHost | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        plugins: PluginHost | None = None,
+        background: bool = True,
+        store: Store | None = None,
+        retry: RetryPolicy | None = None,
+        flush_timeout: float = 10.0,
+        all_ranks: bool = False,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self._plugins = plugins
         self._handlers: dict[str, Channel] = {}
+        self._policies: dict[str, ChannelPolicy] = {}
         self._lock = threading.Lock()
         self._warned_empty = False
+        self.background = background
+        self.all_ranks = all_ranks
+        self._store = store
+        self._retry = retry
+        self._flush_timeout = flush_timeout
+        self._settings = settings
+        self._engine: DeliveryEngine | None = None
 
     # -- set-up -------------------------------------------------------------------
 
@@ -146,7 +183,15 @@ class NotificationManager:
         """
         env = load_env(dotenv_path)
         plugins = plugins if plugins is not None else get_plugins(env)
-        manager = cls(plugins=plugins)
+        manager = cls(
+            plugins=plugins,
+            background=not env_bool(env, "AFS_SYNC", False),
+            store=Store.default(env),
+            retry=RetryPolicy(max_attempts=env_int(env, "AFS_MAX_ATTEMPTS", 8, minimum=1)),
+            flush_timeout=env_float(env, "AFS_FLUSH_TIMEOUT", 10.0),
+            all_ranks=env_bool(env, "AFS_ALL_RANKS", False),
+            settings=env,
+        )
         for spec in plugins.channels.values():
             try:
                 channel = spec.channel_class.from_env(env)
@@ -174,20 +219,69 @@ class NotificationManager:
         """The registered channels by name (read-only view): ``manager.handlers.get("email")``."""
         return MappingProxyType(self._handlers)
 
-    def register_handler(self, name: str, handler: Channel) -> None:
-        """Send future events to ``handler`` under ``name``; replaces a handler of that name."""
+    def register_handler(self, name: str, handler: Channel, *, policy: ChannelPolicy | None = None) -> None:
+        """Send future events to ``handler`` under ``name``; replaces a handler of that name.
+
+        ``policy`` (minimum level, event types, throttling) defaults to the
+        ``AFS_<NAME>_...`` settings.
+        """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"handler name must be a non-empty string, got {name!r}")
         channel = _as_channel(handler)
+        settings = self._settings if self._settings is not None else os.environ
+        policy = policy or ChannelPolicy.from_env(settings, name, getattr(channel, "throttle_seconds", 600.0))
         with self._lock:
             self._handlers = {**self._handlers, name: channel}
+            self._policies = {**self._policies, name: policy}
+            if self._engine is not None:
+                self._engine.attach(name, channel, policy)
+        if self.background:
+            # Start now, not at the first notify: what an earlier process left pending
+            # for this channel is delivered even if this one never sends anything.
+            self._get_engine()
 
     def unregister_handler(self, name: str) -> Channel | None:
         with self._lock:
             handlers = dict(self._handlers)
             removed = handlers.pop(name, None)
             self._handlers = handlers
+            if self._engine is not None:
+                self._engine.detach(name)
         return removed
+
+    # -- the engine -----------------------------------------------------------------------
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.default()
+        return self._store
+
+    def _get_engine(self) -> DeliveryEngine:
+        with self._lock:
+            if self._engine is None:
+                self._engine = DeliveryEngine(self.store, self.plugins, retry=self._retry,
+                                              flush_timeout=self._flush_timeout)
+                for name, channel in self._handlers.items():
+                    self._engine.attach(name, channel, self._policies[name])
+            return self._engine
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until what is due was delivered (or failed for good); False on timeout."""
+        return True if self._engine is None else self._engine.flush(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Flush for up to ``timeout`` (default ``AFS_FLUSH_TIMEOUT``) seconds and stop the
+        background threads; undelivered events stay pending for the next process."""
+        with self._lock:
+            engine, self._engine = self._engine, None
+        return True if engine is None else engine.close(timeout)
+
+    def __enter__(self) -> NotificationManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def get_status(self) -> dict[str, Any]:
         """Registered channels with their redacted descriptions."""
@@ -212,12 +306,32 @@ class NotificationManager:
             raise TypeError(f"send_event() needs a NotificationEvent, got {type(event).__name__}")
         plugins = self.plugins
         event = enrich_event(plugins, event)
-        handlers = self._handlers  # replaced, never mutated: a consistent snapshot
+        handlers, policies = self._handlers, self._policies  # replaced, never mutated: a snapshot
         if not handlers and not self._warned_empty:
             self._warned_empty = True
             logger.warning("afs: no notification channel is registered; events go nowhere")
-        outcomes = {name: deliver_event(plugins, name, ch, event) for name, ch in handlers.items()}
-        return NotifyResult(event, outcomes)
+        held = apply_rank_policy(event, self.all_ranks)
+        if held is not None:
+            return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=held) for n in handlers})
+        if not self.background:
+            return NotifyResult(event, {n: self._deliver_now(n, ch, policies[n], event) for n, ch in handlers.items()})
+        engine = self._get_engine()
+        key = failure_key(event)
+        if key is not None:
+            merged = self.store.join_duplicate(key, event.source.rank, since=time.time() - RANK_WINDOW)
+            if merged is not None:
+                note = f"sent once with the same failure from other ranks (event {merged})"
+                return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=note) for n in handlers})
+            # Wait a moment before sending, so the other ranks' reports can join this one.
+            tracker = engine.submit_now(event, list(handlers), not_before=time.time() + RANK_COLLECT, dedup_key=key)
+        else:
+            tracker = engine.submit(event, list(handlers))
+        return NotifyResult(event, tracker=tracker)
+
+    def _deliver_now(self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent) -> ChannelOutcome:
+        if not policy.admits(event):
+            return ChannelOutcome(name, DeliveryStatus.FILTERED, error="held back by this channel's settings")
+        return deliver_event(self.plugins, name, channel, event)
 
     @_never_raises
     def notify(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import attrs
 
@@ -11,8 +12,9 @@ from afs_core.events import NotificationEvent
 
 
 class DeliveryStatus(enum.Enum):
+    PENDING = "pending"  # accepted; not delivered yet (or failed and will be retried)
     DELIVERED = "delivered"
-    FAILED = "failed"
+    FAILED = "failed"  # for good: permanent, or retries exhausted
     FILTERED = "filtered"
 
 
@@ -34,8 +36,10 @@ class ChannelOutcome:
 class NotifyResult(Mapping[str, bool]):
     """Per-channel outcome of one ``notify*()`` call: ``result["slack"]`` is True when delivered.
 
-    ``bool(result)`` is True when at least one channel delivered (as the
-    ``notify()`` of earlier releases returned); ``result.ok`` when none failed.
+    With background delivery the outcomes fill in as the engine works;
+    ``result.wait(timeout)`` blocks until every channel is done. ``bool(result)`` is
+    True when some channel delivered or the event is still on its way (accepted);
+    ``result.ok`` when it was accepted and no channel failed for good.
     """
 
     def __init__(
@@ -43,10 +47,26 @@ class NotifyResult(Mapping[str, bool]):
         event: NotificationEvent | None,
         outcomes: Mapping[str, ChannelOutcome] | None = None,
         rejected: str | None = None,
+        tracker: Any = None,
     ) -> None:
         self.event = event
-        self.outcomes: Mapping[str, ChannelOutcome] = dict(outcomes or {})
+        self._outcomes: Mapping[str, ChannelOutcome] = dict(outcomes or {})
         self.rejected = rejected
+        self._tracker = tracker
+
+    @property
+    def outcomes(self) -> Mapping[str, ChannelOutcome]:
+        if self._tracker is not None:
+            return {**self._tracker.outcomes, **self._outcomes}
+        return self._outcomes
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until every channel delivered, failed for good or held the event back."""
+        return True if self._tracker is None else bool(self._tracker.wait(timeout))
+
+    @property
+    def pending(self) -> list[str]:
+        return [n for n, o in self.outcomes.items() if o.status is DeliveryStatus.PENDING]
 
     def __getitem__(self, name: str) -> bool:
         return self.outcomes[name].delivered
@@ -58,7 +78,7 @@ class NotifyResult(Mapping[str, bool]):
         return len(self.outcomes)
 
     def __bool__(self) -> bool:
-        return bool(self.delivered)
+        return bool(self.delivered) or bool(self.pending)
 
     @property
     def ok(self) -> bool:
@@ -85,4 +105,5 @@ class NotifyResult(Mapping[str, bool]):
     def __repr__(self) -> str:
         if self.rejected is not None:
             return f"<NotifyResult rejected: {self.rejected}>"
-        return f"<NotifyResult delivered={self.delivered} failed={self.failed} filtered={self.filtered}>"
+        pending = f" pending={self.pending}" if self.pending else ""
+        return f"<NotifyResult delivered={self.delivered} failed={self.failed} filtered={self.filtered}{pending}>"

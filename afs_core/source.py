@@ -91,12 +91,13 @@ class Source:
 
     @classmethod
     def current(cls) -> Source:
-        return cls(
-            host=_host_name(),
-            pid=os.getpid(),
-            rank=detect_rank(),
-            world_size=detect_world_size(),
-        )
+        """This process. Read once per process (launchers set the rank before it starts);
+        :func:`forget_current_source` makes the next call read the environment again."""
+        global _current
+        pid = os.getpid()
+        if _current is None or _current.pid != pid:
+            _current = cls(host=_host_name(), pid=pid, rank=detect_rank(), world_size=detect_world_size())
+        return _current
 
     @property
     def is_main_process(self) -> bool:
@@ -113,3 +114,12 @@ class Source:
             rank=data.get("rank"),
             world_size=data.get("world_size"),
         )
+
+
+_current: Source | None = None
+
+
+def forget_current_source() -> None:
+    """Read host, rank and world size afresh on the next event (tests that change them)."""
+    global _current
+    _current = None

@@ -7,12 +7,12 @@ afs-core installed gets these fixtures:
   plugins only) that is also the process default for the test, so
   ``channel.send()`` runs through it. Register the plugin under test on it.
 - ``recording_channel``: a :class:`RecordingChannel` that keeps what it is sent.
-- ``afs_manager``: a manager on ``afs_plugins`` with ``recording_channel`` registered.
+- ``afs_manager``: a synchronous manager on ``afs_plugins`` with ``recording_channel``.
 - ``webhook_server``: a :class:`~afs_core.loopback.WebhookServer` on 127.0.0.1 that
   records requests and plays scripted answers, for testing HTTP channels for real.
 - ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
-- ``afs_isolated_env``: removes AFS, channel and rank settings from the environment
-  and moves to an empty working directory, so no developer ``.env`` leaks into a
+- ``afs_isolated_env``: removes AFS, channel and rank settings from the environment,
+  points ``AFS_HOME`` at a temporary directory and moves to an empty working directory, so no developer ``.env`` leaks into a
   test (``usefixtures = afs_isolated_env`` applies it everywhere).
 
 and :func:`would_send`, which shows what a channel would send for an event,
@@ -38,7 +38,7 @@ from afs_core.hookspecs import hookimpl
 from afs_core.loopback import Scripted, WebhookServer
 from afs_core.manager import NotificationManager
 from afs_core.plugins import PluginHost, get_plugins, use_plugins
-from afs_core.source import Source
+from afs_core.source import Source, forget_current_source
 
 __all__ = [
     "RecordingChannel",
@@ -167,6 +167,8 @@ def afs_isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
     for name in list(os.environ):
         if name.startswith(ISOLATED_PREFIXES) or name in ISOLATED_NAMES:
             monkeypatch.delenv(name)
+    monkeypatch.setenv("AFS_HOME", str(tmp_path / "afs-home"))  # never the user's real outbox
+    forget_current_source()  # the rank is read once per process: read it for this test
     workdir = tmp_path / "cwd"
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)
@@ -189,7 +191,8 @@ def recording_channel() -> RecordingChannel:
 
 @pytest.fixture
 def afs_manager(afs_plugins: PluginHost, recording_channel: RecordingChannel) -> NotificationManager:
-    manager = NotificationManager(plugins=afs_plugins)
+    """Delivers on the caller's thread, so a test sees the result at once."""
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     manager.register_handler("recording", recording_channel)
     return manager
 

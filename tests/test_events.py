@@ -6,6 +6,7 @@ import pytest
 
 from afs_core import EventCategory, EventType, NotificationEvent, NotificationLevel
 from afs_core.events import _EVENT_TYPE_TABLE
+from afs_core.source import forget_current_source
 
 EXPECTED_TYPES = """TRAINING_STARTED TRAINING_COMPLETED TRAINING_FAILED TRAINING_PAUSED
 TRAINING_RESUMED CHECKPOINT_SAVED CHECKPOINT_LOADING EVALUATION_STARTED EVALUATION_COMPLETED
@@ -69,6 +70,7 @@ def test_event_level_defaults_to_the_type_default():
 def test_event_carries_utc_timestamp_unique_id_and_source(monkeypatch):
     monkeypatch.setenv("RANK", "3")
     monkeypatch.setenv("WORLD_SIZE", "8")
+    forget_current_source()  # read once per process; this test changes it mid-way
     first = NotificationEvent(EventType.TRAINING_STARTED, "a", "b")
     second = NotificationEvent(EventType.TRAINING_STARTED, "a", "b")
     assert first.timestamp.tzinfo is not None

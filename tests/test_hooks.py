@@ -136,7 +136,7 @@ def test_hook_afs_deliver(afs_plugins):
                 raise TransientDeliveryError("busy", retry_after=0)
 
     afs_plugins.register(RetryOnce(), name="retry")
-    manager = NotificationManager(plugins=afs_plugins)
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     flaky = Flaky()
     manager.register_handler("flaky", flaky)
     result = manager.notify("t", "m")
@@ -153,7 +153,7 @@ def test_hook_afs_delivery_failed(afs_plugins):
             failures.append((event.title, channel.name, str(error), error.permanent))
 
     afs_plugins.register(Observer(), name="observer")
-    manager = NotificationManager(plugins=afs_plugins)
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     manager.register_handler("broken", RecordingChannel(fail_with=PermanentDeliveryError("gone")))
     result = manager.notify("t", "m")
     assert failures == [("t", "recording", "gone", True)]

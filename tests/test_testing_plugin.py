@@ -59,7 +59,8 @@ def test_send_returns_false_and_never_raises(afs_plugins, make_event):
 def test_isolated_env_leaves_no_settings(monkeypatch, afs_isolated_env):
     import os
 
-    assert not [k for k in os.environ if k.startswith(("AFS_", "SLACK_"))]
+    assert [k for k in os.environ if k.startswith(("AFS_", "SLACK_"))] == ["AFS_HOME"]
+    assert os.environ["AFS_HOME"].startswith(os.path.dirname(str(afs_isolated_env)))
     assert os.getcwd() == str(afs_isolated_env)
 
 

@@ -66,6 +66,7 @@ from afs_core.plugins import get_plugins
 
 manager = NotificationManager.from_env()
 result = manager.notify_training_completed("tiny", "run-7", duration=60.0)
+result.wait(10)
 plugin = next(p for p in get_plugins().plugins() if p.name == "acme")
 print(json.dumps({"handlers": list(manager.handlers), "delivered": result.delivered,
                   "distribution": plugin.distribution, "version": plugin.version}))

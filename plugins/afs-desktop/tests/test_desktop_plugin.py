@@ -60,7 +60,9 @@ def test_notify_simple_and_the_manager(notification_server, afs_plugins, monkeyp
     monkeypatch.setenv("DESKTOP_NOTIFICATIONS_ENABLED", "true")
     manager = NotificationManager.from_env(plugins=PluginHost(allow={"desktop"}))
     assert list(manager.handlers) == ["desktop"]
-    assert manager.notify_training_failed("m", "r", "CUDA out of memory")["desktop"]
+    result = manager.notify_training_failed("m", "r", "CUDA out of memory")
+    assert result.wait(5) and result["desktop"]  # delivered by the background engine
+    manager.close()
     assert [call[3] for call in notification_server.calls] == ["ℹ️ Training Complete", "❌ Training failed: m"]
 
 

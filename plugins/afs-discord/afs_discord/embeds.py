@@ -142,8 +142,14 @@ def _cut_keeping_fences(text: str, keep: int) -> str:
     return cut
 
 
+class FittedPayload(dict):  # type: ignore[type-arg]
+    """A payload this module built within the limits; delivering it needs no second pass."""
+
+
 def fit_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     """Any execute-webhook payload within Discord's limits, mentions always off."""
+    if type(payload) is FittedPayload:
+        return payload
     fitted = dict(payload)
     if "content" in fitted and fitted["content"] is not None:
         fitted["content"] = _fit(strip_control(str(fitted["content"])), CONTENT)
@@ -158,4 +164,4 @@ def fit_payload(payload: Mapping[str, Any]) -> dict[str, Any]:
     if "embeds" in fitted:
         fitted["embeds"] = fitted_embeds
     fitted["allowed_mentions"] = NO_MENTIONS
-    return fitted
+    return FittedPayload(fitted)

@@ -166,7 +166,7 @@ class DiscordNotifier(Channel):
             payload["username"] = truncate(strip_control(self.username, keep=""), 80)
         if self.avatar_url:
             payload["avatar_url"] = self.avatar_url
-        return payload
+        return fit_payload(payload)
 
     # -- sending --------------------------------------------------------------------
 

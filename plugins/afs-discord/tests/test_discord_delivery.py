@@ -170,7 +170,7 @@ def test_send_batch_counts_only_what_was_delivered(discord, webhook_server, make
 
 def test_failures_name_no_secret(discord, webhook_server, afs_plugins, caplog):
     webhook_server.respond(status=401, body=json.dumps({"message": f"bad token {TOKEN}"}))
-    manager = NotificationManager(plugins=afs_plugins)
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     manager.register_handler("discord", discord)
     with caplog.at_level(logging.DEBUG):
         result = manager.notify("t", "m")

@@ -152,7 +152,7 @@ def test_a_batch_reconnects_once_when_the_server_drops_it(starttls_server, certi
 
 def test_password_never_reaches_results_or_logs(starttls_server, certificates, afs_plugins, caplog):
     starttls_server.recorder.refuse = set(RECIPIENTS)
-    manager = NotificationManager(plugins=afs_plugins)
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     manager.register_handler("email", notifier_for(starttls_server, certificates))
     with caplog.at_level(logging.DEBUG):
         result = manager.notify_training_failed("m", "r", f"leaked {PASSWORD}?")

@@ -16,6 +16,7 @@ from afs_core import Channel, ConfigurationError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, load_env
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
+from afs_core.pacing import RateLimit
 from afs_core.redaction import redact_url, url_secrets
 from afs_core.webhooks import classify_status, is_loopback_host, parse_retry_after, validate_webhook_url
 
@@ -40,6 +41,7 @@ class SlackNotifier(Channel):
     """
 
     name = "slack"
+    rate_limit = RateLimit(per_second=1.0, burst=3)  # Slack: about one message a second per webhook
 
     def __init__(
         self,

@@ -108,7 +108,7 @@ def test_connection_refused_is_transient_and_names_no_secret(afs_plugins, make_e
 
 def test_permanent_failures_name_no_secret_in_results_or_logs(slack, webhook_server, afs_plugins, caplog):
     webhook_server.respond(status=403, body=f"invalid_token for /services/{TOKEN}")
-    manager = NotificationManager(plugins=afs_plugins)
+    manager = NotificationManager(plugins=afs_plugins, background=False)
     manager.register_handler("slack", slack)
     with caplog.at_level(logging.DEBUG):
         result = manager.notify_training_failed("m", "r", "boom")
@@ -171,3 +171,19 @@ def test_a_control_character_message_makes_no_empty_section(slack, webhook_serve
     slack.send(make_event(message="\x1b\x07", error_details="\x00", context={"traceback": "\x1b"}))
     blocks = webhook_server.received[0].json["attachments"][0]["blocks"]
     assert all(block.get("text", {}).get("text", "x") for block in blocks)
+
+
+def test_the_engine_retries_a_429_no_sooner_than_slack_asked(webhook_server, afs_plugins, make_event, tmp_path):
+    from afs_core.retry import RetryPolicy
+    from afs_core.store import Store
+
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), retry=RetryPolicy(base=0.05))
+    manager.register_handler("slack", SlackNotifier(webhook_url=f"{webhook_server.url}/services/{TOKEN}", timeout=2))
+    webhook_server.respond(Scripted(status=429, body="rate_limited", headers={"Retry-After": "1"}),
+                           Scripted(status=500, body="rollup_error"))
+    result = manager.notify_training_completed("m", "r", duration=5.0)
+    assert result.wait(15) and result.delivered == ["slack"]
+    first, second, third = webhook_server.received
+    assert second.at - first.at >= 1.0  # Retry-After honoured, not hammered
+    assert third.at - second.at < 1.0  # a 500 backs off briefly, with jitter
+    manager.close(timeout=2)

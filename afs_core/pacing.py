@@ -1,0 +1,41 @@
+"""Sending rates as data: a channel says how fast it may send, the engine keeps to it.
+
+A token bucket: ``per_second`` sustained, ``burst`` at once. A burst of events
+then goes out at the service's pace instead of provoking a storm of 429s.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import attrs
+
+
+@attrs.frozen
+class RateLimit:
+    per_second: float
+    burst: int = 1
+
+
+class Pacer:
+    """Waits until a send is allowed under ``limit`` (thread-safe)."""
+
+    def __init__(self, limit: RateLimit | None) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._tokens = float(limit.burst) if limit else 0.0
+        self._stamp = time.monotonic()
+
+    def wait_time(self) -> float:
+        """Seconds until the next send may go; takes the token when that is 0."""
+        if self.limit is None:
+            return 0.0
+        with self._lock:
+            now = time.monotonic()
+            self._tokens = min(self.limit.burst, self._tokens + (now - self._stamp) * self.limit.per_second)
+            self._stamp = now
+            if self._tokens >= 1.0:
+                self._tokens -= 1.0
+                return 0.0
+            return (1.0 - self._tokens) / self.limit.per_second

@@ -1,0 +1,112 @@
+"""Keeping channels quiet: minimum level, event-type lists, and throttling with a digest.
+
+A training loop can raise the same event every step; a channel that forwards them
+all gets muted by its reader. Per channel, events below a level or outside the
+allowed types are held back, and repetitive ones (same type, run and channel
+within a window) are sent once, the next one carrying "and 37 more" for those held.
+Errors and critical events are never throttled.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Collection, Mapping
+
+import attrs
+
+from afs_core.config import env_float
+from afs_core.errors import ConfigurationError
+from afs_core.events import EventType, NotificationEvent, NotificationLevel
+from afs_core.formatting import format_duration
+
+THROTTLED_BY_DEFAULT = frozenset({
+    EventType.BATCH_PROCESSED, EventType.EPOCH_COMPLETED, EventType.LOSS_IMPROVED, EventType.LOSS_DEGRADED,
+    EventType.CHECKPOINT_SAVED, EventType.GPU_MEMORY_WARNING, EventType.GPU_UTILIZATION_LOW,
+    EventType.DISK_SPACE_WARNING,
+})
+
+
+def _types(raw: str, setting: str) -> frozenset[EventType]:
+    types = set()
+    for name in (part.strip() for part in raw.split(",")):
+        if not name:
+            continue
+        try:
+            types.add(EventType(name))
+        except ValueError:
+            raise ConfigurationError(f"{setting}: unknown event type {name!r}") from None
+    return frozenset(types)
+
+
+@attrs.frozen
+class ChannelPolicy:
+    """What one channel lets through. ``events`` None means every type."""
+
+    min_level: NotificationLevel = NotificationLevel.INFO
+    events: frozenset[EventType] | None = None
+    exclude: frozenset[EventType] = frozenset()
+    throttle_window: float = 600.0
+    throttled: frozenset[EventType] = THROTTLED_BY_DEFAULT
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str], channel: str, throttle_window: float = 600.0) -> ChannelPolicy:
+        """``AFS_<CHANNEL>_MIN_LEVEL``, ``_EVENTS``, ``_EXCLUDE_EVENTS``, ``_THROTTLE_SECONDS``
+        (``AFS_MIN_LEVEL`` and ``AFS_THROTTLE_SECONDS`` for all channels; 0 turns
+        throttling off). ``throttle_window`` is the channel's own default."""
+        prefix = f"AFS_{channel.upper().replace('-', '_')}_"
+        level = env.get(prefix + "MIN_LEVEL", "").strip() or env.get("AFS_MIN_LEVEL", "").strip() or "info"
+        try:
+            min_level = NotificationLevel(level)
+        except ValueError:
+            raise ConfigurationError(f"{prefix}MIN_LEVEL: unknown level {level!r}") from None
+        allowed = env.get(prefix + "EVENTS", "").strip()
+        window = env_float(env, "AFS_THROTTLE_SECONDS", throttle_window)
+        return cls(
+            min_level=min_level,
+            events=_types(allowed, prefix + "EVENTS") if allowed else None,
+            exclude=_types(env.get(prefix + "EXCLUDE_EVENTS", ""), prefix + "EXCLUDE_EVENTS"),
+            throttle_window=env_float(env, prefix + "THROTTLE_SECONDS", window),
+        )
+
+    def admits(self, event: NotificationEvent) -> bool:
+        if event.level < self.min_level:
+            return False
+        if self.events is not None and event.event_type not in self.events:
+            return False
+        return event.event_type not in self.exclude
+
+
+class Throttle:
+    """Per channel: holds back repeats of the same (type, run) within the window."""
+
+    def __init__(self, window: float, throttled: Collection[EventType]) -> None:
+        self.window = window
+        self.throttled = frozenset(throttled)
+        self._lock = threading.Lock()
+        self._last: dict[tuple[EventType, str | None], float] = {}
+        self._held: dict[tuple[EventType, str | None], int] = {}
+
+    def check(self, event: NotificationEvent, now: float | None = None) -> tuple[bool, str | None]:
+        """(send?, digest): the digest says how many were held back since the last one."""
+        if self.window <= 0 or event.event_type not in self.throttled or event.level >= NotificationLevel.ERROR:
+            return True, None
+        now = time.monotonic() if now is None else now
+        key = (event.event_type, event.run_id)
+        with self._lock:
+            last = self._last.get(key)
+            if last is not None and now - last < self.window:
+                self._held[key] = self._held.get(key, 0) + 1
+                return False, None
+            self._last[key] = now
+            held = self._held.pop(key, 0)
+        if not held:
+            return True, None
+        label = event.event_type.value.replace("_", " ")
+        return True, f"and {held} more '{label}' in the last {format_duration(self.window)}"
+
+    def pending_digests(self) -> list[tuple[EventType, str | None, int]]:
+        """Held-back counts not yet reported by a later event (for a closing summary)."""
+        with self._lock:
+            held, self._held = self._held, {}
+        return [(event_type, run_id, count) for (event_type, run_id), count in held.items() if count]

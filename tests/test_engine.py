@@ -1,0 +1,316 @@
+"""The delivery engine: non-blocking, durable, retried, isolated, quiet, rank-aware."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+
+import pytest
+
+from afs_core import (
+    Channel,
+    EventType,
+    NotificationEvent,
+    NotificationLevel,
+    NotificationManager,
+    PermanentDeliveryError,
+    Source,
+    TransientDeliveryError,
+    hookimpl,
+)
+from afs_core.quiet import ChannelPolicy
+from afs_core.retry import RetryPolicy
+from afs_core.source import forget_current_source
+from afs_core.store import Store
+from afs_core.testing import RecordingChannel
+
+
+class Gate(Channel):
+    """Delivers only once the test opens the gate."""
+
+    def __init__(self):
+        self.open = threading.Event()
+        self.messages = []
+
+    def deliver(self, message):
+        if not self.open.wait(10):
+            raise TransientDeliveryError("gate stayed shut")
+        self.messages.append(message)
+
+
+class Scripted(Channel):
+    """Fails as scripted, then delivers; remembers when each attempt came."""
+
+    def __init__(self, *errors):
+        self.errors = list(errors)
+        self.attempts = []
+
+    def deliver(self, message):
+        self.attempts.append(time.monotonic())
+        if self.errors:
+            raise self.errors.pop(0)
+
+
+@pytest.fixture
+def manager(afs_plugins, tmp_path):
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"),
+                                  retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
+    yield manager
+    manager.close(timeout=5)
+
+
+def test_notify_returns_before_delivery_and_the_result_fills_in(manager):
+    gate = Gate()
+    manager.register_handler("gate", gate)
+    started = time.perf_counter()
+    result = manager.notify("t", "m")
+    assert time.perf_counter() - started < 0.05
+    assert result.pending == ["gate"] and bool(result) and not result.delivered
+    gate.open.set()
+    assert result.wait(5)
+    assert result.delivered == ["gate"] and result.ok and len(gate.messages) == 1
+
+
+def test_a_dead_channel_does_not_delay_a_live_one(manager):
+    gate, live = Gate(), RecordingChannel()
+    manager.register_handler("dead", gate)
+    manager.register_handler("live", live)
+    results = [manager.notify(f"event {i}", "m") for i in range(5)]
+    deadline = time.monotonic() + 5
+    while len(live.messages) < 5 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(live.messages) == 5 and not gate.messages
+    assert all(r.outcomes["dead"].status.value == "pending" for r in results)
+    gate.open.set()
+
+
+def test_transient_failures_are_retried_with_the_services_wait(manager):
+    channel = Scripted(TransientDeliveryError("HTTP 429", retry_after=0.4), TransientDeliveryError("HTTP 503"))
+    manager.register_handler("flaky", channel)
+    result = manager.notify("t", "m")
+    assert result.wait(10) and result.delivered == ["flaky"]
+    first, second, third = channel.attempts
+    assert second - first >= 0.4  # Retry-After honoured
+    assert third - second <= 0.5  # then backoff with jitter, capped at 0.1 s here
+
+
+def test_permanent_failures_are_not_retried_and_reported_once(manager):
+    failures = []
+
+    class Observer:
+        @hookimpl
+        def afs_delivery_failed(self, event, channel, error):
+            failures.append(str(error))
+
+    manager.plugins.register(Observer(), name="observer")
+    channel = Scripted(PermanentDeliveryError("invalid_token"))
+    manager.register_handler("broken", channel)
+    result = manager.notify("t", "m")
+    assert result.wait(5)
+    assert len(channel.attempts) == 1 and failures == ["invalid_token"]
+    assert result.failed == {"broken": "invalid_token"}
+    assert manager.store.counts()["broken"]["dead"] == 1
+
+
+def test_retries_end_in_a_dead_letter_with_the_reason(manager):
+    failures = []
+
+    class Observer:
+        @hookimpl
+        def afs_delivery_failed(self, event, channel, error):
+            failures.append(str(error))
+
+    manager.plugins.register(Observer(), name="observer")
+    channel = Scripted(*[TransientDeliveryError("HTTP 500")] * 10)
+    manager.register_handler("down", channel)
+    result = manager.notify("t", "m")
+    assert result.wait(10)
+    assert len(channel.attempts) == 3
+    assert result.failed == {"down": "gave up after 3 attempts: HTTP 500"} and len(failures) == 1
+    (entry,) = manager.store.history(limit=1)
+    assert entry.deliveries[0].status == "dead" and entry.deliveries[0].attempts == 3
+
+
+def test_flush_waits_for_due_deliveries_and_close_stops(manager):
+    gate = Gate()
+    manager.register_handler("gate", gate)
+    manager.notify("t", "m")
+    assert manager.flush(timeout=0.2) is False
+    gate.open.set()
+    assert manager.flush(timeout=5) is True and len(gate.messages) == 1
+    assert manager.close(timeout=1) is True
+
+
+def test_context_manager_flushes_on_exit(afs_plugins, tmp_path):
+    channel = RecordingChannel()
+    with NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db")) as manager:
+        manager.register_handler("r", channel)
+        manager.notify("t", "m")
+    assert len(channel.messages) == 1
+
+
+def test_throttling_sends_one_and_says_how_many_were_held(manager):
+    channel = RecordingChannel()
+    manager.register_handler("quiet", channel, policy=ChannelPolicy(throttle_window=0.5))
+    for step in range(5):
+        manager.notify_loss_improved("m", "r", loss=1.0 / (step + 1))
+    manager.notify_training_failed("m", "r", "boom")  # errors are never throttled
+    manager.flush(timeout=5)
+    assert len(channel.messages) == 2
+    time.sleep(0.6)
+    manager.notify_loss_improved("m", "r", loss=0.01)
+    manager.flush(timeout=5)
+    assert "and 4 more 'loss improved' in the last 0.5s" in channel.messages[-1]
+
+
+def test_channel_settings_hold_back_levels_and_types(manager, monkeypatch):
+    monkeypatch.setenv("AFS_PICKY_MIN_LEVEL", "warning")
+    monkeypatch.setenv("AFS_PICKY_EXCLUDE_EVENTS", "COST_THRESHOLD_EXCEEDED")
+    channel = RecordingChannel()
+    manager.register_handler("picky", channel)
+    info = manager.notify_training_started("m", "r")
+    cost = manager.notify_cost_alert(12.5, 10.0)
+    failed = manager.notify_training_failed("m", "r", "boom")
+    for result in (info, cost, failed):
+        assert result.wait(5)
+    assert info.filtered == ["picky"] and cost.filtered == ["picky"] and failed.delivered == ["picky"]
+
+
+def test_other_ranks_send_errors_only(manager, monkeypatch):
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    monkeypatch.setenv("RANK", "3")
+    forget_current_source()
+    held = manager.notify_training_started("m", "r")
+    assert held.filtered == ["r"] and "rank 3" in held.outcomes["r"].error
+    sent = manager.notify_out_of_memory("m", "r", "CUDA out of memory")
+    assert sent.wait(5) and sent.delivered == ["r"]
+
+
+def test_the_same_failure_from_several_ranks_is_sent_once_naming_them(manager):
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    results = []
+    for rank in (2, 0, 5):
+        event = NotificationEvent(EventType.TRAINING_FAILED, "Training failed: m", "NCCL timeout", run_id="run-9",
+                                  error_details="NCCL timeout", source=Source(host="h", pid=1, rank=rank, world_size=8))
+        results.append(manager.send_event(event))
+    assert results[0].wait(10)
+    assert len(channel.messages) == 1 and "Ranks: 2, 0, 5" in channel.messages[0]
+    assert results[1].filtered == ["r"] and results[2].filtered == ["r"]
+
+
+def test_all_ranks_switch(afs_plugins, tmp_path, monkeypatch):
+    monkeypatch.setenv("RANK", "1")
+    forget_current_source()
+    manager = NotificationManager(plugins=afs_plugins, background=False, all_ranks=True)
+    manager.register_handler("r", RecordingChannel())
+    assert manager.notify_training_started("m", "r").delivered == ["r"]
+
+
+def test_the_store_is_private_and_history_is_bounded(manager, tmp_path):
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    for i in range(30):
+        manager.notify(f"event {i}", "m", run_id="run-1")
+    manager.flush(timeout=5)
+    assert oct(os.stat(tmp_path / "afs.db").st_mode & 0o777) == "0o600"
+    history = manager.store.history(run_id="run-1", limit=100)
+    assert len(history) == 30 and history[0].title == "event 29"
+    assert all(e.deliveries[0].status == "delivered" for e in history)
+    assert manager.store.prune(max_events=10) == 20
+    assert len(manager.store.history(limit=100)) == 10
+
+
+CHILD = """
+import os, sys, time
+from afs_core import Channel, NotificationManager
+from afs_core.source import forget_current_source
+from afs_core.store import Store
+
+class Slow(Channel):
+    def deliver(self, message):
+        time.sleep(float(os.environ.get("SLOW", "60")))
+        with open(os.environ["OUT"], "a") as out:
+            out.write(message.splitlines()[0] + "\\n")
+
+manager = NotificationManager(background=True, store=Store(os.environ["DB"]),
+                              flush_timeout=float(os.environ.get("FLUSH", "10")))
+manager.register_handler("slow", Slow())
+for i in range(int(os.environ.get("COUNT", "5"))):
+    manager.notify(f"event {i}", "m")
+print("accepted", flush=True)
+if os.environ.get("HANG"):
+    time.sleep(60)
+"""
+
+
+def run_child(tmp_path, **env):
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(CHILD))
+    full = {**os.environ, "DB": str(tmp_path / "afs.db"), "OUT": str(tmp_path / "out.txt"), **env}
+    return subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=full)
+
+
+def test_events_of_a_killed_process_are_delivered_once_by_the_next(tmp_path, afs_plugins):
+    child = run_child(tmp_path, HANG="1", SLOW="60")
+    assert child.stdout.readline().strip() == "accepted"
+    time.sleep(0.3)  # let its worker claim a delivery: that lease must not strand it
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=10)
+    assert not (tmp_path / "out.txt").exists()
+
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    manager.register_handler("slow", channel)
+    deadline = time.monotonic() + 15
+    while len(channel.messages) < 5 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    manager.close(timeout=5)
+    titles = sorted(m.splitlines()[0] for m in channel.messages)
+    assert titles == [f"ℹ️ event {i}" for i in range(5)]
+
+    again = RecordingChannel()
+    second = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    second.register_handler("slow", again)
+    second.flush(timeout=2)
+    second.close(timeout=2)
+    assert again.messages == []
+
+
+def test_pending_events_are_flushed_at_exit(tmp_path):
+    started = time.monotonic()
+    child = run_child(tmp_path, SLOW="0.1", COUNT="3", AFS_FLUSH_TIMEOUT="10")
+    assert child.wait(timeout=30) == 0
+    assert (tmp_path / "out.txt").read_text().splitlines() == [f"ℹ️ event {i}" for i in range(3)]
+    assert time.monotonic() - started < 15
+
+
+def test_exit_flush_gives_up_at_its_timeout_and_leaves_the_rest_pending(tmp_path):
+    started = time.monotonic()
+    child = run_child(tmp_path, SLOW="60", COUNT="3", FLUSH="1")
+    child.stdout.readline()
+    assert child.wait(timeout=30) == 0
+    assert time.monotonic() - started < 8
+    counts = Store(tmp_path / "afs.db").counts()
+    assert counts["slow"]["pending"] == 3
+
+
+def test_two_processes_sharing_a_store_deliver_each_event_once(tmp_path):
+    store = Store(tmp_path / "afs.db")
+    for i in range(40):
+        store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, f"event {i}", "m"), ["slow"])
+    children = [run_child(tmp_path, SLOW="0.01", COUNT="0", HANG="1") for _ in range(2)]
+    deadline = time.monotonic() + 20
+    out = tmp_path / "out.txt"
+    while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 40):
+        time.sleep(0.1)
+    for child in children:
+        child.kill()
+        child.wait(timeout=10)
+    lines = out.read_text().splitlines()
+    assert sorted(lines) == sorted(f"ℹ️ event {i}" for i in range(40))
