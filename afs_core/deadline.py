@@ -65,6 +65,7 @@ class Deadline:
         self.expires_at = time.monotonic() + seconds
         self._lock = threading.Lock()
         self._holder: Any = None
+        self._fd = -1
         self._expired = False
         self.finished = False
 
@@ -84,11 +85,19 @@ class Deadline:
         return max(self.expires_at - time.monotonic(), minimum)
 
     def attach(self, holder: Any) -> None:
-        """Watch ``holder.sock``, whatever socket it holds when the deadline passes."""
+        """Watch ``holder.sock``, whatever socket it holds when the deadline passes.
+
+        Call it again once the holder has a socket (after connecting): the file
+        descriptor is remembered, because wrapping a socket in TLS detaches the
+        object the holder still points at while the handshake runs.
+        """
         with self._lock:
             self._holder = holder
+            fd = _fileno(holder)
+            if fd >= 0:
+                self._fd = fd
             if self._expired:
-                _shut(holder)
+                _shut(holder, self._fd)
 
     def _expire(self) -> None:
         if self.finished:
@@ -96,13 +105,32 @@ class Deadline:
         with self._lock:
             self._expired = True
             if self._holder is not None:
-                _shut(self._holder)
+                _shut(self._holder, self._fd)
 
 
-def _shut(holder: Any) -> None:
+def _fileno(holder: Any) -> int:
     sock = getattr(holder, "sock", None)
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
+    try:
+        return sock.fileno() if sock is not None else -1
+    except (OSError, ValueError):
+        return -1
+
+
+def _shut(holder: Any, remembered_fd: int = -1) -> None:
+    """Shut the holder's socket for reading and writing; every blocked call returns."""
+    fd = _fileno(holder)
+    if fd < 0:
+        fd = remembered_fd
+    if fd < 0:
+        return
+    try:
+        # A socket object borrowing the descriptor: shut it, then let go without closing.
+        borrowed = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        borrowed.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        borrowed.detach()

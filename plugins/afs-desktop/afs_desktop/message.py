@@ -29,7 +29,7 @@ def compose(event: NotificationEvent, app_name: str = "AFS", sound: bool = True)
     lines = [line.strip() for line in strip_control(event.message).splitlines() if line.strip()][:2]
     fields = dict(event_fields(event))
     key = [f"{label}: {fields[label]}" for label in (*_KEY_FIELDS, *event.metrics) if label in fields]
-    detail = " · ".join(key[:3])
+    detail = strip_control(" · ".join(key[:3]), keep="")
     body = "\n".join([*lines, detail] if detail else lines)
     return DesktopMessage(
         title=truncate(strip_control(headline(event), keep=""), TITLE_LIMIT),

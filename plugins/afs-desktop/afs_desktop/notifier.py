@@ -32,10 +32,15 @@ def choose_backend(platform: str | None = None) -> Backend:
     if platform.startswith("win"):
         return windows_backend()
     dbus = FreedesktopBackend()
-    if dbus.unavailable_reason() is None:
-        return dbus
-    fallback = notify_send_backend()
-    return fallback if fallback.unavailable_reason() is None else dbus
+    # notify-send talks to the same bus: it only helps where we cannot (jeepney missing).
+    # Where there is no bus or no notification server it would fail too, only slower.
+    try:
+        import jeepney  # noqa: F401
+    except ImportError:
+        fallback = notify_send_backend()
+        if fallback.unavailable_reason() is None:
+            return fallback
+    return dbus
 
 
 class DesktopNotifier(Channel):

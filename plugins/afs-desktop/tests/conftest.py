@@ -111,3 +111,58 @@ def notification_server(session_bus: str) -> Iterator[NotificationServer]:
 @pytest.fixture
 def no_session_bus(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("DBUS_SESSION_BUS_ADDRESS", raising=False)
+
+
+@pytest.fixture
+def stalled_bus(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A "bus" that completes the login handshake and then never answers Hello."""
+    import socket
+
+    path = tmp_path / "stalled-bus"
+    listener = socket.socket(socket.AF_UNIX)
+    listener.bind(str(path))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve(conn: socket.socket) -> None:
+        conn.settimeout(5)
+        buffer = b""
+        try:
+            while not stop.is_set():
+                chunk = conn.recv(1024)
+                if not chunk:
+                    return
+                buffer += chunk
+                if b"AUTH" in buffer and b"OK" not in buffer:
+                    conn.sendall(b"OK " + b"0" * 32 + b"\r\n")
+                    buffer += b"OK"
+                if b"NEGOTIATE_UNIX_FD" in buffer and b"AGREE" not in buffer:
+                    conn.sendall(b"AGREE_UNIX_FD\r\n")
+                    buffer += b"AGREE"
+                if b"BEGIN" in buffer:
+                    stop.wait(30)  # logged in: now say nothing, ever
+                    return
+        except OSError:
+            return
+        finally:
+            conn.close()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    address = f"unix:path={path}"
+    monkeypatch.setenv("DBUS_SESSION_BUS_ADDRESS", address)
+    try:
+        yield address
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        listener.close()

@@ -128,8 +128,7 @@ def test_powershell_gets_user_text_only_in_the_environment(title):
     invocation = powershell_invocation(DesktopMessage(title=title, body="b $env:PATH", level=NotificationLevel.INFO, app_name="AFS"))
     assert list(invocation.argv) == ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy",
                                      "Bypass", "-Command", POWERSHELL_TOAST]
-    assert dict(invocation.env) == {"AFS_TOAST_TITLE": title, "AFS_TOAST_BODY": "b $env:PATH",
-                                    "AFS_TOAST_APP": "AFS", "AFS_TOAST_SILENT": "0"}
+    assert dict(invocation.env) == {"AFS_TOAST_TITLE": title, "AFS_TOAST_BODY": "b $env:PATH", "AFS_TOAST_SILENT": "0"}
     assert title not in POWERSHELL_TOAST and "CreateTextNode($env:AFS_TOAST_TITLE)" in POWERSHELL_TOAST
 
 
@@ -162,3 +161,27 @@ def test_compose_is_short_and_readable(make_event):
                                  "Cost reached $12.50, over the $10.00 threshold.", cost=12.5, context={"threshold": 10.0}))
     assert message.title == "⚠️ Cost threshold exceeded: m"
     assert message.body == "Cost reached $12.50, over the $10.00 threshold.\nCost: $12.50 · Threshold: $10.00"
+
+
+def test_a_bus_that_stalls_after_login_fails_within_a_second(stalled_bus, afs_plugins, make_event):
+    started = time.monotonic()
+    outcome = DesktopNotifier(backend=FreedesktopBackend()).send_with_outcome(make_event())
+    assert time.monotonic() - started < 1.0 and not outcome.delivered
+    started = time.monotonic()
+    assert DesktopNotifier.from_env({"DESKTOP_NOTIFICATIONS_ENABLED": "true"}) is None
+    assert time.monotonic() - started < 1.0
+
+
+def test_metric_names_are_cleaned_too(notification_server, afs_plugins, make_event):
+    DesktopNotifier().send(make_event(message="ok", metrics={"acc\x1b[2J\u202e\ud800": 0.9}))
+    body = notification_server.calls[0][4]
+    assert "\x1b" not in body and "\u202e" not in body and "acc[2J: 0.9" in body
+
+
+def test_notify_send_argv_matches_the_dbus_call():
+    from afs_desktop.backends.commands import notify_send_invocation
+
+    critical = notify_send_invocation(DesktopMessage("t", "<b>x</b>", NotificationLevel.CRITICAL, "AFS"))
+    assert list(critical.argv) == ["notify-send", "-u", "critical", "-a", "AFS", "-t", "0", "--", "t", "&lt;b&gt;x&lt;/b&gt;"]
+    normal = notify_send_invocation(DesktopMessage("--help", "b", NotificationLevel.INFO, "AFS"))
+    assert list(normal.argv) == ["notify-send", "-u", "normal", "-a", "AFS", "--", "--help", "b"]

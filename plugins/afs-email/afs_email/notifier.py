@@ -47,7 +47,7 @@ def _address(value: str, setting: str) -> str:
         raise ConfigurationError(f"{setting} must be plain email addresses, got {text!r}")
     try:
         Address(addr_spec=text)
-    except (ValueError, IndexError) as exc:
+    except Exception as exc:  # ValueError, IndexError, email.errors.HeaderParseError
         raise ConfigurationError(f"{setting}: {text!r} is not an email address ({exc})") from None
     if "@" not in text:
         raise ConfigurationError(f"{setting}: {text!r} is not an email address")
@@ -66,6 +66,7 @@ class _Batch:
         self.smtp: smtplib.SMTP | None = None
         self.opened = 0
         self.reconnects = 0
+        self.fatal: DeliveryError | None = None
 
 
 class EmailNotifier(Channel):
@@ -111,6 +112,9 @@ class EmailNotifier(Channel):
             raise ConfigurationError(f"SMTP_PORT must be 1-65535, got {smtp_port!r}")
         if bool(smtp_user) != bool(smtp_password):
             raise ConfigurationError("SMTP_USER and SMTP_PASSWORD go together: set both, or neither for a relay")
+        if smtp_password and not smtp_password.isascii():
+            # smtplib sends AUTH as ASCII: such a password could never log in.
+            raise ConfigurationError("SMTP_PASSWORD has non-ASCII characters, which SMTP AUTH cannot send")
         self.smtp_user = smtp_user
         self._smtp_password = Secret(smtp_password) if smtp_password else None
         sender = from_email or smtp_user
@@ -163,11 +167,12 @@ class EmailNotifier(Channel):
         if isinstance(message, EmailMessage):
             return message
         if isinstance(message, EmailReport):
-            report = message
+            report = EmailReport(header_safe(message.subject)[:200] or "[AFS] notification",
+                                 strip_control(message.text), strip_control(message.html))
         else:  # a plugin's formatter returned text: send it as it is, escaped in the HTML part
             import html
 
-            text = str(message)
+            text = strip_control(str(message))
             first = text.strip().splitlines()[0] if text.strip() else "notification"
             report = EmailReport(f"[AFS] {header_safe(first)}"[:200], text, f"<pre>{html.escape(text)}</pre>")
         return build_message(report, self.from_email, self.to_emails)
@@ -218,12 +223,20 @@ class EmailNotifier(Channel):
 
     def _reopen(self, batch: _Batch, deadline: Deadline) -> smtplib.SMTP:
         """The batch's connection: the first one, then at most one more."""
+        if batch.fatal is not None:
+            raise batch.fatal  # a login that failed for good fails the same for the rest
         if batch.opened >= 1:
             if batch.reconnects >= 1:
                 raise TransientDeliveryError("the SMTP server dropped the batch's connection twice; the rest stays unsent")
             batch.reconnects += 1
         batch.opened += 1
-        return self._open(deadline)
+        try:
+            return self._open(deadline)
+        except Exception as exc:
+            error = self._classify(exc, deadline)
+            if error.permanent:
+                batch.fatal = error
+            raise error from None
 
     def _context(self) -> ssl.SSLContext:
         return self._ssl_context or ssl.create_default_context()
@@ -241,6 +254,8 @@ class EmailNotifier(Channel):
         deadline.attach(smtp)
         try:
             smtp.connect(self.smtp_host, self.smtp_port)
+            deadline.attach(smtp)  # now there is a socket to watch
+            self._in_time(deadline)
             smtp.ehlo()
             if self.tls == "starttls":
                 if not smtp.has_extn("starttls"):
@@ -249,13 +264,37 @@ class EmailNotifier(Channel):
                         "(SMTP_TLS=off allows plain SMTP, for a local relay only)"
                     )
                 smtp.starttls(context=self._context())
+                deadline.attach(smtp)
+                self._in_time(deadline)
                 smtp.ehlo()
             if self.smtp_user and self._smtp_password:
-                smtp.login(self.smtp_user, self._smtp_password.reveal())
+                self._login(smtp)
+            self._in_time(deadline)
         except BaseException:
             smtp.close()
             raise
         return smtp
+
+    def _login(self, smtp: smtplib.SMTP) -> None:
+        """One AUTH attempt with the best mechanism offered: smtplib's login() tries each
+        in turn, and repeated failures can lock an account."""
+        offered = (smtp.esmtp_features.get("auth") or "").upper().split()
+        for mechanism in ("PLAIN", "LOGIN", "CRAM-MD5"):
+            if mechanism in offered:
+                break
+        else:
+            raise smtplib.SMTPNotSupportedError("the server offers no AUTH mechanism this client speaks")
+        smtp.user, smtp.password = self.smtp_user, self._smtp_password.reveal()  # type: ignore[union-attr]
+        method = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login, "CRAM-MD5": smtp.auth_cram_md5}[mechanism]
+        try:
+            smtp.auth(mechanism, method, initial_response_ok=mechanism != "CRAM-MD5")
+        finally:
+            smtp.password = ""
+
+    @staticmethod
+    def _in_time(deadline: Deadline) -> None:
+        if deadline.expired:
+            raise smtplib.SMTPServerDisconnected("deadline passed")  # reported as the deadline
 
     def _transmit(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
         refused = smtp.send_message(message, from_addr=self.from_email, to_addrs=self.to_emails)
@@ -281,9 +320,13 @@ class EmailNotifier(Channel):
         if deadline.expired:
             return TransientDeliveryError(f"the SMTP exchange did not finish within the {self.timeout:g} s deadline")
         if isinstance(exc, smtplib.SMTPAuthenticationError):
+            if 400 <= exc.smtp_code < 500:  # 454: the server's trouble, not the password
+                return TransientDeliveryError(f"SMTP authentication failed for now ({exc.smtp_code} {_reply(exc)})")
             return PermanentDeliveryError(f"SMTP authentication failed ({exc.smtp_code} {_reply(exc)}): {_APP_PASSWORD_HINT}")
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             refused = ", ".join(f"{addr} ({code})" for addr, (code, _) in exc.recipients.items())
+            if all(400 <= code < 500 for code, _ in exc.recipients.values()):  # greylisting, full mailbox
+                return TransientDeliveryError(f"every recipient was deferred: {refused}")
             return PermanentDeliveryError(f"every recipient was refused: {refused}")
         if isinstance(exc, smtplib.SMTPResponseException):
             what = f"SMTP {exc.smtp_code} {_reply(exc)}"
@@ -293,6 +336,8 @@ class EmailNotifier(Channel):
             return PermanentDeliveryError(f"the server does not support what is needed: {exc}")
         if isinstance(exc, ssl.SSLCertVerificationError):
             return PermanentDeliveryError(f"the server's TLS certificate failed verification: {exc.verify_message}")
+        if isinstance(exc, ssl.SSLError):  # e.g. implicit TLS against a plain port
+            return PermanentDeliveryError(f"TLS failed ({exc.reason or exc}): check SMTP_PORT and SMTP_TLS")
         if isinstance(exc, (smtplib.SMTPServerDisconnected, OSError)):
             return TransientDeliveryError(f"SMTP connection failed: {type(exc).__name__}: {exc}")
         return PermanentDeliveryError(f"{type(exc).__name__}: {exc}")

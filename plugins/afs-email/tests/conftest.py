@@ -31,6 +31,8 @@ class Recorder:
         self.logins: list[str] = []
         self.peers: set[tuple[str, int]] = set()
         self.refuse: set[str] = set()
+        self.refuse_code = "550 5.1.1 No such user here"
+        self.auth_attempts = 0
         self.drop_after: int | None = None  # drop a connection that starts one more message
 
     async def handle_EHLO(self, server, session, envelope, hostname, responses):
@@ -49,7 +51,7 @@ class Recorder:
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if address in self.refuse:
-            return "550 5.1.1 No such user here"
+            return self.refuse_code
         envelope.rcpt_tos.append(address)
         return "250 OK"
 
@@ -59,6 +61,7 @@ class Recorder:
         return "250 Message accepted"
 
     def authenticate(self, server, session, envelope, mechanism, auth_data):
+        self.auth_attempts += 1
         ok = isinstance(auth_data, LoginPassword) and auth_data.login.decode() == USER and auth_data.password.decode() == PASSWORD
         if ok:
             self.logins.append(auth_data.login.decode())
@@ -159,4 +162,41 @@ def silent_server() -> Iterator[tuple[int, list]]:
         thread.join(timeout=5)
         for conn in accepted:
             conn.close()
+        listener.close()
+
+
+@pytest.fixture
+def stalling_starttls_server() -> Iterator[int]:
+    """Greets, offers STARTTLS, says "go ahead" and then never does its half of the handshake."""
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.sendall(b"220 stall.example ESMTP\r\n")
+                    conn.recv(1024)  # EHLO
+                    conn.sendall(b"250-stall.example\r\n250 STARTTLS\r\n")
+                    conn.recv(1024)  # STARTTLS
+                    conn.sendall(b"220 Ready to start TLS\r\n")
+                    stop.wait(30)  # and then nothing: the client's handshake waits on us
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        thread.join(timeout=5)
         listener.close()

@@ -173,3 +173,65 @@ def test_another_plugin_can_replace_the_report(starttls_server, certificates, af
     message = starttls_server.recorder.parsed()
     assert message["Subject"] == "[AFS] Training completed: tiny-model"
     assert "short &amp; sweet" in list(message.iter_parts())[1].get_content()
+
+
+def test_a_stalled_tls_handshake_is_cut_at_the_deadline(stalling_starttls_server, certificates, afs_plugins, make_event):
+    notifier = EmailNotifier(smtp_host="127.0.0.1", smtp_port=stalling_starttls_server, smtp_user=USER,
+                             smtp_password=PASSWORD, from_email=USER, to_emails=RECIPIENTS, timeout=1,
+                             tls="starttls", ca_file=certificates["ca_file"])
+    started = time.monotonic()
+    outcome = notifier.send_with_outcome(make_event())
+    assert time.monotonic() - started < 1.6
+    assert not outcome.permanent and "deadline" in outcome.error
+
+
+def test_a_bad_password_is_tried_once(starttls_server, certificates, afs_plugins, make_event):
+    notifier_for(starttls_server, certificates, smtp_password="wrong").send(make_event())
+    assert starttls_server.recorder.auth_attempts == 1
+
+
+def test_a_batch_whose_login_fails_fails_every_event_for_good_after_one_try(starttls_server, certificates, afs_plugins, make_event):
+    notifier = notifier_for(starttls_server, certificates, smtp_password="wrong")
+    assert notifier.send_batch([make_event() for _ in range(5)]) == 0
+    assert starttls_server.recorder.auth_attempts == 1
+    outcome = notifier.send_with_outcome(make_event())
+    assert outcome.permanent and "535" in outcome.error
+
+
+def test_greylisting_every_recipient_is_transient(starttls_server, certificates, afs_plugins, make_event):
+    starttls_server.recorder.refuse = set(RECIPIENTS)
+    starttls_server.recorder.refuse_code = "451 4.7.1 Greylisted, try again later"
+    outcome = notifier_for(starttls_server, certificates).send_with_outcome(make_event())
+    assert not outcome.permanent and "deferred" in outcome.error
+
+
+def test_implicit_tls_against_a_plain_port_says_what_to_check(plain_server, certificates, afs_plugins, make_event):
+    outcome = notifier_for(plain_server, certificates, tls="implicit").send_with_outcome(make_event())
+    assert outcome.permanent and "SMTP_TLS" in outcome.error
+
+
+def test_a_454_login_is_transient_and_a_535_permanent():
+    import smtplib
+
+    from afs_core.deadline import Deadline
+
+    notifier = EmailNotifier(smtp_host="127.0.0.1", from_email=USER, to_emails=RECIPIENTS, tls="off")
+    with Deadline(5) as deadline:
+        busy = notifier._classify(smtplib.SMTPAuthenticationError(454, b"4.7.0 Temporary failure"), deadline)
+        wrong = notifier._classify(smtplib.SMTPAuthenticationError(535, b"5.7.8 Bad credentials"), deadline)
+    assert not busy.permanent and wrong.permanent and "app password" in str(wrong)
+
+
+def test_a_formatters_report_is_made_header_safe(starttls_server, certificates, afs_plugins, make_event):
+    from afs_core import hookimpl
+    from afs_email.report import EmailReport
+
+    class Careless:
+        @hookimpl
+        def afs_format_event(self, event, channel):
+            return EmailReport("hi\r\nBcc: victim@example.com", "text \ud800", "<p>html</p>")
+
+    afs_plugins.register(Careless(), name="careless")
+    assert notifier_for(starttls_server, certificates, to_emails=["alice@example.com"]).send(make_event())
+    assert starttls_server.recorder.messages[0][1] == ["alice@example.com"]
+    assert starttls_server.recorder.parsed()["Subject"] == "hi Bcc: victim@example.com"

@@ -59,6 +59,9 @@ def test_seed_constructor_arguments():
         ({"SMTP_CA_FILE": "/no/such/ca.pem"}, "SMTP_CA_FILE"),
         ({"SMTP_HOST": "smtp.example.com/x"}, "SMTP_HOST must be a host name"),
         ({"SMTP_TIMEOUT": "inf"}, "SMTP_TIMEOUT must be between"),
+        ({"SMTP_PASSWORD": "pässword"}, "non-ASCII"),
+        ({"TO_EMAILS": "@example.com"}, "not an email address"),
+        ({"TO_EMAILS": "a@example..com"}, "not an email address"),
     ],
 )
 def test_wrong_settings_are_clear_errors_at_configuration_time(settings, message):

@@ -39,7 +39,10 @@ if ($env:AFS_TOAST_SILENT -eq '1') {
   $template.DocumentElement.AppendChild($audio) > $null
 }
 $toast = [Windows.UI.Notifications.ToastNotification]::new($template)
-[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier($env:AFS_TOAST_APP).Show($toast)
+# An unpackaged script has no app id of its own, and Windows drops toasts from unknown
+# ids silently: show it as PowerShell's, which every Windows has registered.
+$appId = '{1AC14E77-02E7-4E5D-B744-2EB1AE5198B7}\WindowsPowerShell\v1.0\powershell.exe'
+[Windows.UI.Notifications.ToastNotificationManager]::CreateToastNotifier($appId).Show($toast)
 """.strip()
 
 
@@ -61,7 +64,7 @@ def osascript_invocation(message: DesktopMessage) -> Invocation:
 
 def powershell_invocation(message: DesktopMessage) -> Invocation:
     argv = ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-Command", POWERSHELL_TOAST]
-    env = {"AFS_TOAST_TITLE": message.title, "AFS_TOAST_BODY": message.body, "AFS_TOAST_APP": message.app_name,
+    env = {"AFS_TOAST_TITLE": message.title, "AFS_TOAST_BODY": message.body,
            "AFS_TOAST_SILENT": "0" if message.sound else "1"}
     return Invocation(argv, env)
 
@@ -71,8 +74,14 @@ def notify_send_invocation(message: DesktopMessage) -> Invocation:
 
     from afs_desktop.backends.freedesktop import URGENCY
 
-    urgency = {0: "low", 1: "normal", 2: "critical"}[URGENCY[message.level]]
-    return Invocation(["notify-send", "-u", urgency, "-a", message.app_name, "--", message.title, escape(message.body)])
+    from afs_desktop.backends.freedesktop import EXPIRE_NEVER
+
+    level = URGENCY[message.level]
+    urgency = {0: "low", 1: "normal", 2: "critical"}[level]
+    argv = ["notify-send", "-u", urgency, "-a", message.app_name]
+    if level == 2:
+        argv += ["-t", str(EXPIRE_NEVER)]  # as on D-Bus: critical stays until dismissed
+    return Invocation([*argv, "--", message.title, escape(message.body)])
 
 
 def run(invocation: Invocation) -> None:

@@ -8,6 +8,7 @@ notification server. The body is XML-escaped: servers may render markup in it.
 from __future__ import annotations
 
 import os
+import threading
 from typing import Any
 from xml.sax.saxutils import escape
 
@@ -18,7 +19,7 @@ from afs_desktop.message import DesktopMessage
 BUS_NAME = "org.freedesktop.Notifications"
 OBJECT_PATH = "/org/freedesktop/Notifications"
 NOTIFY_SIGNATURE = "susssasa{sv}i"
-CALL_TIMEOUT = 0.8  # seconds; the whole attempt stays under one
+CALL_TIMEOUT = 0.45  # seconds per call: a probe and a send together stay under one
 
 URGENCY = {  # freedesktop urgency byte: 0 low, 1 normal, 2 critical
     NotificationLevel.INFO: 1,
@@ -58,6 +59,28 @@ class FreedesktopBackend:
         return address
 
     def _call(self, method: str, signature: str | None = None, body: tuple[Any, ...] = ()) -> Any:
+        """One method call on its own thread, abandoned after CALL_TIMEOUT: jeepney's
+        connection set-up sends Hello with no timeout, so a bus that stalls after
+        authentication would otherwise hold the caller for ever."""
+        outcome: list[Any] = []
+
+        def attempt() -> None:
+            try:
+                outcome.append(("ok", self._call_blocking(method, signature, body)))
+            except BaseException as exc:  # handed to the caller's thread
+                outcome.append(("error", exc))
+
+        worker = threading.Thread(target=attempt, name="afs-dbus-call", daemon=True)
+        worker.start()
+        worker.join(CALL_TIMEOUT + 0.1)
+        if not outcome:
+            raise TransientDeliveryError("the session bus did not answer within half a second")
+        kind, value = outcome[0]
+        if kind == "error":
+            raise value
+        return value
+
+    def _call_blocking(self, method: str, signature: str | None, body: tuple[Any, ...]) -> Any:
         from jeepney import DBusAddress, MessageType, new_method_call
         from jeepney.io.blocking import open_dbus_connection
 
