@@ -32,6 +32,8 @@ class Channel:
     rate_limit: ClassVar[RateLimit | None] = None
     #: Seconds in which repeats of a repetitive event are held back (0: never).
     throttle_seconds: ClassVar[float] = 600.0
+    #: Settings ``from_env`` needs, named by ``afs status`` when the channel is off.
+    required_settings: ClassVar[tuple[str, ...]] = ()
 
     def format(self, event: NotificationEvent) -> Any:
         """Render ``event`` as this channel's message. Default: plain text."""

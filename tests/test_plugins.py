@@ -2,8 +2,6 @@
 
 import logging
 from pathlib import Path
-import textwrap
-import uuid
 
 import pytest
 
@@ -28,30 +26,13 @@ def afs_register_channels(register):
 """
 
 
-@pytest.fixture
-def site(tmp_path, monkeypatch):
-    """A directory on sys.path where tests lay out installed distributions."""
-    path = tmp_path / "site"
-    path.mkdir()
-    monkeypatch.syspath_prepend(str(path))
-    return path
-
-
 def install(site, dist, source, entry_point=None):
-    """Lay out an installed distribution (module + dist-info) as pip would."""
-    module = f"{dist.replace('-', '_')}_{uuid.uuid4().hex[:8]}"
-    (site / f"{module}.py").write_text(textwrap.dedent(source), encoding="utf-8")
-    info = site / f"{dist.replace('-', '_')}-1.2.3.dist-info"
-    info.mkdir()
-    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.2.3\n")
-    name = entry_point or dist
-    (info / "entry_points.txt").write_text(f"[afs]\n{name} = {module}\n")
-    return module
+    return site.install(dist, source, entry_point)
 
 
 def good(site, dist, channel, setting):
     cls = channel.capitalize() + "Channel"
-    return install(site, dist, GOOD_PLUGIN.format(cls=cls, channel=channel, setting=setting), channel)
+    return site.install(dist, GOOD_PLUGIN.format(cls=cls, channel=channel, setting=setting), channel)
 
 
 def test_installed_plugin_channels_are_discovered(site):

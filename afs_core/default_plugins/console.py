@@ -43,6 +43,7 @@ class ConsoleChannel(Channel):
     """Readable lines on stderr; the embedded default channel."""
 
     name = "console"
+    required_settings = ("AFS_CONSOLE",)
     throttle_seconds = 0.0  # a local terminal shows every epoch; nobody's phone buzzes
 
     def __init__(self, stream: IO[str] | None = None, colour: bool | None = None) -> None:

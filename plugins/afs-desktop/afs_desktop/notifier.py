@@ -47,6 +47,7 @@ class DesktopNotifier(Channel):
     """Desktop channel. Settings: ``DESKTOP_NOTIFICATIONS_ENABLED``, ``DESKTOP_NOTIFICATIONS_SOUND``."""
 
     name = "desktop"
+    required_settings = ("DESKTOP_NOTIFICATIONS_ENABLED",)
 
     def __init__(self, enable_sound: bool = True, app_name: str = "AFS", backend: Backend | None = None) -> None:
         self.enable_sound = enable_sound

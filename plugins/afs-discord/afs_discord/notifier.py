@@ -109,6 +109,7 @@ class DiscordNotifier(Channel):
     """
 
     name = "discord"
+    required_settings = ("DISCORD_WEBHOOK_URL",)
 
     def __init__(
         self,

@@ -76,6 +76,7 @@ class EmailNotifier(Channel):
     ``implicit`` or ``off``; default from the port), ``SMTP_CA_FILE``."""
 
     name = "email"
+    required_settings = ("SMTP_HOST", "FROM_EMAIL", "TO_EMAILS")
 
     def __init__(
         self,

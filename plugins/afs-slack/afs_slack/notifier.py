@@ -41,6 +41,7 @@ class SlackNotifier(Channel):
     """
 
     name = "slack"
+    required_settings = ("SLACK_WEBHOOK_URL",)
     rate_limit = RateLimit(per_second=1.0, burst=3)  # Slack: about one message a second per webhook
 
     def __init__(

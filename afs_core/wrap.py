@@ -1,0 +1,120 @@
+"""Running a training command under watch: the crashes no in-process code can report.
+
+The child's output passes through unchanged while the last lines are kept; when it
+ends, its exit code or the signal that killed it (SIGKILL: likely the
+out-of-memory killer; SIGTERM: likely preemption) says what happened. SIGINT and
+SIGTERM sent to the wrapper are passed on to the child.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import IO, Any
+
+import attrs
+
+TAIL_LINES = 20
+SIGNAL_HINTS = {
+    signal.SIGKILL: "killed by SIGKILL, most likely the out-of-memory killer",
+    signal.SIGTERM: "stopped by SIGTERM, most likely preemption or a scheduler's time limit",
+    signal.SIGINT: "interrupted (SIGINT)",
+}
+
+
+@attrs.frozen
+class RunOutcome:
+    returncode: int  # the child's exit code; -N when signal N killed it
+    duration: float
+    tail: tuple[str, ...]
+
+    @property
+    def signal_name(self) -> str | None:
+        if self.returncode >= 0:
+            return None
+        try:
+            return signal.Signals(-self.returncode).name
+        except ValueError:
+            return f"signal {-self.returncode}"
+
+    @property
+    def explanation(self) -> str:
+        if self.returncode == 0:
+            return "exited normally"
+        if self.returncode > 0:
+            return f"exited with code {self.returncode}"
+        try:
+            return SIGNAL_HINTS.get(signal.Signals(-self.returncode), f"killed by {self.signal_name}")
+        except ValueError:
+            return f"killed by {self.signal_name}"
+
+    @property
+    def exit_code(self) -> int:
+        """What the wrapper exits with: the child's code, or 128 + N for signal N (as shells do)."""
+        return self.returncode if self.returncode >= 0 else 128 - self.returncode
+
+
+def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: threading.Lock) -> None:
+    """Copy ``source`` to ``target`` byte for byte, keeping the last lines."""
+    partial = b""
+    while True:
+        chunk = source.read1(65536) if hasattr(source, "read1") else source.read(65536)
+        if not chunk:
+            break
+        target.write(chunk)
+        target.flush()
+        lines = (partial + chunk).split(b"\n")
+        partial = lines.pop()
+        with lock:
+            tail.extend(line.decode("utf-8", "replace") for line in lines)
+    if partial:
+        with lock:
+            tail.append(partial.decode("utf-8", "replace"))
+
+
+def run_watched(command: Sequence[str]) -> RunOutcome:
+    """Run ``command``, streaming its output, forwarding SIGINT/SIGTERM; wait for its end."""
+    started = time.monotonic()
+    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None)
+    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
+    lock = threading.Lock()
+    pumps = [
+        threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, tail, lock), daemon=True),
+        threading.Thread(target=_pump, args=(child.stderr, sys.stderr.buffer, tail, lock), daemon=True),
+    ]
+    for pump in pumps:
+        pump.start()
+
+    def forward(signum: int, frame: object) -> None:
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        returncode = child.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    for pump in pumps:
+        pump.join(timeout=5)
+    return RunOutcome(returncode, time.monotonic() - started, tuple(tail))
+
+
+def command_label(command: Sequence[str]) -> str:
+    """A short name for a run started by ``command``: the script (``train.py``), the
+    module after ``-m``, else the program."""
+    parts = list(command)
+    for index, part in enumerate(parts):
+        if part == "-m" and index + 1 < len(parts):
+            return parts[index + 1]
+        if part == "-c":
+            break
+        if part.endswith(".py"):
+            return os.path.basename(part)
+    return os.path.basename(parts[0]) if parts else "command"
