@@ -711,9 +711,12 @@ class NotificationManager:
 
     @_never_raises
     def notify_out_of_memory(
-        self, model_name: str, run_id: str, error: BaseException | str | None = None
+        self, model_name: str, run_id: str, error: BaseException | str | None = None, *, memory: str | None = None
     ) -> NotifyResult:
+        """``memory``: what the allocator said, e.g. "Tried to allocate 2.00 GiB"."""
         details, context = _error_context(error)
+        if memory:
+            context["memory"] = memory
         return self._send(
             EventType.OUT_OF_MEMORY,
             f"Out of memory: {model_name}",

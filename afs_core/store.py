@@ -61,6 +61,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
+CREATE TABLE IF NOT EXISTS run_state (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL,
+    updated REAL NOT NULL
+);
 """
 
 
@@ -335,6 +340,19 @@ class Store:
                 (max_events,),
             ).rowcount
         return removed
+
+    def set_state(self, key: str, value: str) -> None:
+        """Remember a small value across processes (a monitor's state, keyed by run)."""
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                (key, value, time.time()),
+            )
+
+    def get_state(self, key: str) -> str | None:
+        row = self._db().execute("SELECT value FROM run_state WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
     # -- reading -------------------------------------------------------------------
 
