@@ -81,7 +81,30 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
 def run_watched(command: Sequence[str]) -> RunOutcome:
     """Run ``command``, streaming its output, forwarding SIGINT/SIGTERM; wait for its end."""
     started = time.monotonic()
+    children: list[subprocess.Popen[bytes]] = []
+    early: list[int] = []
+
+    def forward(signum: int, frame: object) -> None:
+        if not children:
+            early.append(signum)  # the child is being started: it gets this on arrival
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    # Installed before the child starts: a signal in between must not kill only us.
+    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _run(command, children, early, started)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _run(command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float) -> RunOutcome:
     child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None)
+    children.append(child)
+    for signum in early:
+        child.send_signal(signum)
     tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     lock = threading.Lock()
     pumps = [
@@ -90,17 +113,7 @@ def run_watched(command: Sequence[str]) -> RunOutcome:
     ]
     for pump in pumps:
         pump.start()
-
-    def forward(signum: int, frame: object) -> None:
-        if child.poll() is None:
-            child.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        returncode = child.wait()
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+    returncode = child.wait()
     for pump in pumps:
         pump.join(timeout=5)
     return RunOutcome(returncode, time.monotonic() - started, tuple(tail))
