@@ -8,13 +8,9 @@ typed delivery errors.
 
 from __future__ import annotations
 
-import smtplib
-import ssl
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from email.headerregistry import Address
-from email.message import EmailMessage
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, env_int, env_list, load_env
@@ -23,7 +19,12 @@ from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
 from afs_core.redaction import Secret
-from afs_email.report import EmailReport, build_message, header_safe, render
+from afs_email.report import EmailReport
+
+if TYPE_CHECKING:  # smtplib and ssl load on the first send: start-up stays fast
+    import smtplib
+    import ssl
+    from email.message import EmailMessage
 
 DEFAULT_TIMEOUT = 10.0
 TLS_MODES = ("starttls", "implicit", "off")
@@ -42,6 +43,8 @@ class PartialDeliveryError(PermanentDeliveryError):
 
 
 def _address(value: str, setting: str) -> str:
+    from email.headerregistry import Address
+
     text = value.strip()
     if not text or any(ch in text for ch in "\r\n,;<>"):
         raise ConfigurationError(f"{setting} must be plain email addresses, got {text!r}")
@@ -54,7 +57,7 @@ def _address(value: str, setting: str) -> str:
     return text
 
 
-def _reply(exc: smtplib.SMTPResponseException) -> str:
+def _reply(exc: Any) -> str:
     text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
     return truncate(strip_control(text, keep=""), 200)
 
@@ -131,6 +134,8 @@ class EmailNotifier(Channel):
             raise ConfigurationError(f"SMTP_TLS must be one of {', '.join(TLS_MODES)}, got {tls!r}")
         self.tls = mode
         if ca_file is not None and ssl_context is None:
+            import ssl
+
             try:
                 ssl_context = ssl.create_default_context(cafile=ca_file)
             except (OSError, ssl.SSLError) as exc:
@@ -162,9 +167,15 @@ class EmailNotifier(Channel):
     # -- rendering --------------------------------------------------------------------
 
     def format(self, event: NotificationEvent) -> EmailReport:
+        from afs_email.report import render
+
         return render(event)
 
     def _message(self, message: Any) -> EmailMessage:
+        from email.message import EmailMessage
+
+        from afs_email.report import build_message, header_safe
+
         if isinstance(message, EmailMessage):
             return message
         if isinstance(message, EmailReport):
@@ -181,6 +192,8 @@ class EmailNotifier(Channel):
     # -- sending ----------------------------------------------------------------------
 
     def deliver(self, message: Any) -> None:
+        import smtplib
+
         email_message = self._message(message)
         batch: _Batch | None = getattr(self._local, "batch", None)
         with Deadline(self.timeout) as deadline:
@@ -240,10 +253,14 @@ class EmailNotifier(Channel):
             raise error from None
 
     def _context(self) -> ssl.SSLContext:
+        import ssl
+
         return self._ssl_context or ssl.create_default_context()
 
     def _open(self, deadline: Deadline) -> smtplib.SMTP:
         """Connected, secured and logged in, or an exception; credentials only over TLS."""
+        import smtplib
+
         if self.tls == "implicit":
             smtp: smtplib.SMTP = smtplib.SMTP_SSL(timeout=deadline.remaining(), context=self._context())
         else:
@@ -277,6 +294,8 @@ class EmailNotifier(Channel):
         return smtp
 
     def _login(self, smtp: smtplib.SMTP) -> None:
+        import smtplib
+
         """One AUTH attempt with the best mechanism offered: smtplib's login() tries each
         in turn, and repeated failures can lock an account."""
         offered = (smtp.esmtp_features.get("auth") or "").upper().split()
@@ -294,6 +313,8 @@ class EmailNotifier(Channel):
 
     @staticmethod
     def _in_time(deadline: Deadline) -> None:
+        import smtplib
+
         if deadline.expired:
             raise smtplib.SMTPServerDisconnected("deadline passed")  # reported as the deadline
 
@@ -310,12 +331,17 @@ class EmailNotifier(Channel):
 
     @staticmethod
     def _quit(smtp: smtplib.SMTP) -> None:
+        import smtplib
+
         try:
             smtp.quit()
         except (smtplib.SMTPException, OSError):
             smtp.close()
 
     def _classify(self, exc: BaseException, deadline: Deadline) -> DeliveryError:
+        import smtplib
+        import ssl
+
         if isinstance(exc, DeliveryError):
             return exc
         if deadline.expired:
@@ -358,5 +384,7 @@ class EmailNotifier(Channel):
 
 def _still_usable(exc: BaseException) -> bool:
     """A refused message leaves the connection open; anything else may have broken it."""
+    import smtplib
+
     return isinstance(exc, (PartialDeliveryError, smtplib.SMTPRecipientsRefused, smtplib.SMTPSenderRefused,
                             smtplib.SMTPDataError))

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from typing import TYPE_CHECKING
 
 import attrs
 
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import LEVEL_EMOJI, event_fields, strip_control, trim_traceback, truncate
+
+if TYPE_CHECKING:
+    from email.message import EmailMessage
 
 COLOURS = {
     NotificationLevel.INFO: "#1f6feb",
@@ -113,6 +115,9 @@ def _html(event: NotificationEvent, rows: list[tuple[str, str]], error: str, tra
 
 def build_message(report: EmailReport, sender: str, recipients: list[str]) -> EmailMessage:
     """The MIME message: multipart/alternative with the text part first, HTML last."""
+    from email.message import EmailMessage
+    from email.utils import format_datetime, make_msgid
+
     message = EmailMessage()
     message["Subject"] = report.subject
     message["From"] = sender
