@@ -26,6 +26,7 @@ __all__ = [
     "Source",
     "TransientDeliveryError",
     "hookimpl",
+    "notify_on_completion",
 ]
 
 _WHERE = {
@@ -44,10 +45,12 @@ _WHERE = {
     "PluginHost": "afs_core.plugins",
     "Source": "afs_core.source",
     "hookimpl": "afs_core.hookspecs",
+    "notify_on_completion": "afs_core.decorators",
 }
 
 if TYPE_CHECKING:
     from afs_core.channel import Channel
+    from afs_core.decorators import notify_on_completion
     from afs_core.errors import (
         ConfigurationError,
         DeliveryError,

@@ -3,6 +3,7 @@ directory (``afs_isolated_env``, from afs-core's own pytest plugin)."""
 
 from __future__ import annotations
 
+import importlib.util
 import textwrap
 import uuid
 from pathlib import Path
@@ -10,6 +11,11 @@ from pathlib import Path
 import pytest
 
 import afs_core
+
+
+# The framework integrations need torch and friends; they have their own tox
+# environment, and are left out wherever those are not installed.
+collect_ignore = [] if importlib.util.find_spec("torch") else ["frameworks"]
 
 
 def pytest_report_header() -> str:

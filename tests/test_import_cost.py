@@ -26,14 +26,16 @@ def run_probe(**env):
 
 def test_import_afs_core_loads_no_heavy_or_plugin_modules():
     modules = run_probe()
-    heavy = {"requests", "urllib3", "pluggy", "attrs", "dotenv", "afs_slack", "afs_discord", "afs_email", "afs_desktop"}
+    heavy = {"requests", "urllib3", "pluggy", "attrs", "dotenv", "afs_slack", "afs_discord", "afs_email", "afs_desktop",
+             "torch", "transformers", "lightning", "keras"}
     assert not heavy & {m.split(".")[0] for m in modules["after_import"]}
 
 
 def test_plugins_that_are_not_allowed_are_not_imported():
     modules = {m.split(".")[0] for m in run_probe(AFS_LOAD_PLUGINS="")["after_notify"]}
     assert "pluggy" in modules and "attrs" in modules  # the probe really did the work
-    assert not modules & {"afs_slack", "afs_discord", "afs_email", "afs_desktop"}
+    assert not modules & {"afs_slack", "afs_discord", "afs_email", "afs_desktop", "torch", "transformers",
+                          "lightning", "keras"}
 
 
 def test_loading_every_installed_plugin_does_not_import_an_http_client():
