@@ -120,7 +120,12 @@ class _Worker(threading.Thread):
         if not self._done:
             return
         done, self._done = self._done, []
-        held = self.engine.store.finish_many([(d, s, e, n) for d, s, e, n, _, _ in done], self.owner)
+        try:
+            held = self.engine.store.finish_many([(d, s, e, n) for d, s, e, n, _, _ in done], self.owner)
+        except Exception:
+            # The leases run out and the deliveries are attempted again: at least once.
+            logger.exception("afs: outcomes of %d deliveries to %r could not be recorded", len(done), self.channel_name)
+            return
         for ok, (_, _, _, _, outcome, (event_id, final)) in zip(held, done):
             if ok and outcome is not None:
                 self.engine.track(event_id, outcome, final=final)
@@ -131,6 +136,9 @@ class _Worker(threading.Thread):
         except Exception:
             due = None
         wait = POLL_SECONDS if due is None else min(max(due - time.time(), 0.0), POLL_SECONDS)
+        if wait <= 0:
+            # Due, yet nothing could be claimed: another live process holds the leases.
+            wait = 0.25
         if wait > 0:
             self.wake.wait(wait)
             self.wake.clear()
