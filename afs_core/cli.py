@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sqlite3
 import sys
 import time
 from collections.abc import Sequence
@@ -258,11 +259,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from afs_core.plugins import get_plugins
-    from afs_core.store import Store
+    from afs_core.store import open_store
 
     env = _settings(args)
     plugins = get_plugins(env)
-    counts = Store.default(env).counts()
+    counts = open_store(env).counts()
     rows = []
     for name, spec in sorted(plugins.channels.items()):
         row: dict[str, Any] = {"channel": name, "distribution": spec.distribution or "afs-core",
@@ -296,9 +297,9 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from afs_core.store import Store
+    from afs_core.store import open_store
 
-    entries = Store.default(_settings(args)).history(run_id=args.run_id, limit=args.limit)
+    entries = open_store(_settings(args)).history(run_id=args.run_id, limit=args.limit)
     if args.json:
         print(json.dumps([{
             "event_id": e.event_id, "created": e.created, "run_id": e.run_id, "event_type": e.event_type,
@@ -315,9 +316,9 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from afs_core.store import PENDING, Store
+    from afs_core.store import PENDING, open_store
 
-    store = Store.default(_settings(args))
+    store = open_store(_settings(args))
     if args.action == "retry":
         if not store.requeue(args.id):
             print(f"afs: delivery {args.id} is not a dead delivery", file=sys.stderr)
@@ -342,6 +343,7 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
     manager = _manager(args)  # its workers pick up what is pending for its channels
     try:
         names = list(manager.handlers)
+        store.make_due(names)  # "now": not after a backoff or a Retry-After
         total = sum(store.counts().get(n, {}).get("pending", 0) for n in names)
         deadline = time.monotonic() + _wait_timeout(args)
         while True:
@@ -443,6 +445,9 @@ def main(argv: Sequence[str] | None = None, prog: str = "afs") -> int:
         return USAGE
     except ConfigurationError as exc:
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
+        return USAGE
+    except (OSError, sqlite3.Error) as exc:  # an unusable AFS_HOME, a full disk
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return USAGE
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import threading
 import time
 import weakref
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 from afs_core.dispatch import deliver_event, report_failure
 from afs_core.errors import PermanentDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
+from afs_core.formatting import format_duration
 from afs_core.journal import Journal, read_whole
 from afs_core.pacing import Pacer
 from afs_core.quiet import ChannelPolicy, Throttle
@@ -38,6 +40,7 @@ POLL_SECONDS = 1.0  # how often an idle worker looks for work other processes le
 ORPHAN_SCAN_SECONDS = 5.0
 LEASE_SECONDS = 120.0
 INGEST_SECONDS = 0.02  # how often accepted events move from the journal into the store
+PRUNE_SECONDS = 3600.0
 
 
 class Tracker:
@@ -99,11 +102,18 @@ class _Worker(threading.Thread):
                 self._sleep_until_due()
                 continue
             self.idle.clear()
+            claimed_at = time.time()
             for index, item in enumerate(claimed):
                 if self.stopping.is_set():
                     for rest in claimed[index:]:
                         store.release(rest.delivery_id, self.owner)
                     break
+                # Slow sends can outlast the lease on the rest of the batch: renew it
+                # before it runs low, and skip what another process has taken meanwhile.
+                if time.time() - claimed_at > LEASE_SECONDS / 3:
+                    if not store.extend(item.delivery_id, self.owner, LEASE_SECONDS):
+                        continue
+                    claimed_at = time.time()
                 try:
                     self._handle(item)
                 except Exception:  # a bug here must not end the worker
@@ -156,7 +166,8 @@ class _Worker(threading.Thread):
         if not self.policy.admits(event):
             self._finish(item, FILTERED, "held back by this channel's level or event-type settings")
             return
-        send, digest = self.throttle.check(event)
+        # Only a first attempt is judged: a retry is the same event, not a repeat of it.
+        send, digest = self.throttle.check(event) if item.attempts == 0 else (True, None)
         if not send:
             self._finish(item, FILTERED, "throttled: a repeat within the window")
             return
@@ -216,6 +227,7 @@ class DeliveryEngine:
         *,
         retry: RetryPolicy | None = None,
         flush_timeout: float = 10.0,
+        retention: tuple[float, int] = (30 * 86400.0, 10_000),
     ) -> None:
         self.store = store
         self.plugins = plugins
@@ -229,6 +241,9 @@ class DeliveryEngine:
         self._ingest_wake = threading.Event()
         self._stopping = threading.Event()
         self._closed = False
+        self._pid = os.getpid()
+        self.retention = retention
+        _ENGINES.add(self)
         self._ingester = threading.Thread(target=self._ingest_loop, name="afs-ingest", daemon=True)
         self._ingester.start()
         atexit.register(_close_at_exit, weakref.ref(self))
@@ -257,6 +272,7 @@ class DeliveryEngine:
 
     def submit(self, event: NotificationEvent, channels: Sequence[str]) -> Tracker:
         """Accept ``event`` for ``channels``: once this returns it survives a crash."""
+        self._ensure_running()
         tracker = Tracker(event.event_id, channels)
         if channels:
             self._trackers[event.event_id] = tracker
@@ -265,12 +281,15 @@ class DeliveryEngine:
             self.journal.append({"event": event.to_dict(), "channels": list(channels), "at": time.time()})
         return tracker
 
-    def submit_now(self, event: NotificationEvent, channels: Sequence[str], *, not_before: float | None,
-                   dedup_key: str | None) -> Tracker:
-        """Accept ``event`` straight into the store (for failures other ranks may join)."""
+    def submit_or_join(self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str,
+                       since: float, not_before: float) -> Tracker | str:
+        """Store ``event`` for a failure other ranks may join, or join theirs (returns its id)."""
+        self._ensure_running()
+        joined = self.store.enqueue_or_join(event, channels, dedup_key=dedup_key, since=since, not_before=not_before)
+        if joined is not None:
+            return joined
         tracker = Tracker(event.event_id, channels)
         self._trackers[event.event_id] = tracker
-        self.store.enqueue(event, channels, not_before=not_before, dedup_key=dedup_key)
         self._wake(channels)
         return tracker
 
@@ -289,7 +308,14 @@ class DeliveryEngine:
 
     def _ingest_loop(self) -> None:
         last_scan = 0.0
+        last_prune = 0.0
         while not self._stopping.is_set():
+            if time.monotonic() - last_prune >= PRUNE_SECONDS or last_prune == 0.0:
+                last_prune = time.monotonic()
+                try:  # bounded history: by age and by count, finished deliveries only
+                    self.store.prune(max_age=self.retention[0], max_events=self.retention[1])
+                except Exception:
+                    logger.exception("afs: old history could not be pruned")
             self._ingest_wake.wait(INGEST_SECONDS)
             self._ingest_wake.clear()
             try:
@@ -323,6 +349,7 @@ class DeliveryEngine:
         Returns False if ``timeout`` passed first; deliveries scheduled for later
         (a retry, a long Retry-After) stay pending in the store either way.
         """
+        self._ensure_running()
         deadline = None if timeout is None else time.monotonic() + timeout
         self.ingest()
         with self._lock:
@@ -347,22 +374,74 @@ class DeliveryEngine:
         """Flush up to ``timeout`` seconds, then stop; what is left stays pending for next time."""
         if self._closed:
             return True
-        flushed = self.flush(self.flush_timeout if timeout is None else timeout)
+        budget = self.flush_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
+        flushed = self.flush(budget)
+        if self._send_digests():  # what the throttle held back, once everything else went
+            flushed = self.flush(max(deadline - time.monotonic(), 0.0)) and flushed
         self._closed = True
         self._stopping.set()
         self._ingest_wake.set()
         with self._lock:
             workers = list(self._workers.values())
             self._workers.clear()
-        for worker in workers:
+        for worker in workers:  # all told at once, then joined against one deadline
             worker.stopping.set()
             worker.wake.set()
-        for worker in workers:
-            worker.join(timeout=1.0)
-        self._ingester.join(timeout=1.0)
+        for thread in [*workers, self._ingester]:
+            thread.join(timeout=max(deadline - time.monotonic(), 0.05))
         self.ingest()  # anything appended while stopping
         self.journal.close()
         return flushed
+
+    def _send_digests(self) -> int:
+        """Repeats held back with no later event to tell of them: one summary each."""
+        with self._lock:
+            workers = list(self._workers.values())
+        sent = 0
+        for worker in workers:
+            for event_type, run_id, count in worker.throttle.pending_digests():
+                label = event_type.value.replace("_", " ")
+                summary = NotificationEvent(
+                    event_type, f"{count} more '{label}' held back", f"{count} more '{label}' events were not sent "
+                    f"one by one in the last {format_duration(worker.throttle.window)}.",
+                    run_id=run_id, context={"held_back": f"{count} more '{label}'"},
+                )
+                self.submit(summary, [worker.channel_name])
+                sent += 1
+        return sent
+
+    def _ensure_running(self) -> None:
+        """A forked child inherits the engine but not its threads: start its own."""
+        if self._pid == os.getpid() or self._closed:
+            return
+        with _fork_lock:
+            if self._pid == os.getpid():
+                return
+            self._pid = os.getpid()
+            old_workers = list(self._workers.values())
+            self._workers = {}
+            self._ingester = threading.Thread(target=self._ingest_loop, name="afs-ingest", daemon=True)
+            self._ingester.start()
+            for worker in old_workers:
+                self.attach(worker.channel_name, worker.channel, worker.policy)
+
+
+_ENGINES: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
+_fork_lock = threading.Lock()
+
+
+def _after_fork_in_child() -> None:
+    # Locks held by threads that do not exist in the child would stay held for ever.
+    global _fork_lock
+    _fork_lock = threading.Lock()
+    for engine in list(_ENGINES):
+        engine._lock = threading.Lock()
+        engine._ingest_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _close_at_exit(ref: weakref.ref[DeliveryEngine]) -> None:

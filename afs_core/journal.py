@@ -47,6 +47,7 @@ class Journal:
         self._read_offset = 0
         self._partial = b""
         self._retired: list[Path] = []  # rotated files still to be read to the end
+        _JOURNALS.add(self)
 
     def _open(self) -> None:
         name = f"{_host()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
@@ -61,7 +62,17 @@ class Journal:
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
-            os.write(self._fd, line)
+            written = 0
+            try:
+                while written < len(line):  # a full disk may take only part of it
+                    written += os.write(self._fd, line[written:])
+            except OSError:
+                if written:
+                    try:  # end the torn line, so the next record starts clean
+                        os.write(self._fd, b"\n")
+                    except OSError:
+                        pass
+                raise
 
     def read_new(self) -> list[dict[str, Any]]:
         """Records appended since the last call (rotating a large file on the way)."""
@@ -106,6 +117,18 @@ class Journal:
                 if self._path is not None and self._read_offset >= size and not self._partial:
                     self._path.unlink(missing_ok=True)
             self._fd, self._pid = -1, -1
+
+
+def _after_fork_in_child() -> None:
+    for journal in list(_JOURNALS):
+        journal._lock = threading.Lock()  # a lock held by another thread at fork stays held
+
+
+import weakref  # noqa: E402
+
+_JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _read_from(path: Path, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import sqlite3
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -27,7 +28,7 @@ from afs_core.plugins import PluginHost, get_plugins
 from afs_core.quiet import ChannelPolicy
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 from afs_core.retry import RetryPolicy
-from afs_core.store import Store
+from afs_core.store import Store, open_store
 
 logger = logging.getLogger("afs.manager")
 
@@ -142,6 +143,8 @@ class NotificationManager:
         default ranks other than 0 send ERROR and CRITICAL only.
     :param settings: where channel policies (``AFS_SLACK_MIN_LEVEL``...) are read;
         default the environment.
+    :param retention: history kept: (seconds, events); finished deliveries beyond
+        either are pruned hourly.
     """
 
     def __init__(
@@ -154,6 +157,7 @@ class NotificationManager:
         flush_timeout: float = 10.0,
         all_ranks: bool = False,
         settings: Mapping[str, str] | None = None,
+        retention: tuple[float, int] = (30 * 86400.0, 10_000),
     ) -> None:
         self._plugins = plugins
         self._handlers: dict[str, Channel] = {}
@@ -165,6 +169,7 @@ class NotificationManager:
         self._store = store
         self._retry = retry
         self._flush_timeout = flush_timeout
+        self._retention = retention
         self._settings = settings
         self._engine: DeliveryEngine | None = None
 
@@ -186,11 +191,12 @@ class NotificationManager:
         manager = cls(
             plugins=plugins,
             background=not env_bool(env, "AFS_SYNC", False),
-            store=Store.default(env),
+            store=open_store(env),
             retry=RetryPolicy(max_attempts=env_int(env, "AFS_MAX_ATTEMPTS", 8, minimum=1)),
             flush_timeout=env_float(env, "AFS_FLUSH_TIMEOUT", 10.0),
             all_ranks=env_bool(env, "AFS_ALL_RANKS", False),
             settings=env,
+            retention=(env_float(env, "AFS_HISTORY_DAYS", 30.0) * 86400, env_int(env, "AFS_HISTORY_MAX_EVENTS", 10_000)),
         )
         for spec in plugins.channels.values():
             try:
@@ -254,14 +260,14 @@ class NotificationManager:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.default()
+            self._store = open_store()
         return self._store
 
     def _get_engine(self) -> DeliveryEngine:
         with self._lock:
             if self._engine is None:
                 self._engine = DeliveryEngine(self.store, self.plugins, retry=self._retry,
-                                              flush_timeout=self._flush_timeout)
+                                              flush_timeout=self._flush_timeout, retention=self._retention)
                 for name, channel in self._handlers.items():
                     self._engine.attach(name, channel, self._policies[name])
             return self._engine
@@ -318,15 +324,18 @@ class NotificationManager:
         engine = self._get_engine()
         key = failure_key(event)
         if key is not None:
-            merged = self.store.join_duplicate(key, event.source.rank, since=time.time() - RANK_WINDOW)
-            if merged is not None:
-                note = f"sent once with the same failure from other ranks (event {merged})"
-                return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=note) for n in handlers})
-            # Wait a moment before sending, so the other ranks' reports can join this one.
-            tracker = engine.submit_now(event, list(handlers), not_before=time.time() + RANK_COLLECT, dedup_key=key)
-        else:
-            tracker = engine.submit(event, list(handlers))
-        return NotifyResult(event, tracker=tracker)
+            try:
+                # Wait a moment before sending, so the other ranks' reports can join this one.
+                merged = engine.submit_or_join(event, list(handlers), dedup_key=key,
+                                               since=time.time() - RANK_WINDOW, not_before=time.time() + RANK_COLLECT)
+            except sqlite3.Error as exc:  # the store is busy: send it alone rather than wait
+                logger.info("afs: store busy (%s); this rank's failure is sent without merging", exc)
+            else:
+                if isinstance(merged, str):
+                    note = f"sent once with the same failure from other ranks (event {merged})"
+                    return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=note) for n in handlers})
+                return NotifyResult(event, tracker=merged)
+        return NotifyResult(event, tracker=engine.submit(event, list(handlers)))
 
     def _deliver_now(self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent) -> ChannelOutcome:
         if not policy.admits(event):

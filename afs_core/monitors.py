@@ -34,15 +34,26 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("afs.monitors")
 
+SAVE_SECONDS = 30.0  # how often a cost monitor writes its elapsed time to the store
+
 Clock = Callable[[], float]
 
 
+_default: NotificationManager | None = None
+_default_lock = threading.Lock()
+
+
 def _manager(manager: NotificationManager | None) -> NotificationManager:
+    """``manager``, or one process-wide manager from the settings (made once, not per call)."""
+    global _default
     if manager is not None:
         return manager
-    from afs_core.manager import NotificationManager
+    with _default_lock:
+        if _default is None:
+            from afs_core.manager import NotificationManager
 
-    return NotificationManager.from_env()
+            _default = NotificationManager.from_env()
+        return _default
 
 
 def _thresholds(raw: str, setting: str) -> list[float]:
@@ -105,20 +116,34 @@ class CostMonitor:
         self.fired: set[float] = set(state.get("fired", []))
         self._elapsed_before = float(state.get("elapsed", 0.0))
         self._started = clock()
+        self._saved_at = float("-inf")
 
     @property
-    def _key(self) -> str:
-        return f"cost:{self.run_id or self.model_name or 'default'}"
+    def _key(self) -> str | None:
+        # Only a run id says "the same run, resumed"; without one nothing carries over.
+        return f"cost:{self.run_id}" if self.run_id else None
 
     def _load(self) -> dict[str, Any]:
-        raw = self.manager.store.get_state(self._key)
+        if self._key is None:
+            return {}
         try:
+            raw = self.manager.store.get_state(self._key)
             return json.loads(raw) if raw else {}
-        except ValueError:
+        except Exception as exc:  # a busy or unreadable store: start afresh rather than fail
+            logger.warning("afs: cost state for %s not read: %s", self.run_id, exc)
             return {}
 
-    def _save(self, elapsed: float) -> None:
-        self.manager.store.set_state(self._key, json.dumps({"fired": sorted(self.fired), "elapsed": elapsed}))
+    def _save(self, elapsed: float, force: bool) -> None:
+        if self._key is None:
+            return
+        now = self._clock()
+        if not force and now - self._saved_at < SAVE_SECONDS:
+            return  # elapsed time is written every SAVE_SECONDS, a fired threshold at once
+        self._saved_at = now
+        try:
+            self.manager.store.set_state(self._key, json.dumps({"fired": sorted(self.fired), "elapsed": elapsed}))
+        except Exception as exc:
+            logger.warning("afs: cost state for %s not saved: %s", self.run_id, exc)
 
     @property
     def elapsed(self) -> float:
@@ -135,7 +160,7 @@ class CostMonitor:
             cost = self.current_cost() if current_cost is None else float(current_cost)
             crossed = [t for t in self.thresholds if cost >= t and t not in self.fired]
             self.fired.update(crossed)
-            self._save(elapsed)
+            self._save(elapsed, force=bool(crossed))
         if not crossed:
             return None
         return self.manager.notify_cost_alert(cost, max(crossed), model_name=self.model_name, run_id=self.run_id)
@@ -407,7 +432,8 @@ class DiskMonitor:
         except OSError as exc:
             logger.warning("afs: disk usage of %s unknown: %s", self.path, exc)
             return None
-        used = usage.used / usage.total if usage.total else 0.0
+        # As df counts: blocks reserved for root are neither used nor available to us.
+        used = usage.used / (usage.used + usage.free) if (usage.used + usage.free) else 0.0
         if used < self.threshold:
             self.alerted = False
             return None

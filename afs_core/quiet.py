@@ -20,10 +20,10 @@ from afs_core.errors import ConfigurationError
 from afs_core.events import EventType, NotificationEvent, NotificationLevel
 from afs_core.formatting import format_duration
 
+# The monitors' GPU and disk alerts are not here: they already fire once, until recovery.
 THROTTLED_BY_DEFAULT = frozenset({
     EventType.BATCH_PROCESSED, EventType.EPOCH_COMPLETED, EventType.LOSS_IMPROVED, EventType.LOSS_DEGRADED,
-    EventType.CHECKPOINT_SAVED, EventType.GPU_MEMORY_WARNING, EventType.GPU_UTILIZATION_LOW,
-    EventType.DISK_SPACE_WARNING,
+    EventType.CHECKPOINT_SAVED,
 })
 
 
@@ -89,7 +89,8 @@ class Throttle:
 
     def check(self, event: NotificationEvent, now: float | None = None) -> tuple[bool, str | None]:
         """(send?, digest): the digest says how many were held back since the last one."""
-        if self.window <= 0 or event.event_type not in self.throttled or event.level >= NotificationLevel.ERROR:
+        if (self.window <= 0 or event.event_type not in self.throttled or event.level >= NotificationLevel.ERROR
+                or "held_back" in event.context):  # a digest is never held back itself
             return True, None
         now = time.monotonic() if now is None else now
         key = (event.event_type, event.run_id)

@@ -9,13 +9,14 @@ delivered, filtered or dead (with the reason); history is pruned by age and coun
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import sys
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,17 @@ def default_home(env: dict[str, str] | os._Environ[str] | None = None) -> Path:
     if sys.platform.startswith("win"):
         return Path(env.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "afs"
     return Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "afs"
+
+
+def open_store(env: dict[str, str] | None = None) -> Store:
+    """The default store, or a ConfigurationError saying why AFS_HOME cannot hold it."""
+    from afs_core.errors import ConfigurationError
+
+    home = default_home(env)
+    try:
+        return Store(home / DB_NAME)
+    except (OSError, sqlite3.Error) as exc:
+        raise ConfigurationError(f"AFS_HOME {str(home)!r} cannot hold the outbox: {exc}") from None
 
 
 @attrs.frozen
@@ -172,6 +184,16 @@ class Store:
     def _transaction(self) -> _Transaction:
         return _Transaction(self._db())
 
+    @contextlib.contextmanager
+    def _quick(self) -> Iterator[None]:
+        """A short busy timeout, for calls made on training code's thread."""
+        db = self._db()
+        db.execute("PRAGMA busy_timeout = 500")
+        try:
+            yield
+        finally:
+            db.execute("PRAGMA busy_timeout = 30000")
+
     def close(self) -> None:
         db = getattr(self._local, "db", None)
         if db is not None:
@@ -189,20 +211,25 @@ class Store:
         dedup_key: str | None = None,
     ) -> None:
         """Persist ``event`` and one pending delivery per channel, in one transaction."""
+        with self._transaction() as db:
+            self._insert(db, event, channels, not_before=not_before, dedup_key=dedup_key)
+
+    @staticmethod
+    def _insert(db: sqlite3.Connection, event: NotificationEvent, channels: Sequence[str], *,
+                not_before: float | None, dedup_key: str | None) -> None:
         now = time.time()
         data = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
         ranks = str(event.source.rank) if dedup_key and event.source.rank is not None else None
-        with self._transaction() as db:
-            db.execute(
-                "INSERT INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (event.event_id, now, event.run_id, event.event_type.value, event.level.value, event.title,
-                 dedup_key, ranks, data),
-            )
-            if channels:
-                rows = ", ".join("(?, ?, ?, ?, ?)" for _ in channels)
-                values = [v for channel in channels for v in (event.event_id, channel, PENDING, not_before or now, now)]
-                db.execute(f"INSERT INTO deliveries (event_id, channel, status, next_attempt, updated) VALUES {rows}", values)
+        db.execute(
+            "INSERT INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event.event_id, now, event.run_id, event.event_type.value, event.level.value, event.title,
+             dedup_key, ranks, data),
+        )
+        if channels:
+            rows = ", ".join("(?, ?, ?, ?, ?)" for _ in channels)
+            values = [v for channel in channels for v in (event.event_id, channel, PENDING, not_before or now, now)]
+            db.execute(f"INSERT INTO deliveries (event_id, channel, status, next_attempt, updated) VALUES {rows}", values)
 
     def ingest(self, records: Sequence[dict[str, Any]]) -> set[str]:
         """Move journal records into the store (idempotent); returns the channels touched."""
@@ -231,21 +258,33 @@ class Store:
                 touched.update(channels)
         return touched
 
-    def join_duplicate(self, dedup_key: str, rank: int | None, since: float) -> str | None:
-        """If an event with ``dedup_key`` was stored after ``since``, add ``rank`` to it and
-        return its id (the caller's event is then not stored); else ``None``."""
-        with self._transaction() as db:
-            row = db.execute(
-                "SELECT event_id, ranks FROM events WHERE dedup_key = ? AND created >= ? ORDER BY created LIMIT 1",
-                (dedup_key, since),
-            ).fetchone()
-            if row is None:
-                return None
-            ranks = [r for r in (row[1] or "").split(",") if r]
-            if rank is not None and str(rank) not in ranks:
-                ranks.append(str(rank))
-            db.execute("UPDATE events SET ranks = ? WHERE event_id = ?", (",".join(ranks), row[0]))
-            return str(row[0])
+    def enqueue_or_join(
+        self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str, since: float, not_before: float
+    ) -> str | None:
+        """In one transaction: join an event with ``dedup_key`` stored after ``since``
+        (returning its id), or store this one (returning None). Ranks failing at the
+        same moment cannot both store theirs. Waits at most half a second for the
+        store (it runs on the caller's thread); raises sqlite3.Error beyond that."""
+        with self._quick(), self._transaction() as db:
+            joined = self._join(db, dedup_key, event.source.rank, since)
+            if joined is not None:
+                return joined
+            self._insert(db, event, channels, not_before=not_before, dedup_key=dedup_key)
+            return None
+
+    @staticmethod
+    def _join(db: sqlite3.Connection, dedup_key: str, rank: int | None, since: float) -> str | None:
+        row = db.execute(
+            "SELECT event_id, ranks FROM events WHERE dedup_key = ? AND created >= ? ORDER BY created LIMIT 1",
+            (dedup_key, since),
+        ).fetchone()
+        if row is None:
+            return None
+        ranks = [r for r in (row[1] or "").split(",") if r]
+        if rank is not None and str(rank) not in ranks:
+            ranks.append(str(rank))
+        db.execute("UPDATE events SET ranks = ? WHERE event_id = ?", (",".join(ranks), row[0]))
+        return str(row[0])
 
     def claim(self, channel: str, owner: str, *, limit: int = 10, lease: float = 60.0) -> list[Claimed]:
         """Take the lease on up to ``limit`` due deliveries for ``channel``."""
@@ -267,7 +306,15 @@ class Store:
                     "UPDATE deliveries SET lease_owner = ?, lease_until = ?, updated = ? WHERE id = ?",
                     (owner, now + lease, now, delivery_id),
                 )
-                event = NotificationEvent.from_dict(json.loads(data))
+                try:
+                    event = NotificationEvent.from_dict(json.loads(data))
+                except Exception as exc:  # written by another version, or damaged
+                    db.execute(
+                        "UPDATE deliveries SET status = ?, last_error = ?, lease_owner = NULL, lease_until = NULL,"
+                        " updated = ? WHERE id = ?",
+                        (DEAD, f"the stored event could not be read: {type(exc).__name__}: {exc}"[:500], now, delivery_id),
+                    )
+                    continue
                 if ranks and "," in ranks:
                     event = event.evolve(context={**event.context, "ranks": ranks.replace(",", ", ")})
                 claimed.append(Claimed(delivery_id, channel, attempts, created, event))
@@ -309,6 +356,26 @@ class Store:
                 done.append(held)
         return done
 
+    def extend(self, delivery_id: int, owner: str, lease: float) -> bool:
+        """Renew this owner's lease; False when it was lost (someone else may send it)."""
+        now = time.time()
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ?",
+                (now + lease, delivery_id, owner, PENDING),
+            )
+            return cursor.rowcount == 1
+
+    def make_due(self, channels: Sequence[str]) -> int:
+        """Pending deliveries of these channels become due now (``afs outbox flush``)."""
+        now = time.time()
+        marks = ",".join("?" for _ in channels)
+        with self._transaction() as db:
+            return db.execute(
+                f"UPDATE deliveries SET next_attempt = ? WHERE status = ? AND next_attempt > ? AND channel IN ({marks})",
+                (now, PENDING, now, *channels),
+            ).rowcount
+
     def release(self, delivery_id: int, owner: str) -> None:
         """Give a lease back without an attempt (the worker is stopping)."""
         with self._transaction() as db:
@@ -342,8 +409,9 @@ class Store:
         return removed
 
     def set_state(self, key: str, value: str) -> None:
-        """Remember a small value across processes (a monitor's state, keyed by run)."""
-        with self._transaction() as db:
+        """Remember a small value across processes (a monitor's state, keyed by run).
+        Called from training code: waits at most half a second for the store."""
+        with self._quick(), self._transaction() as db:
             db.execute(
                 "INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",

@@ -60,19 +60,29 @@ class RunOutcome:
         return self.returncode if self.returncode >= 0 else 128 - self.returncode
 
 
+LINE_KEEP = 1000  # characters kept of one line (progress bars can be endless lines)
+
+
 def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: threading.Lock) -> None:
-    """Copy ``source`` to ``target`` byte for byte, keeping the last lines."""
+    """Copy ``source`` to ``target`` byte for byte, keeping the last lines. If our own
+    reader goes away (``afs run ... | head``) the child's output is still drained, so
+    the child never blocks on a full pipe."""
     partial = b""
+    reader_gone = False
     while True:
         chunk = source.read1(65536) if hasattr(source, "read1") else source.read(65536)
         if not chunk:
             break
-        target.write(chunk)
-        target.flush()
-        lines = (partial + chunk).split(b"\n")
-        partial = lines.pop()
+        if not reader_gone:
+            try:
+                target.write(chunk)
+                target.flush()
+            except (BrokenPipeError, OSError, ValueError):
+                reader_gone = True
+        lines = (partial + chunk[-(LINE_KEEP * 64):]).split(b"\n")
+        partial = lines.pop()[-LINE_KEEP * 4:]
         with lock:
-            tail.extend(line.decode("utf-8", "replace") for line in lines)
+            tail.extend(line[-LINE_KEEP * 4:].decode("utf-8", "replace")[-LINE_KEEP:] for line in lines[-TAIL_LINES:])
     if partial:
         with lock:
             tail.append(partial.decode("utf-8", "replace"))
@@ -84,7 +94,11 @@ def run_watched(command: Sequence[str]) -> RunOutcome:
     children: list[subprocess.Popen[bytes]] = []
     early: list[int] = []
 
+    interactive = _in_foreground_of_a_terminal()
+
     def forward(signum: int, frame: object) -> None:
+        if signum == signal.SIGINT and interactive:
+            return  # Ctrl-C at the terminal already reached the child: once is enough
         if not children:
             early.append(signum)  # the child is being started: it gets this on arrival
         for child in children:
@@ -117,6 +131,14 @@ def _run(command: Sequence[str], children: list[subprocess.Popen[bytes]], early:
     for pump in pumps:
         pump.join(timeout=5)
     return RunOutcome(returncode, time.monotonic() - started, tuple(tail))
+
+
+def _in_foreground_of_a_terminal() -> bool:
+    """Whether we (and so the child, in our process group) get the terminal's Ctrl-C."""
+    try:
+        return os.tcgetpgrp(sys.stdin.fileno()) == os.getpgrp()
+    except (OSError, ValueError, AttributeError):
+        return False
 
 
 def command_label(command: Sequence[str]) -> str:

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 FLAKY_PLUGIN = """
 import os
-from afs_core import Channel, PermanentDeliveryError, hookimpl
+from afs_core import Channel, PermanentDeliveryError, TransientDeliveryError, hookimpl
 
 class Flaky(Channel):
     required_settings = ("FLAKY_MODE",)
@@ -26,6 +26,8 @@ class Flaky(Channel):
     def deliver(self, message):
         if os.environ.get("FLAKY_MODE") == "fail":
             raise PermanentDeliveryError("HTTP 403: invalid_token")
+        if os.environ.get("FLAKY_MODE") == "busy":
+            raise TransientDeliveryError("HTTP 429", retry_after=3600)
         return "ok from the flaky service"
 
 @hookimpl
@@ -185,3 +187,29 @@ def test_run_forwards_sigterm_to_the_child():
 def test_run_without_a_command_is_a_usage_error():
     done = afs("run")
     assert done.returncode == 2 and "give the command after --" in done.stderr
+
+
+def test_outbox_flush_sends_what_waits_for_a_retry_now(flaky):
+    busy = afs("error", "--model", "M", "--run-id", "R", "--error", "boom", "--timeout", "1", env={"FLAKY_MODE": "busy"})
+    assert busy.returncode == 1 and "stays in the outbox, will retry" in busy.stdout
+    flushed = afs("outbox", "flush", env={"FLAKY_MODE": "ok"})
+    assert flushed.returncode == 0 and "1 of 1 pending deliveries went out" in flushed.stdout
+
+
+def test_an_unusable_afs_home_is_one_line_and_exit_2(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    for args in (["status"], ["history"], ["run", "--", sys.executable, "-c", "pass"]):
+        done = afs(*args, env={"AFS_HOME": str(blocker / "afs")})
+        assert done.returncode == 2 and len(done.stderr.strip().splitlines()) == 1, (args, done.stderr)
+
+
+def test_run_does_not_hang_when_its_reader_goes_away():
+    wrapper = subprocess.Popen(
+        [sys.executable, "-m", "afs_core", "run", "--run-id", "pipe-1", "--", sys.executable, "-c",
+         "import sys\nfor i in range(200000): print('line', i)"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env={**os.environ, "AFS_LOAD_PLUGINS": ""},
+    )
+    wrapper.stdout.readline()
+    wrapper.stdout.close()  # like `afs run ... | head -1`
+    assert wrapper.wait(timeout=60) == 0

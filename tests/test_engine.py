@@ -314,3 +314,124 @@ def test_two_processes_sharing_a_store_deliver_each_event_once(tmp_path):
         child.wait(timeout=10)
     lines = out.read_text().splitlines()
     assert sorted(lines) == sorted(f"ℹ️ event {i}" for i in range(40))
+
+
+def test_a_failed_write_to_the_journal_rejects_the_event_and_leaves_no_torn_line(manager, monkeypatch):
+    import afs_core.journal as journal_module
+
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    assert manager.notify("one", "m").wait(5)
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, data[: len(data) // 2])  # a short write...
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")  # ...then the disk is full
+        return real_write(fd, data)
+
+    monkeypatch.setattr(journal_module.os, "write", full_disk)
+    rejected = manager.notify("two", "m")
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    assert rejected.rejected and "No space left" in rejected.rejected and not rejected
+    three = manager.notify("three", "m")
+    assert three.wait(5) and three.delivered == ["r"]
+    assert [m.splitlines()[0] for m in channel.messages] == ["ℹ️ one", "ℹ️ three"]
+
+
+def test_a_stored_event_that_cannot_be_read_does_not_block_its_channel(manager):
+    channel = RecordingChannel()
+    manager.store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "from another version", "m"), ["r"])
+    manager.store._db().execute("UPDATE events SET data = '{\"event_type\": \"teleported\"}'")
+    manager.register_handler("r", channel)
+    result = manager.notify("after it", "m")
+    assert result.wait(5) and result.delivered == ["r"]
+    dead = manager.store.outbox()
+    assert dead[0][2] == "dead" and "could not be read" in dead[0][5]
+
+
+def test_slow_sends_keep_their_leases_so_no_second_process_sends_them(afs_plugins, tmp_path, monkeypatch):
+    import afs_core.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LEASE_SECONDS", 0.6)
+    store_path = tmp_path / "afs.db"
+    Store(store_path)
+    sent = []
+    lock = threading.Lock()
+
+    class Slow(Channel):
+        def __init__(self, who):
+            self.who = who
+
+        def deliver(self, message):
+            time.sleep(0.25)
+            with lock:
+                sent.append(message.splitlines()[0])
+
+    feeder = Store(store_path)
+    for i in range(6):
+        feeder.enqueue(NotificationEvent(EventType.TRAINING_STARTED, f"event {i}", "m"), ["slow"])
+    managers = [NotificationManager(plugins=afs_plugins, store=Store(store_path)) for _ in range(2)]
+    for index, each in enumerate(managers):
+        each.register_handler("slow", Slow(index))
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and Store(store_path).counts().get("slow", {}).get("pending", 0):
+        time.sleep(0.05)
+    for each in managers:
+        each.close(timeout=2)
+    assert sorted(sent) == sorted(f"ℹ️ event {i}" for i in range(6))
+
+
+def test_a_throttled_type_that_fails_once_is_still_delivered(manager):
+    channel = Scripted(TransientDeliveryError("HTTP 503"))
+    manager.register_handler("ckpt", channel, policy=ChannelPolicy(throttle_window=600))
+    result = manager.notify_checkpoint_saved("m", "r", "ckpt/1")
+    assert result.wait(10) and result.delivered == ["ckpt"] and len(channel.attempts) == 2
+
+
+def test_repeats_held_back_with_no_later_event_are_summed_up_at_close(afs_plugins, tmp_path):
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    manager.register_handler("quiet", channel, policy=ChannelPolicy(throttle_window=600))
+    for step in range(4):
+        manager.notify_batch_processed("m", "r", batch=step)
+    manager.close(timeout=5)
+    assert len(channel.messages) == 2
+    assert "3 more 'batch processed' held back" in channel.messages[-1]
+
+
+def test_a_forked_child_delivers_while_it_lives(manager):
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    assert manager.notify("parent", "m").wait(5)
+    pid = os.fork()
+    if pid == 0:  # the child: its notifications must go out without waiting for its exit
+        code = 1
+        try:
+            result = manager.notify("child", "m")
+            deadline = time.monotonic() + 10  # delivered by either process, once
+            while time.monotonic() < deadline:
+                if manager.store.statuses(result.event.event_id).get("r", None) is not None and \
+                        manager.store.statuses(result.event.event_id)["r"].status == "delivered":
+                    code = 0
+                    break
+                time.sleep(0.05)
+            else:
+                code = 3
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+
+
+def test_an_unusable_afs_home_is_a_configuration_error(afs_plugins, tmp_path, monkeypatch):
+    from afs_core.errors import ConfigurationError
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    monkeypatch.setenv("AFS_HOME", str(blocker / "afs"))
+    with pytest.raises(ConfigurationError, match="AFS_HOME"):
+        NotificationManager.from_env(plugins=afs_plugins)

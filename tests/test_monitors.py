@@ -221,3 +221,46 @@ def test_out_of_memory_is_recognised_without_torch(manager):
     assert result.event.context["memory"].startswith("Tried to allocate 2.00 GiB")
     other = report_exception(manager, ValueError("shape mismatch"), model_name="m", run_id="r")
     assert other.event.event_type is EventType.TRAINING_FAILED
+
+
+def test_without_a_run_id_nothing_carries_over_to_the_next_run(manager):
+    clock = FakeClock()
+    monday = CostMonitor(manager, hourly_rate=1.0, gpus=1, thresholds=[10.0], model_name="m", clock=clock, env={})
+    clock.advance(12)
+    assert monday.update() is not None
+    tuesday = CostMonitor(manager, hourly_rate=1.0, gpus=1, thresholds=[10.0], model_name="m", clock=clock, env={})
+    assert tuesday.current_cost() == 0.0 and tuesday.fired == set()
+
+
+def test_disk_usage_is_counted_as_df_does(manager, tmp_path):
+    # 80 used, 10 available to us, 10 reserved for root: 89 % full, as df says, not 80 %.
+    disk = DiskMonitor(manager, path=tmp_path, threshold=0.85, usage=lambda p: Usage(100, 80, 10), env={})
+    assert disk.check() is not None
+
+
+def test_check_loss_without_a_manager_uses_one_for_the_process(tmp_path, monkeypatch):
+    import threading
+
+    import afs_core.monitors as monitors_module
+
+    monkeypatch.setattr(monitors_module, "_default", None)
+    monkeypatch.setenv("AFS_CONSOLE", "false")
+    before = threading.active_count()
+    for step in range(5):
+        check_loss(None, float("nan"), step=step, run_id="run-1")
+    assert monitors_module._default is not None
+    assert threading.active_count() - before <= 2
+    monitors_module._default.close(timeout=1)
+
+
+def test_gpu_alerts_and_recoveries_are_not_throttled_away(afs_plugins, tmp_path):
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    manager.register_handler("r", channel)  # default policy: 600 s throttle window
+    rounds = [(0.99, 0.9)] * 2 + [(0.5, 0.9)] + [(0.99, 0.9)] * 2
+    gpu = GpuMonitor(manager, sustain=2, source=FakeGpus(*rounds), env={})
+    for _ in rounds:
+        gpu.sample_once()
+    manager.close(timeout=5)
+    titles = [m.splitlines()[0] for m in channel.messages]
+    assert titles == ["⚠️ GPU 0 memory high", "✅ GPU 0 memory back to 50%", "⚠️ GPU 0 memory high"]
