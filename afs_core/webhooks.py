@@ -8,8 +8,6 @@ construction without importing one.
 
 from __future__ import annotations
 
-import email.utils
-import ipaddress
 import json
 import math
 import time
@@ -30,6 +28,8 @@ def is_loopback_host(host: str | None) -> bool:
         return False
     if host.lower() in _LOOPBACK_NAMES:
         return True
+    import ipaddress  # here, not at the top: every channel module loads this one at start-up
+
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
@@ -89,6 +89,8 @@ def parse_retry_after(value: object, *, now: float | None = None) -> float | Non
     try:
         seconds = float(text)
     except ValueError:
+        import email.utils  # HTTP dates are rare; email.utils costs 9 ms to import
+
         try:
             when = email.utils.parsedate_to_datetime(text)
         except (TypeError, ValueError, IndexError):
