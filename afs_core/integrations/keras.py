@@ -33,14 +33,7 @@ class AFSCallback(keras.callbacks.Callback):  # type: ignore[misc]
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step += 1
-        loss = (logs or {}).get("loss")
-        if loss is not None:
-            try:
-                value = float(loss)
-            except (TypeError, ValueError):
-                return
-            if value != value or value in (float("inf"), float("-inf")):
-                self.reporter.nan(step=self._step)
+        self.reporter.step_value((logs or {}).get("loss"), step=self._step)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs or {}

@@ -35,13 +35,7 @@ class AFSCallback(Callback):  # type: ignore[misc]
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if loss is not None:
-            try:
-                value = float(loss)
-            except (TypeError, ValueError):
-                return
-            if value != value or value in (float("inf"), float("-inf")):
-                self.reporter.nan(step=trainer.global_step)
+        self.reporter.step_value(loss, step=trainer.global_step)
         self._report_saved_checkpoints(trainer)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:

@@ -140,6 +140,12 @@ class RunReporter:
         elif degraded:
             self.manager.notify_loss_degraded(self.model_name, self.run_id, number, previous_loss=previous, step=step)
 
+    def step_value(self, value: Any, step: int | None = None, metric: str = "loss") -> None:
+        """A per-step value (loss, gradient norm): only NaN or infinity is reported, once."""
+        number = _number(value)
+        if number is not None and not math.isfinite(number):
+            self.nan(step, metric)
+
     def nan(self, step: int | None = None, metric: str = "loss") -> None:
         self.saw_nan = True
         check_loss(self.manager, math.nan, step=step, model_name=self.model_name, run_id=self.run_id, metric=metric)

@@ -39,9 +39,7 @@ class AFSCallback(TrainerCallback):  # type: ignore[misc]
         logs = logs or {}
         if "loss" in logs:
             self.reporter.loss(logs["loss"], step=state.global_step)
-        grad_norm = logs.get("grad_norm")
-        if grad_norm is not None and not _finite(grad_norm):
-            self.reporter.nan(step=state.global_step, metric="grad_norm")
+        self.reporter.step_value(logs.get("grad_norm"), step=state.global_step, metric="grad_norm")
 
     def on_evaluate(self, args: Any, state: Any, control: Any, metrics: dict[str, Any] | None = None,
                     **kwargs: Any) -> None:
@@ -58,14 +56,6 @@ class AFSCallback(TrainerCallback):  # type: ignore[misc]
 
     def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self.reporter.completed()
-
-
-def _finite(value: Any) -> bool:
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return True
-    return number == number and number not in (float("inf"), float("-inf"))
 
 
 def _model_name(model: Any) -> str | None:
