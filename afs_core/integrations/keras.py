@@ -29,7 +29,7 @@ class AFSCallback(keras.callbacks.Callback):  # type: ignore[misc]
         if not self._named and self.model is not None:
             self.reporter.model_name = getattr(self.model, "name", None) or self.reporter.model_name
         self.reporter.started(epochs=(self.params or {}).get("epochs"))
-        self.reporter.watch_uncaught_exceptions()
+        self.reporter.watch_process_end()
 
     def on_train_batch_end(self, batch: int, logs: dict[str, Any] | None = None) -> None:
         self._step += 1

@@ -205,9 +205,11 @@ class RunReporter:
 
     # -- frameworks without an exception hook ------------------------------------------------
 
-    def watch_uncaught_exceptions(self) -> None:
-        """Report an exception that escapes the training call (the process is ending
-        with it) for frameworks that have no hook for failures."""
+    def watch_process_end(self) -> None:
+        """For frameworks without hooks for them: an exception escaping the training
+        call is reported as failed, a SIGTERM (preemption) as paused; the process's
+        own handlers still run afterwards."""
+        self._watch_sigterm()
         previous: Callable[..., Any] = sys.excepthook
         reporter = self
 
@@ -220,3 +222,27 @@ class RunReporter:
             previous(kind, error, tb)
 
         sys.excepthook = hook
+
+    def _watch_sigterm(self) -> None:
+        import os
+        import signal
+
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread
+        previous = signal.getsignal(signal.SIGTERM)
+        reporter = self
+
+        def on_sigterm(signum: int, frame: Any) -> None:
+            if not reporter.finished and reporter.started_at is not None:
+                try:
+                    reporter.paused("SIGTERM received (preemption?)")
+                    reporter.manager.flush(timeout=2.0)
+                except Exception:
+                    pass
+            if callable(previous):
+                previous(signum, frame)
+            elif previous != signal.SIG_IGN:  # the default: end the process as SIGTERM would
+                signal.signal(signal.SIGTERM, signal.SIG_DFL)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        signal.signal(signal.SIGTERM, on_sigterm)

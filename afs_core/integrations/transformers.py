@@ -33,7 +33,7 @@ class AFSCallback(TrainerCallback):  # type: ignore[misc]
         resumed = state.global_step > 0
         reporter.started(epochs=args.num_train_epochs, batch_size=args.per_device_train_batch_size,
                          resumed_from=f"step {state.global_step}" if resumed else None)
-        reporter.watch_uncaught_exceptions()
+        reporter.watch_process_end()
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}

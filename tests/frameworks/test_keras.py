@@ -79,3 +79,42 @@ def test_an_exception_escaping_fit_is_reported(tmp_path):
     assert done.returncode != 0
     types = [e.event_type for e in reversed(Store(db).history(run_id="k-crash"))]
     assert types == ["training_started", "out_of_memory"]
+
+
+PREEMPTED = """
+import os, signal
+os.environ["KERAS_BACKEND"] = "torch"
+import keras, numpy as np
+from afs_core import NotificationManager
+from afs_core.store import Store
+from afs_core.testing import RecordingChannel
+from afs_core.integrations.keras import AFSCallback
+
+class Preempt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler does before taking the machine
+
+manager = NotificationManager(store=Store(os.environ["DB"]))
+manager.register_handler("r", RecordingChannel())
+net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
+net.compile(optimizer="sgd", loss="mse")
+x = np.zeros((32, 4), "float32")
+net.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0,
+        callbacks=[AFSCallback(manager, model_name="tiny", run_id="k-term"), Preempt()])
+"""
+
+
+def test_a_sigterm_is_reported_as_paused_and_still_ends_the_process(tmp_path):
+    import signal
+
+    from afs_core.store import Store
+
+    script = tmp_path / "preempted.py"
+    script.write_text(PREEMPTED)
+    db = tmp_path / "afs.db"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DB": str(db), "AFS_LOAD_PLUGINS": ""})
+    assert done.returncode == -signal.SIGTERM
+    types = [e.event_type for e in reversed(Store(db).history(run_id="k-term"))]
+    assert types == ["training_started", "training_paused"]
