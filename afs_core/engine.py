@@ -68,7 +68,7 @@ class Tracker:
         return self._done.wait(timeout)
 
 
-def _outcome_for_hook(channel: str, status: str, reason: str | None) -> ChannelOutcome:
+def _final_outcome(channel: str, status: str, reason: str | None) -> ChannelOutcome:
     return ChannelOutcome(channel, DeliveryStatus.FILTERED if status == FILTERED else DeliveryStatus.FAILED, error=reason)
 
 
@@ -204,7 +204,7 @@ class _Worker(threading.Thread):
         logger.info("afs: %r will retry in %.1f s (attempt %d): %s", self.channel_name, delay, attempts, outcome.error)
 
     def _finish(self, item: Claimed, status: str, reason: str | None, outcome: ChannelOutcome | None = None) -> None:
-        self._queue(item, status, reason, None, outcome or _outcome_for_hook(self.channel_name, status, reason), final=True)
+        self._queue(item, status, reason, None, outcome or _final_outcome(self.channel_name, status, reason), final=True)
 
     def _queue(self, item: Claimed, status: str, error: str | None, next_attempt: float | None,
                outcome: ChannelOutcome, *, final: bool) -> None:

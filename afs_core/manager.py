@@ -662,17 +662,8 @@ class NotificationManager:
         run_id: str | None = None,
     ) -> NotifyResult:
         """``memory_used`` and ``threshold`` are fractions of the GPU's memory (0.95 = 95 %)."""
-        which = f"GPU {gpu}" if gpu is not None else "GPU"
-        over = f" (threshold {threshold:.0%})" if threshold is not None else ""
-        return self._send(
-            EventType.GPU_MEMORY_WARNING,
-            f"{which} memory high" + (f": {model_name}" if model_name else ""),
-            f"{which} memory is {memory_used:.0%} used{over}.",
-            model_name=model_name,
-            run_id=run_id,
-            metrics={"gpu_memory_used": memory_used},
-            context={"gpu": gpu, "threshold": None if threshold is None else f"{threshold:.0%}"},
-        )
+        return self._gpu_alert(EventType.GPU_MEMORY_WARNING, "memory high", "memory is {:.0%} used",
+                               "gpu_memory_used", memory_used, threshold, gpu, model_name, run_id)
 
     @_never_raises
     def notify_gpu_utilization_low(
@@ -684,15 +675,22 @@ class NotificationManager:
         run_id: str | None = None,
     ) -> NotifyResult:
         """``utilization`` and ``threshold`` are fractions (0.05 = 5 %)."""
+        return self._gpu_alert(EventType.GPU_UTILIZATION_LOW, "utilization low", "utilization is {:.0%}",
+                               "gpu_utilization", utilization, threshold, gpu, model_name, run_id)
+
+    def _gpu_alert(
+        self, event_type: EventType, title: str, sentence: str, metric: str, value: float,
+        threshold: float | None, gpu: int | str | None, model_name: str | None, run_id: str | None,
+    ) -> NotifyResult:
         which = f"GPU {gpu}" if gpu is not None else "GPU"
-        under = f" (threshold {threshold:.0%})" if threshold is not None else ""
+        limit = f" (threshold {threshold:.0%})" if threshold is not None else ""
         return self._send(
-            EventType.GPU_UTILIZATION_LOW,
-            f"{which} utilization low" + (f": {model_name}" if model_name else ""),
-            f"{which} utilization is {utilization:.0%}{under}.",
+            event_type,
+            f"{which} {title}" + (f": {model_name}" if model_name else ""),
+            f"{which} {sentence.format(value)}{limit}.",
             model_name=model_name,
             run_id=run_id,
-            metrics={"gpu_utilization": utilization},
+            metrics={metric: value},
             context={"gpu": gpu, "threshold": None if threshold is None else f"{threshold:.0%}"},
         )
 

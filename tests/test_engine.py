@@ -63,6 +63,20 @@ def manager(afs_plugins, tmp_path):
     manager.close(timeout=5)
 
 
+@pytest.fixture
+def failures(manager):
+    """Every afs_delivery_failed call, as the error text."""
+    seen = []
+
+    class Observer:
+        @hookimpl
+        def afs_delivery_failed(self, event, channel, error):
+            seen.append(str(error))
+
+    manager.plugins.register(Observer(), name="observer")
+    return seen
+
+
 def test_notify_returns_before_delivery_and_the_result_fills_in(manager):
     gate = Gate()
     manager.register_handler("gate", gate)
@@ -98,15 +112,7 @@ def test_transient_failures_are_retried_with_the_services_wait(manager):
     assert third - second <= 0.5  # then backoff with jitter, capped at 0.1 s here
 
 
-def test_permanent_failures_are_not_retried_and_reported_once(manager):
-    failures = []
-
-    class Observer:
-        @hookimpl
-        def afs_delivery_failed(self, event, channel, error):
-            failures.append(str(error))
-
-    manager.plugins.register(Observer(), name="observer")
+def test_permanent_failures_are_not_retried_and_reported_once(manager, failures):
     channel = Scripted(PermanentDeliveryError("invalid_token"))
     manager.register_handler("broken", channel)
     result = manager.notify("t", "m")
@@ -116,15 +122,7 @@ def test_permanent_failures_are_not_retried_and_reported_once(manager):
     assert manager.store.counts()["broken"]["dead"] == 1
 
 
-def test_retries_end_in_a_dead_letter_with_the_reason(manager):
-    failures = []
-
-    class Observer:
-        @hookimpl
-        def afs_delivery_failed(self, event, channel, error):
-            failures.append(str(error))
-
-    manager.plugins.register(Observer(), name="observer")
+def test_retries_end_in_a_dead_letter_with_the_reason(manager, failures):
     channel = Scripted(*[TransientDeliveryError("HTTP 500")] * 10)
     manager.register_handler("down", channel)
     result = manager.notify("t", "m")

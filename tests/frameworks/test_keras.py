@@ -44,44 +44,7 @@ def test_terminate_on_nan_ending_normally_is_still_a_failure(events):
     assert types[-1] == "training_failed" and "training_completed" not in types
 
 
-CRASH = """
-import os
-os.environ["KERAS_BACKEND"] = "torch"
-import keras, numpy as np
-from afs_core import NotificationManager
-from afs_core.store import Store
-from afs_core.testing import RecordingChannel
-from afs_core.integrations.keras import AFSCallback
-
-class Boom(keras.callbacks.Callback):
-    def on_train_batch_end(self, batch, logs=None):
-        if batch == 2:
-            raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")
-
-manager = NotificationManager(store=Store(os.environ["DB"]))
-manager.register_handler("r", RecordingChannel())
-net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
-net.compile(optimizer="sgd", loss="mse")
-x = np.zeros((32, 4), "float32")
-net.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0,
-        callbacks=[AFSCallback(manager, model_name="tiny", run_id="k-crash"), Boom()])
-"""
-
-
-def test_an_exception_escaping_fit_is_reported(tmp_path):
-    from afs_core.store import Store
-
-    script = tmp_path / "crash.py"
-    script.write_text(CRASH)
-    db = tmp_path / "afs.db"
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DB": str(db), "AFS_LOAD_PLUGINS": ""})
-    assert done.returncode != 0
-    types = [e.event_type for e in reversed(Store(db).history(run_id="k-crash"))]
-    assert types == ["training_started", "out_of_memory"]
-
-
-PREEMPTED = """
+CHILD_FIT = """
 import os, signal
 os.environ["KERAS_BACKEND"] = "torch"
 import keras, numpy as np
@@ -90,10 +53,10 @@ from afs_core.store import Store
 from afs_core.testing import RecordingChannel
 from afs_core.integrations.keras import AFSCallback
 
-class Preempt(keras.callbacks.Callback):
+class Trouble(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         if batch == 2:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler does before taking the machine
+            {trouble}
 
 manager = NotificationManager(store=Store(os.environ["DB"]))
 manager.register_handler("r", RecordingChannel())
@@ -101,20 +64,32 @@ net = keras.Sequential([keras.Input((4,)), keras.layers.Dense(1)])
 net.compile(optimizer="sgd", loss="mse")
 x = np.zeros((32, 4), "float32")
 net.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0,
-        callbacks=[AFSCallback(manager, model_name="tiny", run_id="k-term"), Preempt()])
+        callbacks=[AFSCallback(manager, model_name="tiny", run_id="{run_id}"), Trouble()])
 """
+
+
+def fit_in_a_child(tmp_path, trouble, run_id):
+    """A tiny fit in its own process, in trouble at batch 2; its exit and the stored events."""
+    from afs_core.store import Store
+
+    script = tmp_path / "child.py"
+    script.write_text(CHILD_FIT.format(trouble=trouble, run_id=run_id))
+    db = tmp_path / "afs.db"
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DB": str(db), "AFS_LOAD_PLUGINS": ""})
+    return done, [e.event_type for e in reversed(Store(db).history(run_id=run_id))]
+
+
+def test_an_exception_escaping_fit_is_reported(tmp_path):
+    done, types = fit_in_a_child(tmp_path, 'raise RuntimeError("CUDA out of memory. Tried to allocate 8.00 GiB")', "k-crash")
+    assert done.returncode != 0
+    assert types == ["training_started", "out_of_memory"]
 
 
 def test_a_sigterm_is_reported_as_paused_and_still_ends_the_process(tmp_path):
     import signal
 
-    from afs_core.store import Store
-
-    script = tmp_path / "preempted.py"
-    script.write_text(PREEMPTED)
-    db = tmp_path / "afs.db"
-    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=300,
-                          env={**os.environ, "DB": str(db), "AFS_LOAD_PLUGINS": ""})
+    # What a scheduler does before it takes the machine away.
+    done, types = fit_in_a_child(tmp_path, "os.kill(os.getpid(), signal.SIGTERM)", "k-term")
     assert done.returncode == -signal.SIGTERM
-    types = [e.event_type for e in reversed(Store(db).history(run_id="k-term"))]
     assert types == ["training_started", "training_paused"]
