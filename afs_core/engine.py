@@ -241,6 +241,7 @@ class DeliveryEngine:
         self._ingest_wake = threading.Event()
         self._stopping = threading.Event()
         self._closed = False
+        self._forked = False
         self._pid = os.getpid()
         self.retention = retention
         _ENGINES.add(self)
@@ -285,6 +286,8 @@ class DeliveryEngine:
                        since: float, not_before: float) -> Tracker | str:
         """Store ``event`` for a failure other ranks may join, or join theirs (returns its id)."""
         self._ensure_running()
+        if self._forked:
+            return self.submit(event, channels)
         joined = self.store.enqueue_or_join(event, channels, dedup_key=dedup_key, since=since, not_before=not_before)
         if joined is not None:
             return joined
@@ -350,6 +353,8 @@ class DeliveryEngine:
         (a retry, a long Retry-After) stay pending in the store either way.
         """
         self._ensure_running()
+        if self._forked:
+            return False  # left to the parent, once this process has exited
         deadline = None if timeout is None else time.monotonic() + timeout
         self.ingest()
         with self._lock:
@@ -374,6 +379,11 @@ class DeliveryEngine:
         """Flush up to ``timeout`` seconds, then stop; what is left stays pending for next time."""
         if self._closed:
             return True
+        self._ensure_running()
+        if self._forked:
+            self._closed = True
+            self.journal.close()  # kept on disk: nothing of it was moved into the store here
+            return False
         budget = self.flush_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         flushed = self.flush(budget)
@@ -412,29 +422,22 @@ class DeliveryEngine:
         return sent
 
     def _ensure_running(self) -> None:
-        """A forked child inherits the engine but not its threads: start its own."""
-        if self._pid == os.getpid() or self._closed:
-            return
-        with _fork_lock:
-            if self._pid == os.getpid():
-                return
-            self._pid = os.getpid()
-            old_workers = list(self._workers.values())
-            self._workers = {}
-            self._ingester = threading.Thread(target=self._ingest_loop, name="afs-ingest", daemon=True)
-            self._ingester.start()
-            for worker in old_workers:
-                self.attach(worker.channel_name, worker.channel, worker.policy)
+        """A forked child (a data-loader worker, say) only appends to its own journal.
+
+        It must not touch SQLite: a thread of the parent may have held one of SQLite's
+        mutexes at the moment of the fork, and the child would wait on it for ever.
+        What the child accepted is delivered by the parent's engine (or the next one)
+        once the child has exited, like any stopped process's journal.
+        """
+        if self._pid != os.getpid():
+            self._forked = True
 
 
 _ENGINES: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
-_fork_lock = threading.Lock()
 
 
 def _after_fork_in_child() -> None:
     # Locks held by threads that do not exist in the child would stay held for ever.
-    global _fork_lock
-    _fork_lock = threading.Lock()
     for engine in list(_ENGINES):
         engine._lock = threading.Lock()
         engine._ingest_lock = threading.Lock()
