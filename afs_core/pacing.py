@@ -7,9 +7,10 @@ then goes out at the service's pace instead of provoking a storm of 429s.
 from __future__ import annotations
 
 import threading
-import time
 
 import attrs
+
+from afs_core.clock import SYSTEM_CLOCK, Clock
 
 
 @attrs.frozen
@@ -21,18 +22,19 @@ class RateLimit:
 class Pacer:
     """Waits until a send is allowed under ``limit`` (thread-safe)."""
 
-    def __init__(self, limit: RateLimit | None) -> None:
+    def __init__(self, limit: RateLimit | None, clock: Clock = SYSTEM_CLOCK) -> None:
         self.limit = limit
+        self._clock = clock
         self._lock = threading.Lock()
         self._tokens = float(limit.burst) if limit else 0.0
-        self._stamp = time.monotonic()
+        self._stamp = clock.monotonic()
 
     def wait_time(self) -> float:
         """Seconds until the next send may go; takes the token when that is 0."""
         if self.limit is None:
             return 0.0
         with self._lock:
-            now = time.monotonic()
+            now = self._clock.monotonic()
             self._tokens = min(self.limit.burst, self._tokens + (now - self._stamp) * self.limit.per_second)
             self._stamp = now
             if self._tokens >= 1.0:

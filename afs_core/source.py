@@ -68,7 +68,8 @@ def detect_world_size(env: Mapping[str, str] | None = None) -> int | None:
 
 
 @functools.lru_cache(maxsize=1)
-def _host_name() -> str:
+def host_name() -> str:
+    """This machine's name, as events, leases and journal files give it."""
     # os.uname() is what socket.gethostname() reads on POSIX, without importing socket.
     if hasattr(os, "uname"):
         return os.uname().nodename or "unknown-host"
@@ -96,7 +97,7 @@ class Source:
         global _current
         pid = os.getpid()
         if _current is None or _current.pid != pid:
-            _current = cls(host=_host_name(), pid=pid, rank=detect_rank(), world_size=detect_world_size())
+            _current = cls(host=host_name(), pid=pid, rank=detect_rank(), world_size=detect_world_size())
         return _current
 
     @property

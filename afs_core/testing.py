@@ -11,6 +11,8 @@ afs-core installed gets these fixtures:
 - ``webhook_server``: a :class:`~afs_core.loopback.WebhookServer` on 127.0.0.1 that
   records requests and plays scripted answers, for testing HTTP channels for real.
 - ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
+- ``manual_clock``: a :class:`ManualClock` for stores and engines, moved by
+  ``clock.advance(seconds)``, so backoff, holds and leases are tested without sleeping.
 - ``afs_isolated_env``: removes AFS, channel and rank settings from the environment,
   points ``AFS_HOME`` at a temporary directory and moves to an empty working directory, so no developer ``.env`` leaks into a
   test (``usefixtures = afs_isolated_env`` applies it everywhere).
@@ -24,6 +26,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from typing import Any
 import pytest
 
 from afs_core.channel import Channel
+from afs_core.clock import Clock
 from afs_core.dispatch import Filtered, enrich_event, render_message
 from afs_core.errors import DeliveryError
 from afs_core.events import EventType, NotificationEvent
@@ -41,6 +46,7 @@ from afs_core.plugins import PluginHost, get_plugins, use_plugins
 from afs_core.source import Source, forget_current_source
 
 __all__ = [
+    "ManualClock",
     "RecordingChannel",
     "Scripted",
     "WebhookServer",
@@ -64,6 +70,45 @@ class RecordingChannel(Channel):
         if self.fail_with is not None:
             raise self.fail_with
         self.messages.append(message)
+
+
+class ManualClock(Clock):
+    """A clock that moves only when told to: ``clock.advance(30)``.
+
+    Give it to a store (``Store(path, clock=clock)``); the engine on that store then
+    schedules retries, holds, leases, pacing and flush deadlines by it. A wait on it
+    ends when its event is set or the clock was moved past its deadline; it also
+    returns after ``real_slice`` real seconds (its callers look again), so nothing
+    waits for ever on a clock no one moves.
+    """
+
+    def __init__(self, start: float = 1_800_000_000.0, real_slice: float = 0.5) -> None:
+        self._wall = start
+        self._mono = 1_000.0
+        self._lock = threading.Lock()
+        self.real_slice = real_slice
+
+    def time(self) -> float:
+        with self._lock:
+            return self._wall
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._mono
+
+    def advance(self, seconds: float) -> None:
+        """Move time forward by ``seconds``."""
+        with self._lock:
+            self._wall += seconds
+            self._mono += seconds
+
+    def wait(self, event: threading.Event, timeout: float | None) -> bool:
+        deadline = None if timeout is None else self.monotonic() + timeout
+        give_up = time.monotonic() + self.real_slice
+        while not event.wait(0.002):
+            if (deadline is not None and self.monotonic() >= deadline) or time.monotonic() >= give_up:
+                return event.is_set()
+        return True
 
 
 class _RecordingPlugin:
@@ -204,6 +249,11 @@ def webhook_server() -> Iterator[WebhookServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def manual_clock() -> ManualClock:
+    return ManualClock()
 
 
 @pytest.fixture(name="make_event")
