@@ -140,14 +140,51 @@ def defuse_fences(text: str) -> str:
     return _BACKTICK_PAIR.sub("`\u200b", text)
 
 
+_FRAME_LINE = re.compile(r'^\s*File "[^"]*", line \d+')
+LINE_CHARS = 400  # one line of a traceback, at most
+MESSAGE_LINES = 8  # lines of the exception's own message kept under its frames
+
+
+def _cap_line(line: str, limit: int = LINE_CHARS) -> str:
+    if len(line) <= limit:
+        return line
+    return f"{line[: limit - 40]}{ELLIPSIS} ({len(line) - limit + 40:,} characters omitted)"
+
+
 def trim_traceback(text: str, head: int = 4, tail: int = 16, max_chars: int = 3000) -> str:
-    """A long traceback cut to its first and last lines, where the cause usually is."""
-    lines = text.rstrip("\n").splitlines()
-    if len(lines) > head + tail + 1:
-        omitted = len(lines) - head - tail
-        lines = [*lines[:head], f"{ELLIPSIS} {omitted} lines omitted {ELLIPSIS}", *lines[-tail:]]
-    trimmed = "\n".join(lines)
-    if len(trimmed) > max_chars:
+    """A long traceback cut to where the cause usually is: its first lines (the
+    outermost frames), its innermost frame and the exception's message.
+
+    Each line is capped, and so is the message under the last frame, so a huge
+    exception message cannot push the frames out; frames in the middle go first.
+    """
+    lines = [_cap_line(line) for line in text.rstrip("\n").splitlines()]
+    frames = [index for index, line in enumerate(lines) if _FRAME_LINE.match(line)]
+    message: list[str] = []
+    if frames:
+        end = frames[-1] + 1
+        while end < len(lines) and lines[end].startswith("    "):  # the frame's code and carets
+            end += 1
+        lines, message = lines[:end], lines[end:]
+        if len(message) > MESSAGE_LINES:
+            message = [*message[: MESSAGE_LINES - 1], f"{ELLIPSIS} {len(message) - MESSAGE_LINES + 1} more lines"]
+        innermost = len(lines) - frames[-1]
+    else:
+        innermost = 1
+    keep = max(tail - len(message), innermost)
+
+    def joined(kept_tail: int) -> str:
+        body = lines
+        if len(lines) > head + kept_tail + 1:
+            omitted = len(lines) - head - kept_tail
+            body = [*lines[:head], f"{ELLIPSIS} {omitted} lines omitted {ELLIPSIS}", *lines[len(lines) - kept_tail:]]
+        return "\n".join([*body, *message])
+
+    trimmed = joined(keep)
+    while len(trimmed) > max_chars and keep > innermost:  # frames in the middle go first
+        keep -= 1
+        trimmed = joined(keep)
+    if len(trimmed) > max_chars:  # still too long: cut characters, keeping both ends
         keep_head = max_chars // 4
         marker = f"\n{ELLIPSIS} {len(trimmed) - max_chars} characters omitted {ELLIPSIS}\n"
         keep_tail = max(max_chars - keep_head - len(marker), 0)

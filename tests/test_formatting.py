@@ -135,3 +135,23 @@ def test_no_run_of_backticks_survives_defusing(run):
 
     defused = defuse_fences(f"a{run}b")
     assert "``" not in defused and defused.replace("\u200b", "") == f"a{run}b"
+
+
+def test_trim_traceback_keeps_the_outermost_and_innermost_frames_under_a_huge_message():
+    import traceback
+
+    source = "\n".join(f"def f{i}():\n    return f{i + 1}()" for i in range(150))
+    source += "\ndef f150():\n    raise ValueError('bad shape ' + 'x' * 3000)\n"
+    namespace = {}
+    exec(compile(source, "model.py", "exec"), namespace)
+    try:
+        namespace["f0"]()
+    except ValueError as exc:
+        text = "".join(traceback.format_exception(exc))
+    trimmed = trim_traceback(text)
+    lines = trimmed.splitlines()
+    assert len(trimmed) <= 3000 and lines[0] == "Traceback (most recent call last):"
+    assert 'File "model.py", line 2, in f0' in trimmed  # the outermost frame of the model
+    assert lines[-2].strip() == 'File "model.py", line 302, in f150'  # the innermost frame
+    assert lines[-1].startswith("ValueError: bad shape xxx") and "characters omitted" in lines[-1]
+    assert len(lines[-1]) <= 400

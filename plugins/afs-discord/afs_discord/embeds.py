@@ -57,7 +57,7 @@ def render(event: NotificationEvent) -> dict[str, Any]:
     if isinstance(traceback, str) and traceback:
         room = DESCRIPTION - len(description) - 9  # fences and newline
         if room > 200:
-            code = truncate(defuse_fences(trim_traceback(traceback)), room)
+            code = truncate(defuse_fences(trim_traceback(traceback, max_chars=room)), room)  # innermost frame kept
             description += f"\n```\n{code}\n```"
     footer = " · ".join(
         part for part in (event.source.host, f"run {event.run_id}" if event.run_id else "",

@@ -72,7 +72,8 @@ def render(event: NotificationEvent, channel: str | None = None) -> dict[str, An
     tail: list[dict[str, Any]] = []
     if isinstance(traceback, str) and traceback:
         fence = "```"
-        code = fit(defuse_fences(trim_traceback(traceback)), SECTION_TEXT - 2 * len(fence)).strip()
+        room = SECTION_TEXT - 2 * len(fence)  # trimmed to the room, so the innermost frame stays
+        code = fit(defuse_fences(trim_traceback(traceback, max_chars=room)), room).strip()
         if code:
             tail.append({"type": "section", "text": _mrkdwn(f"{fence}{code}{fence}")})
     tail.append({"type": "context", "elements": [_mrkdwn(fit(source_line(event), SECTION_TEXT))]})
