@@ -10,18 +10,22 @@ does no harm.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
+import weakref
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from afs_core.source import host_name
+
 ROTATE_BYTES = 4 * 1024 * 1024
 SUFFIX = ".jsonl"
+UNREADABLE = ".unreadable"
 
-
-def _host() -> str:
-    return os.uname().nodename if hasattr(os, "uname") else "host"
+logger = logging.getLogger("afs.journal")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -46,67 +50,74 @@ class Journal:
         self._path: Path | None = None
         self._read_offset = 0
         self._partial = b""
-        self._retired: list[Path] = []  # rotated files still to be read to the end
+        # Rotated files still to be read to the end: (path, offset read, partial line).
+        self._retired: list[tuple[Path, int, bytes]] = []
+        self._torn = False  # the last line was cut short and its end not written
         _JOURNALS.add(self)
 
     def _open(self) -> None:
-        name = f"{_host()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
-        self._path = self.directory / name
-        self._fd = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        name = f"{host_name()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
+        path = self.directory / name
+        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        self._path = path
         self._pid = os.getpid()
         self._read_offset = 0
         self._partial = b""
+        self._torn = False
 
     def append(self, record: dict[str, Any]) -> None:
+        """Write one record as one line; raises OSError when the disk takes none or part
+        of it (the record then is not in the journal; a part is never mistaken for it)."""
         line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8", "replace")
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
+            if self._torn:  # end the piece a full disk left, so this line starts clean
+                os.write(self._fd, b"\n")
+                self._torn = False
             written = 0
             try:
                 while written < len(line):  # a full disk may take only part of it
                     written += os.write(self._fd, line[written:])
             except OSError:
                 if written:
-                    try:  # end the torn line, so the next record starts clean
+                    try:
                         os.write(self._fd, b"\n")
                     except OSError:
-                        pass
+                        self._torn = True
                 raise
 
     def read_new(self) -> list[dict[str, Any]]:
-        """Records appended since the last call (rotating a large file on the way)."""
+        """Records appended since the last call, oldest first (rotating a large file on
+        the way: a new file is started before the full one is let go)."""
         with self._lock:
             if self._path is None or self._pid != os.getpid():
                 return []
-            path, offset = self._path, self._read_offset
+            path, offset, partial = self._path, self._read_offset, self._partial
             if offset >= ROTATE_BYTES:
-                os.close(self._fd)
-                self._retired.append(path)
-                self._open()
-        records, offset, self._partial = _read_from(path, offset, self._partial)
+                old_fd = self._fd
+                try:
+                    self._open()
+                except OSError:
+                    pass  # no room for a new file: go on with this one
+                else:
+                    os.close(old_fd)
+                    self._retired.append((path, offset, partial))
+                    path, offset, partial = self._path, 0, b""
+            retired, self._retired = self._retired, []
+        records: list[dict[str, Any]] = []
+        for old_path, old_offset, old_partial in retired:  # the rest of rotated files first
+            rest, _, _ = _read_from(old_path, old_offset, old_partial)
+            records += rest
+            old_path.unlink(missing_ok=True)
+        new, offset, partial = _read_from(path, offset, partial)
         with self._lock:
             if path == self._path:
-                self._read_offset = offset
-        for retired in list(self._retired):
-            if retired != path:
-                records += read_whole(retired)
-                retired.unlink(missing_ok=True)
-                self._retired.remove(retired)
-        return records
+                self._read_offset, self._partial = offset, partial
+        return records + new
 
     def orphans(self) -> list[Path]:
-        """Journals of processes on this host that are gone (killed, crashed, exited)."""
-        found = []
-        here = _host()
-        for path in self.directory.glob(f"*{SUFFIX}"):
-            parts = path.name[: -len(SUFFIX)].rsplit("-", 2)
-            if len(parts) != 3 or not parts[1].isdigit():
-                continue
-            host, pid = parts[0], int(parts[1])
-            if host == here and pid != os.getpid() and not _pid_alive(pid):
-                found.append(path)
-        return found
+        return orphans(self.directory)
 
     def close(self) -> None:
         """Stop writing; the file is removed once everything in it was read."""
@@ -119,25 +130,63 @@ class Journal:
             self._fd, self._pid = -1, -1
 
 
+def orphans(directory: Path) -> list[Path]:
+    """Journals of processes on this host that are gone (killed, crashed, exited)."""
+    found = []
+    here = host_name()
+    try:
+        paths = list(directory.glob(f"*{SUFFIX}"))
+    except OSError:
+        return []
+    for path in paths:
+        parts = path.name[: -len(SUFFIX)].rsplit("-", 2)
+        if len(parts) != 3 or not parts[1].isdigit():
+            continue
+        host, pid = parts[0], int(parts[1])
+        if host == here and pid != os.getpid() and not _pid_alive(pid):
+            found.append(path)
+    return sorted(found, key=lambda p: p.name.rsplit("-", 1)[-1])  # oldest file first
+
+
+def take_orphans(directory: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """Each stopped process's journal with its records. The caller stores them and
+    then removes the file; a file that cannot be read is renamed ``.unreadable`` (kept
+    for a person to look at) so it is not tried again and again."""
+    for path in orphans(directory):
+        try:
+            records = read_whole(path, strict=True)
+        except OSError as exc:
+            logger.warning("afs: the journal %s a stopped process left cannot be read (%s); kept as %s%s",
+                           path.name, exc, path.name, UNREADABLE)
+            try:
+                path.rename(path.with_name(path.name + UNREADABLE))
+            except OSError:
+                pass
+            continue
+        yield path, records
+
+
 def _after_fork_in_child() -> None:
     for journal in list(_JOURNALS):
         journal._lock = threading.Lock()  # a lock held by another thread at fork stays held
 
-
-import weakref  # noqa: E402
 
 _JOURNALS: weakref.WeakSet[Journal] = weakref.WeakSet()
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _read_from(path: Path, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
+def _read_from(path: Path, offset: int, partial: bytes, strict: bool = False) -> tuple[list[dict[str, Any]], int, bytes]:
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
             data = handle.read()
     except FileNotFoundError:
         return [], offset, b""
+    except OSError:
+        if strict:
+            raise
+        return [], offset, partial
     offset += len(data)
     data = partial + data
     lines = data.split(b"\n")
@@ -145,9 +194,11 @@ def _read_from(path: Path, offset: int, partial: bytes) -> tuple[list[dict[str, 
     return [r for r in (_parse(line) for line in lines) if r is not None], offset, rest
 
 
-def read_whole(path: Path) -> list[dict[str, Any]]:
-    """Every complete record of a journal; a torn last line (a kill mid-write) is dropped."""
-    records, _, _ = _read_from(path, 0, b"")
+def read_whole(path: Path, strict: bool = False) -> list[dict[str, Any]]:
+    """Every complete record of a journal. A torn last line (a kill mid-write) and
+    damaged lines are skipped; the rest is kept. ``strict``: raise OSError when the
+    file cannot be read at all."""
+    records, _, _ = _read_from(path, 0, b"", strict)
     return records
 
 

@@ -1,0 +1,67 @@
+"""The journal: one line per accepted event, read back once, whatever the disk did."""
+
+import json
+import os
+
+import afs_core.journal as journal_module
+from afs_core.journal import Journal, read_whole, take_orphans
+from afs_core.source import host_name
+
+
+def record(i):
+    return {"event": {"event_id": f"e{i}"}, "channels": ["c"], "at": float(i)}
+
+
+def test_every_record_is_read_once_in_order_across_rotations(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    journal = Journal(tmp_path)
+    seen = []
+    for i in range(60):
+        journal.append(record(i))
+        if i % 7 == 0:
+            seen += journal.read_new()
+    seen += journal.read_new()
+    assert [r["event"]["event_id"] for r in seen] == [f"e{i}" for i in range(60)]
+    journal.close()
+    assert list(tmp_path.glob("*.jsonl")) == []  # rotated files are removed once read
+
+
+def test_a_line_the_full_disk_cut_short_does_not_swallow_the_next(tmp_path, monkeypatch):
+    journal = Journal(tmp_path)
+    journal.append(record(0))
+    real_write = os.write
+    calls = []
+
+    def full_disk(fd, data):
+        calls.append(data)
+        if len(calls) == 1:
+            return real_write(fd, data[:10])  # a part of the line...
+        raise OSError(28, "No space left on device")  # ...and not even its end
+
+    monkeypatch.setattr(journal_module.os, "write", full_disk)
+    try:
+        journal.append(record(1))
+    except OSError:
+        pass
+    else:
+        raise AssertionError("a line the disk did not take must raise")
+    monkeypatch.setattr(journal_module.os, "write", real_write)
+    journal.append(record(2))
+    assert [r["event"]["event_id"] for r in journal.read_new()] == ["e0", "e2"]
+
+
+def test_a_stopped_processes_journal_keeps_its_good_lines(tmp_path):
+    path = tmp_path / f"{host_name()}-999999-1.jsonl"
+    lines = [json.dumps(record(0)), "\x00\x17garbage{", json.dumps(record(1)), json.dumps(record(2))[:25]]
+    path.write_text("\n".join(lines))  # the last line was torn by a kill
+    assert [r["event"]["event_id"] for r in read_whole(path)] == ["e0", "e1"]
+    (found,) = take_orphans(tmp_path)
+    assert found[0] == path and len(found[1]) == 2
+
+
+def test_an_unreadable_journal_is_kept_aside_and_not_tried_again(tmp_path):
+    path = tmp_path / f"{host_name()}-999998-1.jsonl"
+    path.mkdir()  # reading it fails with an OSError, as a damaged file would
+    assert list(take_orphans(tmp_path)) == []
+    assert (tmp_path / f"{path.name}.unreadable").is_dir() and not path.exists()
+    assert list(take_orphans(tmp_path)) == []
