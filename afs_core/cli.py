@@ -18,9 +18,16 @@ from typing import Any, NoReturn
 from afs_core.config import env_float, load_env
 from afs_core.errors import ConfigurationError
 from afs_core.events import EventType, NotificationEvent, NotificationLevel
+from afs_core.formatting import format_duration
 from afs_core.results import DeliveryStatus, NotifyResult
 
 OK, DELIVERY_FAILED, USAGE = 0, 1, 2
+
+OUTBOX_EXIT_CODES = """exit codes:
+  list   0 nothing is dead (pending deliveries are fine), 1 some are dead
+  flush  0 everything pending went out, 1 some failed or are still pending
+  retry  0 the delivery is pending again, 1 it is not a dead delivery
+  all    2 bad usage or configuration"""
 
 
 class UsageError(Exception):
@@ -125,15 +132,26 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
     run.add_argument("--run-id")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
-    history = commands.add_parser("history", parents=[common], help="recent events and their deliveries")
+    history = commands.add_parser("history", parents=[common], help="recent events and their deliveries",
+                                  description="Recent events, newest first: time, level, title, run id, model and "
+                                  "what each channel did. --json carries every field of each event.")
     history.add_argument("--run-id")
     history.add_argument("--limit", type=int, default=20)
 
-    outbox = commands.add_parser("outbox", parents=[common], help="pending and dead deliveries")
+    outbox = commands.add_parser(
+        "outbox", parents=[common], help="pending and dead deliveries",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deliveries that have not gone out: pending (waiting for a try or a retry) and dead (failed "
+        "for good, with the reason). Events that stopped processes left in their journals are taken in first.",
+        epilog=OUTBOX_EXIT_CODES,
+    )
     outbox_actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    outbox_actions.add_parser("list", parents=[common], help="list them (the default)")
-    outbox_actions.add_parser("flush", parents=[common], help="deliver what is pending, now")
-    retry = outbox_actions.add_parser("retry", parents=[common], help="queue a dead delivery again")
+    outbox_actions.add_parser("list", parents=[common], help="list them (the default)", epilog=OUTBOX_EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    outbox_actions.add_parser("flush", parents=[common], help="deliver what is pending for the configured channels, now",
+                              epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    retry = outbox_actions.add_parser("retry", parents=[common], help="queue a dead delivery again",
+                                      epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     retry.add_argument("id", type=int)
 
     commands.add_parser("plugins", parents=[common], help="installed plugins, channels and hooks")
@@ -257,13 +275,29 @@ def cmd_run(args: argparse.Namespace) -> int:
         manager.close(timeout=_wait_timeout(args))
 
 
+def _store(args: argparse.Namespace) -> Any:
+    """The store, with what stopped processes left in their journals moved in."""
+    from afs_core.engine import take_stopped_journals
+    from afs_core.store import open_store
+
+    store = open_store(_settings(args))
+    take_stopped_journals(store)
+    return store
+
+
+def _where(store: Any) -> dict[str, Any]:
+    location = store.location
+    return {"path": None if location.path is None else str(location.path), "durable": store.durable,
+            "not_durable": None if store.durable else location.reason, "network_filesystem": location.network_fs}
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from afs_core.plugins import get_plugins
-    from afs_core.store import open_store
 
     env = _settings(args)
     plugins = get_plugins(env)
-    counts = open_store(env).counts()
+    store = _store(args)
+    counts = store.counts()
     rows = []
     for name, spec in sorted(plugins.channels.items()):
         row: dict[str, Any] = {"channel": name, "distribution": spec.distribution or "afs-core",
@@ -285,9 +319,16 @@ def cmd_status(args: argparse.Namespace) -> int:
                 row.update(state="configured", detail=channel.describe())
         rows.append(row)
     failures = [{"plugin": f.name, "distribution": f.distribution, "error": f.error} for f in plugins.failures]
+    where = _where(store)
     if args.json:
-        print(json.dumps({"channels": rows, "plugin_failures": failures}))
+        print(json.dumps({"store": where, "channels": rows, "plugin_failures": failures}))
         return OK
+    if where["durable"]:
+        shared = (f"  (on {where['network_filesystem']}, shared with other hosts: this host's own file, no WAL)"
+                  if where["network_filesystem"] else "")
+        print(f"{'outbox':<10} {where['path']}{shared}")
+    else:
+        print(f"{'outbox':<10} not durable: {where['not_durable']}")
     for row in rows:
         queue = f"  [{row['pending']} pending, {row['dead']} dead]" if row["pending"] or row["dead"] else ""
         print(f"{row['channel']:<10} {row['state']:<15} {row['detail']}{queue}")
@@ -297,28 +338,28 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_history(args: argparse.Namespace) -> int:
-    from afs_core.store import open_store
-
-    entries = open_store(_settings(args)).history(run_id=args.run_id, limit=args.limit)
+    entries = _store(args).history(run_id=args.run_id, limit=args.limit)
     if args.json:
         print(json.dumps([{
-            "event_id": e.event_id, "created": e.created, "run_id": e.run_id, "event_type": e.event_type,
-            "level": e.level, "title": e.title,
-            "deliveries": {d.channel: {"status": d.status, "attempts": d.attempts, "error": d.last_error}
-                           for d in e.deliveries},
-        } for e in entries]))
+            **e.event, "event_id": e.event_id, "created": e.created, "run_id": e.run_id, "event_type": e.event_type,
+            "level": e.level, "title": e.title, "model_name": e.model_name,
+            "deliveries": {d.channel: {"status": d.status, "attempts": d.attempts, "error": d.last_error,
+                                       "next_attempt": d.next_attempt} for d in e.deliveries},
+        } for e in entries], default=str))
         return OK
     for entry in entries:
         when = dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
         deliveries = ", ".join(f"{d.channel}={d.status}" for d in entry.deliveries) or "no channel"
-        print(f"{when}  {entry.level:<8} {entry.title}  [{deliveries}]")
+        run = "".join(f"  {label} {value}" for label, value in (("run", entry.run_id), ("model", entry.model_name))
+                      if value)
+        print(f"{when}  {entry.level:<8} {entry.title}{run}  [{deliveries}]")
     return OK
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from afs_core.store import PENDING, open_store
+    from afs_core.store import DEAD
 
-    store = open_store(_settings(args))
+    store = _store(args)
     if args.action == "retry":
         if not store.requeue(args.id):
             print(f"afs: delivery {args.id} is not a dead delivery", file=sys.stderr)
@@ -329,44 +370,56 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return _flush_outbox(args, store)
     rows = store.outbox()
     if args.json:
-        print(json.dumps([{"id": i, "channel": c, "status": s, "title": t, "attempts": a, "error": e}
-                          for i, c, s, t, a, e in rows]))
-        return OK
-    for delivery_id, channel, status, title, attempts, error in rows:
-        print(f"{delivery_id:>6}  {channel:<10} {status:<8} {attempts} tries  {title}" + (f"  ({error})" if error else ""))
-    if not rows:
-        print("the outbox is empty")
-    return OK if all(row[2] == PENDING for row in rows) else DELIVERY_FAILED
+        print(json.dumps([{"id": r.delivery_id, "channel": r.channel, "status": r.status, "title": r.title,
+                           "run_id": r.run_id, "attempts": r.attempts, "error": r.last_error,
+                           "next_attempt": r.next_attempt} for r in rows]))
+    else:
+        now = time.time()
+        for r in rows:
+            when = ""
+            if r.status != DEAD and r.next_attempt > now + 1:
+                when = f", next try in {format_duration(r.next_attempt - now)}"
+            print(f"{r.delivery_id:>6}  {r.channel:<10} {r.status:<8} {r.attempts} tries{when}  {r.title}"
+                  + (f"  ({r.last_error})" if r.last_error else ""))
+        if not rows:
+            print("the outbox is empty")
+    return DELIVERY_FAILED if any(r.status == DEAD for r in rows) else OK
 
 
 def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
-    manager = _manager(args)  # its workers pick up what is pending for its channels
+    from afs_core.store import DEAD, DELIVERED, FILTERED, PENDING
+
+    manager = _manager(args)  # its workers deliver what is pending for its channels
     try:
         names = list(manager.handlers)
         store.make_due(names)  # "now": not after a backoff or a Retry-After
-        total = sum(store.counts().get(n, {}).get("pending", 0) for n in names)
+        wanted = [r.delivery_id for r in store.outbox(statuses=(PENDING,), limit=10**9) if r.channel in names]
+        total = len(wanted)
+        show = total > 20 and not args.json and sys.stderr.isatty()
         deadline = time.monotonic() + _wait_timeout(args)
         while True:
-            left = sum(store.counts().get(n, {}).get("pending", 0) for n in names)
-            if total > 20 and not args.json and sys.stderr.isatty():
+            left = store.statuses(wanted).get(PENDING, 0) if wanted else 0
+            if show:
                 done = total - left
-                bar = "#" * int(30 * done / total)
-                print(f"\r[{bar:<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+                print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
             if left == 0 or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
-        if total > 20 and not args.json and sys.stderr.isatty():
+        if show:
             print(file=sys.stderr)
     finally:
         manager.close(timeout=1)
-    counts = store.counts()
-    left = {n: counts.get(n, {}).get("pending", 0) for n in names}
+    now = store.statuses(wanted) if wanted else {}
+    went, dead = now.get(DELIVERED, 0) + now.get(FILTERED, 0), now.get(DEAD, 0)
+    left = {n: store.pending([n]).total for n in names}
+    left = {n: count for n, count in left.items() if count}
     if args.json:
-        print(json.dumps({"pending_before": total, "pending_after": left}))
+        print(json.dumps({"pending_before": total, "delivered": went, "dead": dead, "pending_after": left}))
     else:
-        print(f"{total - sum(left.values())} of {total} pending deliveries went out" +
-              ("" if not any(left.values()) else f"; still pending: {left}"))
-    return OK if not any(left.values()) else DELIVERY_FAILED
+        print(f"{went} of {total} pending deliveries went out"
+              + (f"; {dead} failed for good (afs outbox shows why)" if dead else "")
+              + (f"; still pending: {', '.join(f'{n} {c}' for n, c in left.items())}" if left else ""))
+    return OK if not left and not dead else DELIVERY_FAILED
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:

@@ -125,11 +125,9 @@ def _failed(
     reason = strip_control(scrub(str(raw.reason), _secrets_of(channel)), keep="")
     kind = PermanentDeliveryError if raw.permanent else TransientDeliveryError
     error = kind(reason, retry_after=raw.retry_after)
-    for event in events:
-        # Final failures warn; an attempt the engine will retry is only worth an info line.
-        logger.log(logging.WARNING if report else logging.INFO,
-                   "afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
-        if report:
+    if report:  # otherwise the engine logs it, once for a failure that repeats
+        for event in events:
+            logger.warning("afs: delivery of %s to %r failed: %s", event.event_type.value, name, reason)
             report_failure(plugins, event, channel, error)
     return ChannelOutcome(
         name, DeliveryStatus.FAILED, error=reason, permanent=error.permanent, retry_after=error.retry_after

@@ -6,29 +6,38 @@ claims that channel's due deliveries, keeps to the channel's rate and quiet
 policy, delivers through the hooks, and records the outcome: delivered, filtered,
 retried later with backoff, or dead with the reason. A slow or dead channel only
 ever occupies its own worker.
+
+When the journal or the store cannot be written (a full disk), events go on being
+delivered from a store in memory, said once, until writing works again.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import datetime as dt
+import errno
 import logging
 import os
+import sqlite3
 import threading
 import time
 import weakref
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from afs_core.clock import Clock
 from afs_core.dispatch import deliver_event, report_failure
 from afs_core.errors import PermanentDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import format_duration
-from afs_core.journal import Journal, read_whole
+from afs_core.journal import Journal, take_orphans
 from afs_core.pacing import Pacer
 from afs_core.quiet import ChannelPolicy, Throttle
+from afs_core.repeats import RepeatedLog
 from afs_core.results import ChannelOutcome, DeliveryStatus
 from afs_core.retry import RetryPolicy
-from afs_core.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, Store, owner_id
+from afs_core.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, PendingSummary, Store, owner_id
 
 if TYPE_CHECKING:
     from afs_core.channel import Channel
@@ -41,6 +50,8 @@ ORPHAN_SCAN_SECONDS = 5.0
 LEASE_SECONDS = 120.0
 INGEST_SECONDS = 0.02  # how often accepted events move from the journal into the store
 PRUNE_SECONDS = 3600.0
+FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
+STORE_ERRORS = (sqlite3.Error, OSError)  # a full disk, a busy or unreadable store
 
 
 class Tracker:
@@ -72,145 +83,183 @@ def _final_outcome(channel: str, status: str, reason: str | None) -> ChannelOutc
     return ChannelOutcome(channel, DeliveryStatus.FILTERED if status == FILTERED else DeliveryStatus.FAILED, error=reason)
 
 
+# What a worker has done and must still write down: (store, delivery id, status, error,
+# next attempt, outcome to report, event id, final?).
+_Done = tuple[Store, int, str, "str | None", "float | None", "ChannelOutcome | None", str, bool]
+
+
 class _Worker(threading.Thread):
     """Delivers one channel's deliveries, one at a time, in order."""
 
     def __init__(self, engine: DeliveryEngine, name: str, channel: Channel, policy: ChannelPolicy) -> None:
         super().__init__(name=f"afs-{name}", daemon=True)
         self.engine, self.channel_name, self.channel, self.policy = engine, name, channel, policy
-        self.pacer = Pacer(getattr(channel, "rate_limit", None))
+        self.clock = engine.clock
+        self.pacer = Pacer(getattr(channel, "rate_limit", None), clock=engine.clock)
         self.throttle = Throttle(policy.throttle_window, policy.throttled)
         self.wake = threading.Event()
         self.stopping = threading.Event()
-        self.idle = threading.Event()
         self.owner = ""
-        # Outcomes waiting to be written: (id, status, error, next attempt, outcome, (event id, final)).
-        self._done: list[tuple[int, str, str | None, float | None, ChannelOutcome | None, tuple[str, bool]]] = []
+        self._done: list[_Done] = []
         self._done_since = time.monotonic()
 
     def run(self) -> None:
         self.owner = owner_id()
-        store = self.engine.store
         while not self.stopping.is_set():
-            try:
-                claimed = store.claim(self.channel_name, self.owner, limit=32, lease=LEASE_SECONDS)
-            except Exception:
-                logger.exception("afs: the store could not be read; %s retries shortly", self.name)
-                claimed = []
-            if not claimed:
-                self.idle.set()
-                self._sleep_until_due()
-                continue
-            self.idle.clear()
-            claimed_at = time.time()
-            for index, item in enumerate(claimed):
+            worked = False
+            for store in self.engine.stores():
+                claimed = self._claim(store)
+                worked = worked or bool(claimed)
+                self._deliver(store, claimed)
                 if self.stopping.is_set():
-                    for rest in claimed[index:]:
-                        store.release(rest.delivery_id, self.owner)
                     break
+            self._record()
+            if not worked:
+                self._sleep_until_due()
+        self._record()
+
+    def _claim(self, store: Store) -> list[Claimed]:
+        # Outcomes not yet written down stay leased to this worker: never claimed twice.
+        unrecorded = [d[1] for d in self._done if d[0] is store]
+        try:
+            return store.claim(self.channel_name, self.owner, limit=32, lease=LEASE_SECONDS, skip=unrecorded)
+        except STORE_ERRORS as exc:
+            self.engine.store_trouble(("claim", self.channel_name), exc, "afs: %r could not take deliveries from "
+                                      "the store (%s); it tries again shortly", self.channel_name, exc)
+            return []
+
+    def _deliver(self, store: Store, claimed: list[Claimed]) -> None:
+        claimed_at = self.clock.time()
+        for index, item in enumerate(claimed):
+            if self.stopping.is_set():
+                for rest in claimed[index:]:
+                    self._release(store, rest)
+                return
+            try:
                 # Slow sends can outlast the lease on the rest of the batch: renew it
                 # before it runs low, and skip what another process has taken meanwhile.
-                if time.time() - claimed_at > LEASE_SECONDS / 3:
+                if self.clock.time() - claimed_at > LEASE_SECONDS / 3:
                     if not store.extend(item.delivery_id, self.owner, LEASE_SECONDS):
                         continue
-                    claimed_at = time.time()
-                try:
-                    self._handle(item)
-                except Exception:  # a bug here must not end the worker
-                    logger.exception("afs: delivery %s to %r could not be handled", item.delivery_id, self.channel_name)
-                    store.release(item.delivery_id, self.owner)
-                if len(self._done) >= 16 or time.monotonic() - self._done_since > 0.2:
-                    self._record()
-            self._record()
-        self._record()
-        self.idle.set()
+                    claimed_at = self.clock.time()
+                self._handle(store, item)
+            except Exception:  # a bug or a store error here must not end the worker
+                logger.exception("afs: delivery %s to %r could not be handled", item.delivery_id, self.channel_name)
+                self._release(store, item)
+            if len(self._done) >= 16 or time.monotonic() - self._done_since > 0.2:
+                self._record()
+
+    def _release(self, store: Store, item: Claimed) -> None:
+        try:
+            store.release(item.delivery_id, self.owner)
+        except STORE_ERRORS:
+            pass  # the lease runs out by itself
 
     def _record(self) -> None:
-        """Write finished outcomes in one transaction, then tell the waiting callers."""
+        """Write finished outcomes, one transaction per store, then tell the waiting
+        callers. What cannot be written now is kept and tried again."""
         if not self._done:
             return
         done, self._done = self._done, []
-        try:
-            held = self.engine.store.finish_many([(d, s, e, n) for d, s, e, n, _, _ in done], self.owner)
-        except Exception:
-            # The leases run out and the deliveries are attempted again: at least once.
-            logger.exception("afs: outcomes of %d deliveries to %r could not be recorded", len(done), self.channel_name)
-            return
-        for ok, (_, _, _, _, outcome, (event_id, final)) in zip(held, done):
-            if ok and outcome is not None:
-                self.engine.track(event_id, outcome, final=final)
+        kept: list[_Done] = []
+        for store in {id(d[0]): d[0] for d in done}.values():
+            mine = [d for d in done if d[0] is store]
+            try:
+                held = store.finish_many([(d[1], d[2], d[3], d[4]) for d in mine], self.owner)
+            except STORE_ERRORS as exc:
+                self.engine.store_trouble("record", exc, "afs: outcomes of deliveries could not be written to the "
+                                          "store (%s); kept and written later", exc)
+                kept.extend(mine)
+                continue
+            for ok, (_, _, _, _, _, outcome, event_id, final) in zip(held, mine):
+                if ok and outcome is not None:
+                    self.engine.track(event_id, outcome, final=final)
+        self._done = kept + self._done
+        self._done_since = time.monotonic()
+        self.engine.progress.set()
 
     def _sleep_until_due(self) -> None:
-        try:
-            due = self.engine.store.next_due(self.channel_name)
-        except Exception:
-            due = None
-        wait = POLL_SECONDS if due is None else min(max(due - time.time(), 0.0), POLL_SECONDS)
+        due = None
+        for store in self.engine.stores():
+            try:
+                when = store.next_due(self.channel_name)
+            except STORE_ERRORS:
+                continue
+            if when is not None and (due is None or when < due):
+                due = when
+        wait = POLL_SECONDS if due is None else min(max(due - self.clock.time(), 0.0), POLL_SECONDS)
         if wait <= 0:
             # Due, yet nothing could be claimed: another live process holds the leases.
             wait = 0.25
-        if wait > 0:
-            self.wake.wait(wait)
-            self.wake.clear()
+        if self._done:  # outcomes waiting for the store to take them
+            wait = min(wait, 0.5)
+        self.clock.wait(self.wake, wait)
+        self.wake.clear()
 
     def _pace(self) -> bool:
         while True:
             wait = self.pacer.wait_time()
             if wait <= 0:
                 return True
-            if self.stopping.wait(wait):
+            if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _handle(self, item: Claimed) -> None:
-        store, event = self.engine.store, item.event
+    def _handle(self, store: Store, item: Claimed) -> None:
+        event = item.event
         if not self.policy.admits(event):
-            self._finish(item, FILTERED, "held back by this channel's level or event-type settings")
+            self._finish(store, item, FILTERED, "held back by this channel's level or event-type settings")
             return
         # Only a first attempt is judged: a retry is the same event, not a repeat of it.
-        send, digest = self.throttle.check(event) if item.attempts == 0 else (True, None)
+        send, digest = self.throttle.check(event, self.clock.monotonic()) if item.attempts == 0 else (True, None)
         if not send:
-            self._finish(item, FILTERED, "throttled: a repeat within the window")
+            self._finish(store, item, FILTERED, "throttled: a repeat within the window")
             return
         if digest:
             event = event.evolve(context={**event.context, "held_back": digest})
         if not self._pace():
-            store.release(item.delivery_id, self.owner)
+            self._release(store, item)
             return
         outcome = deliver_event(self.engine.plugins, self.channel_name, self.channel, event, report=False)
         if outcome.status is DeliveryStatus.DELIVERED:
-            self._finish(item, DELIVERED, None, outcome)
+            self._finish(store, item, DELIVERED, None, outcome)
         elif outcome.status is DeliveryStatus.FILTERED:
-            self._finish(item, FILTERED, "held back by a plugin's afs_filter_event", outcome)
+            self._finish(store, item, FILTERED, "held back by a plugin's afs_filter_event", outcome)
         else:
-            self._failed(item, event, outcome)
+            self._failed(store, item, event, outcome)
 
-    def _failed(self, item: Claimed, event: NotificationEvent, outcome: ChannelOutcome) -> None:
+    def _failed(self, store: Store, item: Claimed, event: NotificationEvent, outcome: ChannelOutcome) -> None:
         attempts = item.attempts + 1
         retry = self.engine.retry
-        age = time.time() - item.created
+        age = self.clock.time() - item.created
         if outcome.permanent or retry.gives_up(attempts, age):
             why = outcome.error or "failed"
             if not outcome.permanent:
                 why = f"gave up after {attempts} attempts: {why}"
-            logger.warning("afs: %s to %r failed for good: %s", event.event_type.value, self.channel_name, why)
-            self._finish(item, DEAD, why, ChannelOutcome(self.channel_name, DeliveryStatus.FAILED, error=why,
-                                                         permanent=True, retry_after=outcome.retry_after))
-            report_failure(self.engine.plugins, event, self.channel, PermanentDeliveryError(why, retry_after=outcome.retry_after))
+            self.engine.log.log(logging.WARNING, ("dead", self.channel_name, why),
+                                "afs: %s to %r failed for good: %s", event.event_type.value, self.channel_name, why)
+            self._finish(store, item, DEAD, why, ChannelOutcome(self.channel_name, DeliveryStatus.FAILED, error=why,
+                                                                permanent=True, retry_after=outcome.retry_after))
+            report_failure(self.engine.plugins, event, self.channel,
+                           PermanentDeliveryError(why, retry_after=outcome.retry_after))
             return
         delay = retry.delay(attempts, outcome.retry_after)
         pending = ChannelOutcome(self.channel_name, DeliveryStatus.PENDING, error=outcome.error,
                                  retry_after=outcome.retry_after)
-        self._queue(item, PENDING, outcome.error, time.time() + delay, pending, final=False)
-        logger.info("afs: %r will retry in %.1f s (attempt %d): %s", self.channel_name, delay, attempts, outcome.error)
+        self._queue(store, item, PENDING, outcome.error, self.clock.time() + delay, pending, final=False)
+        self.engine.log.log(logging.INFO, ("retry", self.channel_name, outcome.error),
+                            "afs: %s to %r failed (%s); retrying in %.1f s (attempt %d)", event.event_type.value,
+                            self.channel_name, outcome.error, delay, attempts)
 
-    def _finish(self, item: Claimed, status: str, reason: str | None, outcome: ChannelOutcome | None = None) -> None:
-        self._queue(item, status, reason, None, outcome or _final_outcome(self.channel_name, status, reason), final=True)
+    def _finish(self, store: Store, item: Claimed, status: str, reason: str | None,
+                outcome: ChannelOutcome | None = None) -> None:
+        self._queue(store, item, status, reason, None, outcome or _final_outcome(self.channel_name, status, reason),
+                    final=True)
 
-    def _queue(self, item: Claimed, status: str, error: str | None, next_attempt: float | None,
+    def _queue(self, store: Store, item: Claimed, status: str, error: str | None, next_attempt: float | None,
                outcome: ChannelOutcome, *, final: bool) -> None:
         if not self._done:
             self._done_since = time.monotonic()
-        self._done.append((item.delivery_id, status, error, next_attempt, outcome, (item.event.event_id, final)))
+        self._done.append((store, item.delivery_id, status, error, next_attempt, outcome, item.event.event_id, final))
 
 
 class DeliveryEngine:
@@ -218,6 +267,8 @@ class DeliveryEngine:
 
     :param retry: when to retry and when to give up.
     :param flush_timeout: seconds spent at interpreter exit delivering what is pending.
+    :param clock: the time for due dates, backoff, leases, pacing and flush deadlines;
+        default the store's.
     """
 
     def __init__(
@@ -228,12 +279,27 @@ class DeliveryEngine:
         retry: RetryPolicy | None = None,
         flush_timeout: float = 10.0,
         retention: tuple[float, int] = (30 * 86400.0, 10_000),
+        clock: Clock | None = None,
     ) -> None:
         self.store = store
         self.plugins = plugins
         self.retry = retry or RetryPolicy()
         self.flush_timeout = flush_timeout
-        self.journal = Journal(store.path.parent / "journal")
+        self.clock = clock or store.clock
+        self.log = RepeatedLog(logger)
+        #: Set whenever deliveries were recorded or events stored: a flush looks again.
+        self.progress = threading.Event()
+        self._memory: Store | None = None  # where events go while the store cannot be written
+        self._stores: tuple[Store, ...] = (store,)
+        self._unwritten_since: float | None = None
+        self._unjournaled: collections.deque[dict[str, Any]] = collections.deque()
+        self.journal: Journal | None = None
+        if store.path is not None:
+            try:
+                self.journal = Journal(store.path.parent / "journal")
+            except OSError as exc:  # accepted events then go straight to the store, from memory
+                self.store_trouble("journal", exc, "afs: the journal cannot be written (%s); notifications are held "
+                                   "in memory until the store takes them", exc)
         self._workers: dict[str, _Worker] = {}
         self._trackers: weakref.WeakValueDictionary[str, Tracker] = weakref.WeakValueDictionary()
         self._lock = threading.Lock()
@@ -248,6 +314,34 @@ class DeliveryEngine:
         self._ingester = threading.Thread(target=self._ingest_loop, name="afs-ingest", daemon=True)
         self._ingester.start()
         atexit.register(_close_at_exit, weakref.ref(self))
+
+    # -- stores ------------------------------------------------------------------------
+
+    def stores(self) -> tuple[Store, ...]:
+        """Where deliveries are: the store, and the one in memory once it was needed."""
+        return self._stores
+
+    def _memory_store(self) -> Store:
+        with self._lock:
+            if self._memory is None:
+                self._memory = Store(None, clock=self.clock)
+                self._stores = (*self._stores, self._memory)
+            return self._memory
+
+    @property
+    def not_durable(self) -> str | None:
+        """Why accepted events are not (all) safe from a crash now, or None when they are."""
+        if not self.store.durable:
+            return self.store.location.reason or "the store is in memory"
+        if self._unwritten_since is not None:
+            since = dt.datetime.fromtimestamp(self._unwritten_since).strftime("%H:%M:%S")
+            return f"the store could not be written since {since}; events are delivered from memory"
+        return None
+
+    def store_trouble(self, doing: str | tuple[str, str], exc: BaseException, message: str, *args: object) -> None:
+        """Log a failure to read or write the journal or store, once with a count: a
+        full or read-only disk, whatever it breaks, is one line."""
+        self.log.log(logging.WARNING, "unwritable" if _cannot_write(exc) else (doing, type(exc)), message, *args)
 
     # -- channels ----------------------------------------------------------------------
 
@@ -272,14 +366,24 @@ class DeliveryEngine:
     # -- submitting --------------------------------------------------------------------
 
     def submit(self, event: NotificationEvent, channels: Sequence[str]) -> Tracker:
-        """Accept ``event`` for ``channels``: once this returns it survives a crash."""
+        """Accept ``event`` for ``channels``: once this returns it survives a crash
+        (unless the journal cannot be written: then it is delivered from memory)."""
         self._ensure_running()
         tracker = Tracker(event.event_id, channels)
         if channels:
             self._trackers[event.event_id] = tracker
+            record = {"event": event.to_dict(), "channels": list(channels), "at": self.clock.time()}
             # No wake-up here: the ingest thread looks every INGEST_SECONDS, so a burst of
             # notify() calls is not interrupted by a thread switch per call.
-            self.journal.append({"event": event.to_dict(), "channels": list(channels), "at": time.time()})
+            if self.journal is None:
+                self._unjournaled.append(record)
+            else:
+                try:
+                    self.journal.append(record)
+                except OSError as exc:
+                    self._unjournaled.append(record)
+                    self.store_trouble("journal", exc, "afs: the journal cannot be written (%s); notifications are "
+                                       "held in memory until the store takes them", exc)
         return tracker
 
     def submit_or_join(self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str,
@@ -310,70 +414,116 @@ class DeliveryEngine:
     # -- ingesting ---------------------------------------------------------------------
 
     def _ingest_loop(self) -> None:
-        last_scan = 0.0
-        last_prune = 0.0
+        try:  # a damaged store is found and replaced before anything is claimed from it
+            self.store.check()
+        except Exception as exc:
+            logger.warning("afs: the store could not be checked: %s", exc)
+        last_scan = last_prune = float("-inf")
         while not self._stopping.is_set():
-            if time.monotonic() - last_prune >= PRUNE_SECONDS or last_prune == 0.0:
-                last_prune = time.monotonic()
+            now = time.monotonic()
+            if now - last_prune >= PRUNE_SECONDS:
+                last_prune = now
                 try:  # bounded history: by age and by count, finished deliveries only
                     self.store.prune(max_age=self.retention[0], max_events=self.retention[1])
-                except Exception:
-                    logger.exception("afs: old history could not be pruned")
+                except Exception as exc:
+                    self.log.log(logging.WARNING, "prune", "afs: old history could not be pruned: %s", exc)
+            try:
+                scan = now - last_scan >= ORPHAN_SCAN_SECONDS
+                self.ingest(orphans=scan)
+                if scan:
+                    last_scan = now
+            except Exception as exc:
+                self.log.log(logging.ERROR, ("ingest", type(exc)),
+                             "afs: accepted events could not be moved into the store (%s); retrying", exc)
+                self._stopping.wait(1.0)
             self._ingest_wake.wait(INGEST_SECONDS)
             self._ingest_wake.clear()
-            try:
-                now = time.monotonic()
-                self.ingest(orphans=now - last_scan >= ORPHAN_SCAN_SECONDS)
-                if now - last_scan >= ORPHAN_SCAN_SECONDS:
-                    last_scan = now
-            except Exception:
-                logger.exception("afs: journal could not be moved into the store; retrying")
-                self._stopping.wait(1.0)
 
     def ingest(self, orphans: bool = False) -> None:
-        """Move journal lines (this process's, and dead processes' when asked) into the store."""
+        """Move accepted events into the store: this process's journal, what is held in
+        memory, and (when asked) the journals stopped processes left."""
         with self._ingest_lock:
-            records = self.journal.read_new()
-            if records:
-                self._wake(self.store.ingest(records))
-            if orphans:
-                for path in self.journal.orphans():
-                    leftover = read_whole(path)
-                    if leftover:
-                        self._wake(self.store.ingest(leftover))
-                        logger.info("afs: picked up %d events a stopped process left in %s", len(leftover), path.name)
-                    path.unlink(missing_ok=True)
+            records = self.journal.read_new() if self.journal is not None else []
+            held = [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
+            if records or held:  # in the order they were accepted
+                self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records)
+            if orphans and self.journal is not None:
+                count, touched = take_stopped_journals(self.store)
+                if count:
+                    self._wake(touched)
+                    self.progress.set()
+
+    def _store(self, records: list[dict[str, Any]]) -> None:
+        try:
+            touched = self.store.ingest(records)
+        except STORE_ERRORS as exc:
+            touched = self._memory_store().ingest(records)
+            if self._unwritten_since is None:
+                self._unwritten_since = self.clock.time()
+            self.store_trouble("ingest", exc, "afs: the store cannot be written (%s); notifications are delivered "
+                               "from memory and are not safe from a crash until it can", exc)
+        else:
+            if self._unwritten_since is not None and self.store.durable:
+                self._unwritten_since = None
+                logger.warning("afs: the store can be written again; new events are safe from a crash once more")
+        self._wake(touched)
+        self.progress.set()
 
     # -- flushing and closing ------------------------------------------------------------
 
-    def flush(self, timeout: float | None = None) -> bool:
-        """Wait until every due delivery of this process's channels was attempted.
+    def pending(self, due_by: float | None = None) -> PendingSummary:
+        """Pending deliveries of this engine's channels in every store it uses."""
+        with self._lock:
+            names = list(self._workers)
+        total = due = 0
+        next_after: float | None = None
+        for store in self.stores():
+            summary = store.pending(names, due_by)
+            total, due = total + summary.total, due + summary.due
+            if summary.next_after is not None and (next_after is None or summary.next_after < next_after):
+                next_after = summary.next_after
+        return PendingSummary(total, due, next_after)
 
-        Returns False if ``timeout`` passed first; deliveries scheduled for later
-        (a retry, a long Retry-After) stay pending in the store either way.
+    def flush(self, timeout: float | None = None) -> bool:
+        """Deliver everything pending for this process's channels that falls due within
+        ``timeout`` seconds: backoff retries, Retry-After waits, pacing and rank holds
+        included, and what stopped processes left. True when nothing is left pending;
+        False otherwise, with a log line saying how many are left and when they are due.
         """
         self._ensure_running()
         if self._forked:
             return False  # left to the parent, once this process has exited
-        deadline = None if timeout is None else time.monotonic() + timeout
-        self.ingest()
-        with self._lock:
-            workers = list(self._workers.values())
-        for worker in workers:
-            worker.idle.clear()
-            worker.wake.set()
-        for worker in workers:
-            while True:
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    return False
-                if worker.idle.wait(0.1 if remaining is None else min(remaining, 0.1)):
-                    due = self.store.next_due(worker.channel_name)
-                    if due is None or due > time.time() or not worker.is_alive():
-                        break
-                    worker.idle.clear()
-                    worker.wake.set()
-        return True
+        clock = self.clock
+        deadline = None if timeout is None else clock.monotonic() + timeout
+        due_by = None if timeout is None else clock.time() + timeout
+        self.ingest(orphans=True)
+        while True:
+            self.progress.clear()
+            try:
+                left = self.pending(due_by)
+            except STORE_ERRORS as exc:
+                logger.warning("afs: flush could not read the store: %s", exc)
+                return False
+            if left.total == 0:
+                return True
+            remaining = None if deadline is None else deadline - clock.monotonic()
+            if left.due == 0 or (remaining is not None and remaining <= 0):
+                self._say_left(left, timed_out=left.due > 0)
+                return False
+            with self._lock:
+                self._wake(list(self._workers))
+            clock.wait(self.progress, FLUSH_POLL_SECONDS if remaining is None else min(remaining, FLUSH_POLL_SECONDS))
+            self.ingest()
+
+    def _say_left(self, left: PendingSummary, *, timed_out: bool) -> None:
+        if timed_out:
+            self.log.log(logging.WARNING, "flush-timed-out", "afs: %d deliveries are still pending after the flush's "
+                         "time ran out; they stay in the outbox for the next run on this store", left.total)
+            return
+        due = dt.datetime.fromtimestamp(left.next_after or self.clock.time())
+        wait = format_duration(max((left.next_after or 0.0) - self.clock.time(), 0.0))
+        logger.warning("afs: %d deliveries stay pending: the next falls due at %s (in %s), after the flush's deadline; "
+                       "the next run on this store delivers them", left.total, due.strftime("%Y-%m-%d %H:%M:%S"), wait)
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush up to ``timeout`` seconds, then stop; what is left stays pending for next time."""
@@ -382,7 +532,8 @@ class DeliveryEngine:
         self._ensure_running()
         if self._forked:
             self._closed = True
-            self.journal.close()  # kept on disk: nothing of it was moved into the store here
+            if self.journal is not None:
+                self.journal.close()  # kept on disk: nothing of it was moved into the store here
             return False
         budget = self.flush_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
@@ -400,9 +551,25 @@ class DeliveryEngine:
             worker.wake.set()
         for thread in [*workers, self._ingester]:
             thread.join(timeout=max(deadline - time.monotonic(), 0.05))
-        self.ingest()  # anything appended while stopping
-        self.journal.close()
+        try:
+            self.ingest()  # anything appended while stopping
+        except Exception as exc:
+            logger.warning("afs: events accepted while stopping could not be stored: %s", exc)
+        self._say_lost()
+        self.log.summarize()
+        if self.journal is not None:
+            self.journal.close()
         return flushed
+
+    def _say_lost(self) -> None:
+        """Undelivered events that lived only in memory end with this process: say so."""
+        lost = 0
+        for store in self.stores():
+            if not store.durable:
+                lost += sum(c.get(PENDING, 0) for c in store.counts().values())
+        if lost:
+            logger.error("afs: %d notifications were accepted while nothing could be written to disk and could not "
+                         "be delivered before the process ended; they are lost", lost)
 
     def _send_digests(self) -> int:
         """Repeats held back with no later event to tell of them: one summary each."""
@@ -433,6 +600,43 @@ class DeliveryEngine:
             self._forked = True
 
 
+_FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL = 8, 10, 13
+
+
+def _cannot_write(exc: BaseException) -> bool:
+    """Whether ``exc`` says the disk takes nothing more (full, over quota, read-only)."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_OR_READ_ONLY
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL)
+    text = str(exc)
+    return "disk is full" in text or "disk I/O error" in text or "readonly database" in text
+
+
+def take_stopped_journals(store: Store) -> tuple[int, set[str]]:
+    """Move into ``store`` what processes that stopped (exited, crashed, were killed)
+    left in their journals beside it, and remove those journals.
+
+    Returns how many events were taken and the channels they are for. A journal the
+    store cannot take now (a full disk) stays for the next try.
+    """
+    if store.path is None:
+        return 0, set()
+    taken, touched = 0, set()
+    for path, records in take_orphans(store.path.parent / "journal"):
+        if records:
+            try:
+                touched |= store.ingest(records)
+            except STORE_ERRORS:
+                break
+            taken += len(records)
+            logger.info("afs: picked up %d events a stopped process left in %s", len(records), path.name)
+        path.unlink(missing_ok=True)
+    return taken, touched
+
+
 _ENGINES: weakref.WeakSet[DeliveryEngine] = weakref.WeakSet()
 
 
@@ -451,8 +655,7 @@ def _close_at_exit(ref: weakref.ref[DeliveryEngine]) -> None:
     engine = ref()
     if engine is not None and not engine._closed:
         try:
-            if not engine.close():
-                logger.warning("afs: some notifications are still pending at exit; the next run delivers them")
+            engine.close()  # says itself what stays pending, and until when
         except Exception:
             logger.exception("afs: could not flush notifications at exit")
 

@@ -12,7 +12,6 @@ import logging
 import os
 import sqlite3
 import threading
-import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -273,15 +272,32 @@ class NotificationManager:
             return self._engine
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Wait until what is due was delivered (or failed for good); False on timeout."""
-        return True if self._engine is None else self._engine.flush(timeout)
+        """Deliver what is pending for this manager's channels and falls due within
+        ``timeout`` seconds (retries, Retry-After waits, rank holds included).
+
+        True when nothing is left pending; False when something is (the log says how
+        many and when they fall due). Never raises.
+        """
+        if self._engine is None:
+            return True
+        try:
+            return self._engine.flush(timeout)
+        except Exception as exc:
+            logger.error("afs: flush failed: %s", exc)
+            return False
 
     def close(self, timeout: float | None = None) -> bool:
         """Flush for up to ``timeout`` (default ``AFS_FLUSH_TIMEOUT``) seconds and stop the
         background threads; undelivered events stay pending for the next process."""
         with self._lock:
             engine, self._engine = self._engine, None
-        return True if engine is None else engine.close(timeout)
+        if engine is None:
+            return True
+        try:
+            return engine.close(timeout)
+        except Exception as exc:
+            logger.error("afs: close failed: %s", exc)
+            return False
 
     def __enter__(self) -> NotificationManager:
         return self
@@ -289,9 +305,21 @@ class NotificationManager:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    @property
+    def not_durable(self) -> str | None:
+        """Why accepted events are not safe from a crash right now, or None when they are."""
+        if self._engine is not None:
+            return self._engine.not_durable
+        if self._store is not None and not self._store.durable:
+            return self._store.location.reason or "the store is in memory"
+        return None
+
     def get_status(self) -> dict[str, Any]:
-        """Registered channels with their redacted descriptions."""
+        """Registered channels with their redacted descriptions, and where the outbox is."""
+        store = self._store
         return {
+            "store": None if store is None or store.path is None else str(store.path),
+            "not_durable": self.not_durable,
             "registered_handlers": list(self._handlers),
             "channel_status": {
                 name: {
@@ -324,10 +352,11 @@ class NotificationManager:
         engine = self._get_engine()
         key = failure_key(event)
         if key is not None:
+            now = engine.clock.time()
             try:
                 # Wait a moment before sending, so the other ranks' reports can join this one.
                 merged = engine.submit_or_join(event, list(handlers), dedup_key=key,
-                                               since=time.time() - RANK_WINDOW, not_before=time.time() + RANK_COLLECT)
+                                               since=now - RANK_WINDOW, not_before=now + RANK_COLLECT)
             except sqlite3.Error as exc:  # the store is busy: send it alone rather than wait
                 logger.info("afs: store busy (%s); this rank's failure is sent without merging", exc)
             else:

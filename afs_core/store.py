@@ -1,32 +1,39 @@
 """The local SQLite store: the outbox that makes "nothing is lost" true, and the history.
 
-Every accepted event is written here before ``notify()`` returns, with one delivery
-row per channel. Workers claim due deliveries with a lease, so processes sharing
-the store (the ranks of a job, concurrent runs) never send the same delivery
-twice while both live; a lease whose owner died is taken over. Deliveries end
-delivered, filtered or dead (with the reason); history is pruned by age and count.
+Every accepted event is written here (from the journal) with one delivery row per
+channel. Workers claim due deliveries with a lease, so processes sharing the store
+(the ranks of a job, concurrent runs) never send the same delivery twice while both
+live; a lease whose owner died is taken over. Deliveries end delivered, filtered or
+dead (with the reason); history is pruned by age and count.
+
+A store that SQLite finds damaged is moved aside and replaced by a fresh one holding
+what could be salvaged; a store with no path lives in memory (nothing durable).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
+import logging
 import os
 import sqlite3
-import sys
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 
+from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.events import NotificationEvent
+from afs_core.location import DB_NAME, StoreLocation
+
+logger = logging.getLogger("afs.store")
 
 PENDING, DELIVERED, FILTERED, DEAD = "pending", "delivered", "filtered", "dead"
 FINAL = (DELIVERED, FILTERED, DEAD)
-DB_NAME = "afs.db"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -70,27 +77,65 @@ CREATE TABLE IF NOT EXISTS run_state (
 """
 
 
-def default_home(env: dict[str, str] | os._Environ[str] | None = None) -> Path:
-    """``AFS_HOME``, else the per-user data directory of this platform."""
-    env = os.environ if env is None else env
-    if env.get("AFS_HOME"):
-        return Path(env["AFS_HOME"]).expanduser()
-    if sys.platform == "darwin":
-        return Path.home() / "Library" / "Application Support" / "afs"
-    if sys.platform.startswith("win"):
-        return Path(env.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local") / "afs"
-    return Path(env.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "afs"
+def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> Store:
+    """The store where settings and this machine allow one (see :mod:`afs_core.location`).
 
-
-def open_store(env: dict[str, str] | None = None) -> Store:
-    """The default store, or a ConfigurationError saying why AFS_HOME cannot hold it."""
+    ``AFS_HOME`` that cannot hold a store is a ConfigurationError: the user asked for
+    it. Otherwise the first usable default place is taken, and with none at all the
+    store lives in memory, with ``location.reason`` saying why it is not durable.
+    """
     from afs_core.errors import ConfigurationError
+    from afs_core.location import data_directories, network_filesystem, private_temp_directory, store_file
+    from afs_core.source import host_name
 
-    home = default_home(env)
-    try:
-        return Store(home / DB_NAME)
-    except (OSError, sqlite3.Error) as exc:
-        raise ConfigurationError(f"AFS_HOME {str(home)!r} cannot hold the outbox: {exc}") from None
+    env = os.environ if env is None else env
+    explicit = env.get("AFS_HOME", "").strip()
+    candidates: list[Callable[[], Path]] = []
+    if explicit:
+        candidates.append(lambda: Path(explicit).expanduser())
+    else:
+        candidates.extend((lambda d=d: d) for d in data_directories(env))
+        candidates.append(private_temp_directory)
+    problems = []
+    for candidate in candidates:
+        directory: Path | str = "the temporary directory"
+        try:
+            directory = candidate()
+            directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+            network_fs = network_filesystem(directory)
+            path = store_file(directory, host_name(), network_fs)
+            store = Store(path, clock=clock, shared_filesystem=network_fs is not None)
+        except (OSError, sqlite3.Error) as exc:
+            if explicit:
+                raise ConfigurationError(f"AFS_HOME {explicit!r} cannot hold the outbox: {exc}") from None
+            problems.append(f"{directory}: {exc}")
+            continue
+        store.location = StoreLocation(path, explicit=bool(explicit), network_fs=network_fs)
+        _tell(store.location, problems)
+        return store
+    reason = "no place could hold the store (" + "; ".join(problems) + ")"
+    store = Store(None, clock=clock)
+    store.location = StoreLocation(None, reason=reason)
+    _tell(store.location, problems)
+    return store
+
+
+_told: set[StoreLocation] = set()
+
+
+def _tell(location: StoreLocation, problems: list[str]) -> None:
+    """Say once per process where the store is, and why there."""
+    if location in _told:
+        return
+    _told.add(location)
+    if location.path is None:
+        logger.warning("afs: not durable: %s; notifications are delivered from memory and a crash loses the "
+                       "undelivered ones", location.reason)
+        return
+    why = f" ({'; '.join(problems)} could not hold it)" if problems else ""
+    shared = (f"; {location.directory} is on {location.network_fs}, which other hosts share, so this host keeps its "
+              "own file without WAL") if location.network_fs else ""
+    logger.info("afs: the outbox and history are in %s%s%s", location.path, why, shared)
 
 
 @attrs.frozen
@@ -106,6 +151,8 @@ class Claimed:
 
 @attrs.frozen
 class DeliveryRow:
+    """What one channel did with one event."""
+
     channel: str
     status: str
     attempts: int
@@ -115,6 +162,8 @@ class DeliveryRow:
 
 @attrs.frozen
 class HistoryEntry:
+    """One stored event, its deliveries, and the event itself as plain data."""
+
     event_id: str
     created: float
     run_id: str | None
@@ -122,20 +171,49 @@ class HistoryEntry:
     level: str
     title: str
     deliveries: tuple[DeliveryRow, ...]
+    model_name: str | None = None
+    event: Mapping[str, Any] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class OutboxEntry:
+    """A delivery that has not been delivered: pending, or dead with its reason."""
+
+    delivery_id: int
+    channel: str
+    status: str
+    title: str
+    attempts: int
+    last_error: str | None
+    next_attempt: float
+    run_id: str | None
+
+
+@attrs.frozen
+class PendingSummary:
+    """Pending deliveries of some channels: how many, how many are due by a time,
+    and when the first of the others is due."""
+
+    total: int
+    due: int
+    next_after: float | None
 
 
 def owner_id() -> str:
     """Who holds a lease: host and pid, so a dead owner on this host is recognised."""
-    return f"{os.uname().nodename if hasattr(os, 'uname') else 'host'}:{os.getpid()}:{threading.get_ident()}"
+    from afs_core.source import host_name
+
+    return f"{host_name()}:{os.getpid()}:{threading.get_ident()}"
 
 
 def _owner_is_dead(owner: str | None) -> bool:
+    from afs_core.source import host_name
+
     if not owner:
         return True
     host, _, rest = owner.partition(":")
     pid_text = rest.partition(":")[0]
-    here = os.uname().nodename if hasattr(os, "uname") else "host"
-    if host != here or not pid_text.isdigit():
+    if host != host_name() or not pid_text.isdigit():
         return False  # another machine's process: wait for its lease to expire
     pid = int(pid_text)
     if pid == os.getpid():
@@ -149,44 +227,168 @@ def _owner_is_dead(owner: str | None) -> bool:
     return False
 
 
-class Store:
-    """The SQLite outbox and history at ``path`` (created 0600 in a 0700 directory)."""
+_SQLITE_CORRUPT, _SQLITE_NOTADB = 11, 26
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
-        self.path = Path(path)
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether an SQLite error means the file is damaged (not busy, not full)."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return code & 0xFF in (_SQLITE_CORRUPT, _SQLITE_NOTADB)
+    text = str(exc)
+    return "malformed" in text or "not a database" in text
+
+
+_R = TypeVar("_R")
+
+
+def _survives_damage(method: Callable[..., _R]) -> Callable[..., _R]:
+    """Run a store method again on a fresh store when the file turned out damaged."""
+
+    @functools.wraps(method)
+    def guarded(self: Store, *args: Any, **kwargs: Any) -> _R:
+        generation = self._generation
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.DatabaseError as exc:
+            if not self.durable or not is_damage(exc):
+                raise
+            self._recover(exc, generation)
+        return method(self, *args, **kwargs)
+
+    return guarded
+
+
+class Store:
+    """The outbox and history at ``path`` (created 0600 in a 0700 directory), or in
+    memory when ``path`` is None.
+
+    :param clock: the time for due dates, leases and stored timestamps.
+    :param shared_filesystem: the file is on a filesystem other hosts see: use
+        SQLite's rollback journal, not WAL's memory shared on one host.
+    """
+
+    def __init__(
+        self, path: str | os.PathLike[str] | None, *, clock: Clock = SYSTEM_CLOCK, shared_filesystem: bool = False
+    ) -> None:
+        self.path = None if path is None else Path(path)
+        self.clock = clock
+        self.shared_filesystem = shared_filesystem
+        #: Where the store is and, for one in memory, why (``afs status`` shows it).
+        self.location = StoreLocation(self.path, reason="" if self.path else "the store was opened in memory")
         self._local = threading.local()
+        self._generation = 0  # moves on when a damaged file is replaced
+        self._recover_lock = threading.Lock()
+        self._memory: sqlite3.Connection | None = None
+        self._memory_lock = threading.RLock()
         self._create()
 
-    @classmethod
-    def default(cls, env: dict[str, str] | None = None) -> Store:
-        return cls(default_home(env) / DB_NAME)
+    @property
+    def durable(self) -> bool:
+        """Whether what is stored survives this process."""
+        return self.path is not None
 
     # -- connections ---------------------------------------------------------------
 
     def _create(self) -> None:
+        if self.path is None:
+            # One connection for every thread, one thread at a time: an in-memory
+            # database exists once per connection.
+            self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+            self._memory.execute("PRAGMA foreign_keys=ON")
+            self._memory.executescript(_SCHEMA)
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        # Created with 0600 before SQLite opens it; SQLite gives its -wal and -shm
-        # files the database file's permissions.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        os.close(fd)
-        self._db().executescript(_SCHEMA)
+        generation = self._generation
+        try:
+            self._db().executescript(_SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self._recover(exc, generation)
 
-    def _db(self) -> sqlite3.Connection:
-        db = getattr(self._local, "db", None)
-        if db is None or self._local.pid != os.getpid():  # one connection per thread, never across fork
-            db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=NORMAL")
+    def _connect(self) -> sqlite3.Connection:
+        assert self.path is not None
+        # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
+        # database file's permissions.
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            self._local.inode = os.fstat(fd).st_ino
+        finally:
+            os.close(fd)
+        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        try:
+            if self.shared_filesystem:
+                db.execute("PRAGMA journal_mode=DELETE")
+                db.execute("PRAGMA synchronous=FULL")
+            else:
+                db.execute("PRAGMA journal_mode=WAL")
+                db.execute("PRAGMA synchronous=NORMAL")
             db.execute("PRAGMA foreign_keys=ON")
-            self._local.db, self._local.pid = db, os.getpid()
+        except BaseException:
+            db.close()
+            raise
         return db
 
-    def _transaction(self) -> _Transaction:
-        return _Transaction(self._db())
+    def _db(self) -> sqlite3.Connection:
+        if self._memory is not None:
+            return self._memory
+        local = self._local
+        db = getattr(local, "db", None)
+        # One connection per thread, never across fork, and a new one when the file
+        # was replaced (by this process or another that found it damaged).
+        if db is None or local.pid != os.getpid() or local.generation != self._generation or self._replaced():
+            if db is not None and local.pid == os.getpid():
+                with contextlib.suppress(sqlite3.Error):
+                    db.close()
+            local.db = None
+            db = self._connect()
+            local.db, local.pid, local.generation = db, os.getpid(), self._generation
+        return db
+
+    def _replaced(self) -> bool:
+        assert self.path is not None
+        try:
+            return os.stat(self.path).st_ino != self._local.inode
+        except OSError:
+            return True
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        if self._memory is None:
+            yield self._db()
+            return
+        with self._memory_lock:
+            yield self._memory
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """BEGIN IMMEDIATE ... COMMIT, or ROLLBACK on any error.
+
+        Every transaction here writes; taking the write lock up front lets SQLite's
+        busy timeout wait for another writer, where a read-then-write transaction
+        would fail at once with a stale snapshot.
+        """
+        with self._read() as db:
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                yield db
+                db.execute("COMMIT")
+            except BaseException:
+                # A failed COMMIT (a full disk) may leave the transaction open: end it,
+                # or every later BEGIN on this connection fails.
+                with contextlib.suppress(sqlite3.Error):
+                    db.execute("ROLLBACK")
+                raise
 
     @contextlib.contextmanager
     def _quick(self) -> Iterator[None]:
         """A short busy timeout, for calls made on training code's thread."""
+        if self._memory is not None:
+            yield
+            return
         db = self._db()
         db.execute("PRAGMA busy_timeout = 500")
         try:
@@ -200,8 +402,71 @@ class Store:
             db.close()
             self._local.db = None
 
+    # -- damage ----------------------------------------------------------------------
+
+    def check(self) -> bool:
+        """Run SQLite's quick integrity check; a damaged store is replaced. True when
+        the store was sound (or in memory)."""
+        if self.path is None:
+            return True
+        generation = self._generation
+        try:
+            with self._read() as db:
+                verdict = db.execute("PRAGMA quick_check(1)").fetchone()
+        except sqlite3.DatabaseError as exc:
+            if not is_damage(exc):
+                raise
+            self._recover(exc, generation)
+            return False
+        if verdict is None or verdict[0] != "ok":
+            self._recover(sqlite3.DatabaseError(f"integrity check: {verdict[0] if verdict else 'no answer'}"),
+                          generation)
+            return False
+        return True
+
+    def _recover(self, exc: BaseException, generation: int) -> None:
+        """Move the damaged file aside (never deleted), start a fresh store and copy
+        into it what can still be read."""
+        from afs_core.salvage import salvage
+
+        assert self.path is not None
+        with self._recover_lock:
+            if self._generation != generation:
+                return  # another thread of this process already replaced it
+            damaged_inode = getattr(self._local, "inode", None)
+            self.close()
+            with _directory_lock(self.path.parent):
+                aside = _set_aside(self.path, damaged_inode, self.clock.time())
+                self._generation += 1
+                db = self._db()
+                db.executescript(_SCHEMA)
+                if aside is None:
+                    return  # another process found it first and replaced it
+                events, pending = salvage(aside, db)
+        logger.warning(
+            "afs: the store %s was damaged (%s); it was kept as %s and a fresh store started with what could be "
+            "read back: %d events, %d deliveries still pending", self.path, exc, aside.name, events, pending,
+        )
+
     # -- writing -------------------------------------------------------------------
 
+    @staticmethod
+    def _put(db: sqlite3.Connection, event: Mapping[str, Any], channels: Iterable[str], *, created: float,
+             not_before: float, updated: float, dedup_key: str | None = None, ranks: str | None = None) -> None:
+        """Insert an event and a pending delivery per channel; what is there is kept."""
+        data = json.dumps(event, separators=(",", ":"), default=str)
+        db.execute(
+            "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (event["event_id"], created, event.get("run_id"), event["event_type"], event["level"], event["title"],
+             dedup_key, ranks, data),
+        )
+        db.executemany(
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, updated) VALUES (?, ?, ?, ?, ?)",
+            [(event["event_id"], channel, PENDING, not_before, updated) for channel in channels],
+        )
+
+    @_survives_damage
     def enqueue(
         self,
         event: NotificationEvent,
@@ -211,53 +476,30 @@ class Store:
         dedup_key: str | None = None,
     ) -> None:
         """Persist ``event`` and one pending delivery per channel, in one transaction."""
-        with self._transaction() as db:
-            self._insert(db, event, channels, not_before=not_before, dedup_key=dedup_key)
-
-    @staticmethod
-    def _insert(db: sqlite3.Connection, event: NotificationEvent, channels: Sequence[str], *,
-                not_before: float | None, dedup_key: str | None) -> None:
-        now = time.time()
-        data = json.dumps(event.to_dict(), separators=(",", ":"), default=str)
+        now = self.clock.time()
         ranks = str(event.source.rank) if dedup_key and event.source.rank is not None else None
-        db.execute(
-            "INSERT INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event.event_id, now, event.run_id, event.event_type.value, event.level.value, event.title,
-             dedup_key, ranks, data),
-        )
-        if channels:
-            rows = ", ".join("(?, ?, ?, ?, ?)" for _ in channels)
-            values = [v for channel in channels for v in (event.event_id, channel, PENDING, not_before or now, now)]
-            db.execute(f"INSERT INTO deliveries (event_id, channel, status, next_attempt, updated) VALUES {rows}", values)
+        with self._transaction() as db:
+            self._put(db, event.to_dict(), channels, created=now, not_before=not_before or now, updated=now,
+                      dedup_key=dedup_key, ranks=ranks)
 
-    def ingest(self, records: Sequence[dict[str, Any]]) -> set[str]:
+    @_survives_damage
+    def ingest(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
         """Move journal records into the store (idempotent); returns the channels touched."""
-        now = time.time()
+        now = self.clock.time()
         touched: set[str] = set()
         with self._transaction() as db:
             for record in records:
                 event = record.get("event") or {}
                 channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
+                at = record.get("at", now)
                 try:
-                    data = json.dumps(event, separators=(",", ":"), default=str)
-                    db.execute(
-                        "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, data)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (event["event_id"], record.get("at", now), event.get("run_id"), event["event_type"],
-                         event["level"], event["title"], data),
-                    )
-                except (KeyError, TypeError, sqlite3.Error):
+                    self._put(db, event, channels, created=at, not_before=record.get("not_before") or at, updated=now)
+                except (KeyError, TypeError, AttributeError, sqlite3.IntegrityError, sqlite3.InterfaceError):
                     continue  # a damaged line: nothing to deliver from it
-                not_before = record.get("not_before") or record.get("at", now)
-                db.executemany(
-                    "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, updated)"
-                    " VALUES (?, ?, ?, ?, ?)",
-                    [(event["event_id"], channel, PENDING, not_before, now) for channel in channels],
-                )
                 touched.update(channels)
         return touched
 
+    @_survives_damage
     def enqueue_or_join(
         self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str, since: float, not_before: float
     ) -> str | None:
@@ -265,11 +507,14 @@ class Store:
         (returning its id), or store this one (returning None). Ranks failing at the
         same moment cannot both store theirs. Waits at most half a second for the
         store (it runs on the caller's thread); raises sqlite3.Error beyond that."""
+        now = self.clock.time()
         with self._quick(), self._transaction() as db:
             joined = self._join(db, dedup_key, event.source.rank, since)
             if joined is not None:
                 return joined
-            self._insert(db, event, channels, not_before=not_before, dedup_key=dedup_key)
+            ranks = str(event.source.rank) if event.source.rank is not None else None
+            self._put(db, event.to_dict(), channels, created=now, not_before=not_before, updated=now,
+                      dedup_key=dedup_key, ranks=ranks)
             return None
 
     @staticmethod
@@ -286,19 +531,24 @@ class Store:
         db.execute("UPDATE events SET ranks = ? WHERE event_id = ?", (",".join(ranks), row[0]))
         return str(row[0])
 
-    def claim(self, channel: str, owner: str, *, limit: int = 10, lease: float = 60.0) -> list[Claimed]:
-        """Take the lease on up to ``limit`` due deliveries for ``channel``."""
-        now = time.time()
+    @_survives_damage
+    def claim(self, channel: str, owner: str, *, limit: int = 10, lease: float = 60.0,
+              skip: Iterable[int] = ()) -> list[Claimed]:
+        """Take the lease on up to ``limit`` due deliveries for ``channel`` (not those in ``skip``)."""
+        now = self.clock.time()
+        skipped = set(skip)
         with self._transaction() as db:
             rows = db.execute(
                 "SELECT d.id, d.attempts, d.lease_owner, d.lease_until, e.created, e.data, e.ranks"
                 " FROM deliveries d JOIN events e ON e.event_id = d.event_id"
                 " WHERE d.channel = ? AND d.status = ? AND d.next_attempt <= ?"
                 " ORDER BY d.next_attempt, d.id LIMIT ?",
-                (channel, PENDING, now, limit * 4),
+                (channel, PENDING, now, limit * 4 + len(skipped)),
             ).fetchall()
             claimed: list[Claimed] = []
             for delivery_id, attempts, lease_owner, lease_until, created, data, ranks in rows:
+                if delivery_id in skipped:
+                    continue
                 held = lease_until is not None and lease_until > now and lease_owner != owner
                 if held and not _owner_is_dead(lease_owner):
                     continue
@@ -322,23 +572,12 @@ class Store:
                     break
             return claimed
 
-    def finish(
-        self,
-        delivery_id: int,
-        owner: str,
-        status: str,
-        *,
-        error: str | None = None,
-        next_attempt: float | None = None,
-    ) -> bool:
-        """Record an attempt's outcome; ``status`` PENDING with ``next_attempt`` schedules a
-        retry. Returns False when the lease was lost meanwhile (nothing is changed)."""
-        return self.finish_many([(delivery_id, status, error, next_attempt)], owner)[0]
-
+    @_survives_damage
     def finish_many(self, outcomes: Sequence[tuple[int, str, str | None, float | None]], owner: str) -> list[bool]:
-        """:meth:`finish` for several deliveries in one transaction:
-        (delivery id, status, error, next attempt) each; True where the lease held."""
-        now = time.time()
+        """Record attempts' outcomes in one transaction: (delivery id, status, error,
+        next attempt) each; PENDING with a next attempt schedules a retry. True where
+        the lease held (where it was lost, nothing is changed)."""
+        now = self.clock.time()
         done = []
         with self._transaction() as db:
             for delivery_id, status, error, next_attempt in outcomes:
@@ -356,9 +595,10 @@ class Store:
                 done.append(held)
         return done
 
+    @_survives_damage
     def extend(self, delivery_id: int, owner: str, lease: float) -> bool:
         """Renew this owner's lease; False when it was lost (someone else may send it)."""
-        now = time.time()
+        now = self.clock.time()
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ?",
@@ -366,9 +606,10 @@ class Store:
             )
             return cursor.rowcount == 1
 
+    @_survives_damage
     def make_due(self, channels: Sequence[str]) -> int:
         """Pending deliveries of these channels become due now (``afs outbox flush``)."""
-        now = time.time()
+        now = self.clock.time()
         marks = ",".join("?" for _ in channels)
         with self._transaction() as db:
             return db.execute(
@@ -376,6 +617,7 @@ class Store:
                 (now, PENDING, now, *channels),
             ).rowcount
 
+    @_survives_damage
     def release(self, delivery_id: int, owner: str) -> None:
         """Give a lease back without an attempt (the worker is stopping)."""
         with self._transaction() as db:
@@ -384,9 +626,10 @@ class Store:
                 (delivery_id, owner),
             )
 
+    @_survives_damage
     def requeue(self, delivery_id: int) -> bool:
         """Make a dead delivery pending again (``afs outbox retry``)."""
-        now = time.time()
+        now = self.clock.time()
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE deliveries SET status = ?, next_attempt = ?, attempts = 0, updated = ? WHERE id = ? AND status = ?",
@@ -394,10 +637,11 @@ class Store:
             )
             return cursor.rowcount == 1
 
+    @_survives_damage
     def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000) -> int:
         """Forget old history: events older than ``max_age`` seconds, and beyond the newest
         ``max_events``, whose deliveries are all finished. Returns how many went."""
-        cutoff = time.time() - max_age
+        cutoff = self.clock.time() - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
         with self._transaction() as db:
             removed = db.execute(f"DELETE FROM events WHERE created < ? AND {finished}", (cutoff,)).rowcount
@@ -408,6 +652,7 @@ class Store:
             ).rowcount
         return removed
 
+    @_survives_damage
     def set_state(self, key: str, value: str) -> None:
         """Remember a small value across processes (a monitor's state, keyed by run).
         Called from training code: waits at most half a second for the store."""
@@ -415,40 +660,71 @@ class Store:
             db.execute(
                 "INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
                 " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (key, value, time.time()),
+                (key, value, self.clock.time()),
             )
 
+    @_survives_damage
     def get_state(self, key: str) -> str | None:
-        row = self._db().execute("SELECT value FROM run_state WHERE key = ?", (key,)).fetchone()
+        with self._read() as db:
+            row = db.execute("SELECT value FROM run_state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
     # -- reading -------------------------------------------------------------------
 
+    @_survives_damage
     def next_due(self, channel: str) -> float | None:
-        row = self._db().execute(
-            "SELECT MIN(next_attempt) FROM deliveries WHERE channel = ? AND status = ?", (channel, PENDING)
-        ).fetchone()
+        with self._read() as db:
+            row = db.execute(
+                "SELECT MIN(next_attempt) FROM deliveries WHERE channel = ? AND status = ?", (channel, PENDING)
+            ).fetchone()
         return row[0] if row and row[0] is not None else None
 
-    def statuses(self, event_id: str) -> dict[str, DeliveryRow]:
-        rows = self._db().execute(
-            "SELECT channel, status, attempts, last_error, next_attempt FROM deliveries WHERE event_id = ?",
-            (event_id,),
-        ).fetchall()
-        return {row[0]: DeliveryRow(*row) for row in rows}
+    @_survives_damage
+    def pending(self, channels: Sequence[str], due_by: float | None = None) -> PendingSummary:
+        """Pending deliveries of ``channels``: how many, how many fall due by ``due_by``
+        (all when None), and the earliest due time of the others."""
+        if not channels:
+            return PendingSummary(0, 0, None)
+        marks = ",".join("?" for _ in channels)
+        by = float("inf") if due_by is None else due_by
+        with self._read() as db:
+            total, due, after = db.execute(
+                "SELECT COUNT(*), COALESCE(SUM(next_attempt <= ?), 0), MIN(CASE WHEN next_attempt > ? THEN next_attempt END)"
+                f" FROM deliveries WHERE status = ? AND channel IN ({marks})",
+                (by, by, PENDING, *channels),
+            ).fetchone()
+        return PendingSummary(int(total), int(due), after)
 
+    @_survives_damage
+    def statuses(self, delivery_ids: Sequence[int]) -> dict[str, int]:
+        """How many of these deliveries are in each status now."""
+        found: dict[str, int] = {}
+        with self._read() as db:
+            for start in range(0, len(delivery_ids), 500):
+                chunk = delivery_ids[start : start + 500]
+                marks = ",".join("?" for _ in chunk)
+                for status, number in db.execute(
+                    f"SELECT status, COUNT(*) FROM deliveries WHERE id IN ({marks}) GROUP BY status", chunk
+                ).fetchall():
+                    found[status] = found.get(status, 0) + number
+        return found
+
+    @_survives_damage
     def counts(self) -> dict[str, dict[str, int]]:
         """Per channel: how many deliveries are pending and dead."""
         counts: dict[str, dict[str, int]] = {}
-        for channel, status, number in self._db().execute(
-            "SELECT channel, status, COUNT(*) FROM deliveries WHERE status IN (?, ?) GROUP BY channel, status",
-            (PENDING, DEAD),
-        ):
-            counts.setdefault(channel, {PENDING: 0, DEAD: 0})[status] = number
+        with self._read() as db:
+            for channel, status, number in db.execute(
+                "SELECT channel, status, COUNT(*) FROM deliveries WHERE status IN (?, ?) GROUP BY channel, status",
+                (PENDING, DEAD),
+            ).fetchall():
+                counts.setdefault(channel, {PENDING: 0, DEAD: 0})[status] = number
         return counts
 
+    @_survives_damage
     def history(self, *, run_id: str | None = None, limit: int = 50) -> list[HistoryEntry]:
-        query = "SELECT event_id, created, run_id, event_type, level, title FROM events"
+        """The newest events first, each with its deliveries."""
+        query = "SELECT event_id, created, run_id, event_type, level, title, data FROM events"
         args: list[Any] = []
         if run_id is not None:
             query += " WHERE run_id = ?"
@@ -456,40 +732,70 @@ class Store:
         query += " ORDER BY rowid DESC LIMIT ?"
         args.append(limit)
         entries = []
-        db = self._db()
-        for event_id, created, run, event_type, level, title in db.execute(query, args).fetchall():
-            rows = db.execute(
-                "SELECT channel, status, attempts, last_error, next_attempt FROM deliveries WHERE event_id = ? ORDER BY channel",
-                (event_id,),
-            ).fetchall()
-            entries.append(HistoryEntry(event_id, created, run, event_type, level, title, tuple(DeliveryRow(*r) for r in rows)))
+        with self._read() as db:
+            for event_id, created, run, event_type, level, title, data in db.execute(query, args).fetchall():
+                rows = db.execute(
+                    "SELECT channel, status, attempts, last_error, next_attempt FROM deliveries WHERE event_id = ?"
+                    " ORDER BY channel",
+                    (event_id,),
+                ).fetchall()
+                try:
+                    event = json.loads(data)
+                except ValueError:
+                    event = {}
+                event = event if isinstance(event, dict) else {}
+                entries.append(HistoryEntry(event_id, created, run, event_type, level, title,
+                                            tuple(DeliveryRow(*r) for r in rows), event.get("model_name"), event))
         return entries
 
-    def outbox(self, statuses: Iterable[str] = (PENDING, DEAD), limit: int = 200) -> list[tuple[int, str, str, str, int, str | None]]:
-        """(delivery id, channel, status, title, attempts, last error) for pending and dead deliveries."""
+    @_survives_damage
+    def outbox(self, statuses: Iterable[str] = (PENDING, DEAD), limit: int = 200) -> list[OutboxEntry]:
+        """Pending and dead deliveries, oldest first."""
         wanted = tuple(statuses)
         marks = ",".join("?" for _ in wanted)
-        return self._db().execute(
-            f"SELECT d.id, d.channel, d.status, e.title, d.attempts, d.last_error FROM deliveries d"
-            f" JOIN events e ON e.event_id = d.event_id WHERE d.status IN ({marks}) ORDER BY d.id LIMIT ?",
-            (*wanted, limit),
-        ).fetchall()
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT d.id, d.channel, d.status, e.title, d.attempts, d.last_error, d.next_attempt, e.run_id"
+                f" FROM deliveries d JOIN events e ON e.event_id = d.event_id WHERE d.status IN ({marks})"
+                " ORDER BY d.id LIMIT ?",
+                (*wanted, limit),
+            ).fetchall()
+        return [OutboxEntry(*row) for row in rows]
 
 
-class _Transaction:
-    """``with store._transaction() as db``: BEGIN IMMEDIATE ... COMMIT or ROLLBACK.
+def _set_aside(path: Path, damaged_inode: int | None, now: float) -> Path | None:
+    """Rename the damaged store (and its -wal/-shm/-journal) to ``<name>.corrupt-<time>``;
+    None when the file there is no longer the damaged one."""
+    try:
+        current = os.stat(path).st_ino
+    except FileNotFoundError:
+        return None
+    if damaged_inode is not None and current != damaged_inode:
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
+    os.rename(path, aside)
+    for suffix in ("-wal", "-shm", "-journal"):
+        with contextlib.suppress(FileNotFoundError):
+            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    return aside
 
-    Every transaction here writes; taking the write lock up front lets SQLite's
-    busy timeout wait for another writer, where a read-then-write transaction
-    would fail at once with a stale snapshot.
-    """
 
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self.db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+@contextlib.contextmanager
+def _directory_lock(directory: Path) -> Iterator[None]:
+    """Processes on this host replacing a damaged store do it one at a time."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: a file in use cannot be renamed there anyway
+        yield
+        return
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)

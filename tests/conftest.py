@@ -4,7 +4,11 @@ directory (``afs_isolated_env``, from afs-core's own pytest plugin)."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import subprocess
+import sys
 import textwrap
+import time
 import uuid
 from pathlib import Path
 
@@ -56,3 +60,80 @@ def site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> PluginSite:
     monkeypatch.syspath_prepend(str(path))
     monkeypatch.setenv("PYTHONPATH", str(path))
     return PluginSite(path)
+
+
+HOOK_PLUGIN = """
+import json
+import urllib.error
+import urllib.request
+
+from afs_core import Channel, PermanentDeliveryError, TransientDeliveryError, hookimpl
+
+OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+class Hook(Channel):
+    required_settings = ("HOOK_URL",)
+
+    def __init__(self, url):
+        self.url = url
+
+    @classmethod
+    def from_env(cls, env):
+        return cls(env["HOOK_URL"]) if env.get("HOOK_URL") else None
+
+    def format(self, event):
+        return {"id": event.event_id, "type": event.event_type.value, "title": event.title,
+                "run_id": event.run_id, "ranks": event.context.get("ranks")}
+
+    def deliver(self, message):
+        request = urllib.request.Request(self.url, data=json.dumps(message).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with OPENER.open(request, timeout=5) as answer:
+                answer.read()
+        except urllib.error.HTTPError as exc:
+            after = exc.headers.get("Retry-After")
+            kind = TransientDeliveryError if exc.code == 429 or exc.code >= 500 else PermanentDeliveryError
+            raise kind(f"HTTP {exc.code}", retry_after=float(after) if after else None) from None
+        except OSError as exc:
+            raise TransientDeliveryError(f"could not connect: {exc}") from None
+
+
+@hookimpl
+def afs_register_channels(register):
+    register("hook", Hook)
+"""
+
+
+
+class Runs:
+    """Training scripts and ``afs`` commands run as separate processes, as a user runs
+    them, with the ``hook`` channel (a third-party distribution posting JSON to
+    ``HOOK_URL``) installed and the store in ``<tmp>/home``."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.home = tmp_path / "home"
+
+    def env(self, url: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AFS_")}
+        env.update(AFS_HOME=str(self.home), HOOK_URL=url, PYTHONUNBUFFERED="1")
+        env.update(extra)
+        return {k: v for k, v in env.items() if v is not None}
+
+    def python(self, code: str, env: dict[str, str], timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        script = self.tmp_path / f"script-{time.monotonic_ns()}.py"
+        script.write_text(textwrap.dedent(code))
+        return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.tmp_path)
+
+    def afs(self, env: dict[str, str], *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "afs_core", *args], env=env, capture_output=True, text=True,
+                              timeout=timeout, cwd=self.tmp_path)
+
+
+@pytest.fixture
+def runs(site: PluginSite, tmp_path: Path) -> Runs:
+    site.install("afs-hook", HOOK_PLUGIN, entry_point="hook")
+    return Runs(tmp_path)

@@ -276,3 +276,25 @@ def test_send_batch_survives_a_formatter_that_returns_odd_things(discord, webhoo
 
     afs_plugins.register(Odd(), name="odd")
     assert discord.send_batch([make_event(title="odd"), make_event(), make_event()]) == 3
+
+
+def test_a_global_429_at_the_end_of_a_run_is_waited_out_before_it_exits(webhook_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    webhook_server.default = Scripted(status=200, body=STORED, headers={"Content-Type": "application/json"})
+    webhook_server.respond(status=429, body=json.dumps({"retry_after": 0.4, "global": True}),
+                           headers={"Content-Type": "application/json", "X-RateLimit-Global": "true"})
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from afs_core import NotificationManager\n"
+        "manager = NotificationManager.from_env()\n"
+        "manager.notify_training_completed('m', 'run-1', 60.0)\n"
+        "print(manager.flush(timeout=30))\n"
+    )
+    env = {**os.environ, "DISCORD_WEBHOOK_URL": f"{webhook_server.url}/api/webhooks/42/{TOKEN}"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    first, second = webhook_server.received
+    assert first.json == second.json and second.at - first.at >= 0.4

@@ -187,3 +187,23 @@ def test_the_engine_retries_a_429_no_sooner_than_slack_asked(webhook_server, afs
     assert second.at - first.at >= 1.0  # Retry-After honoured, not hammered
     assert third.at - second.at < 1.0  # a 500 backs off briefly, with jitter
     manager.close(timeout=2)
+
+
+def test_a_run_that_ends_after_a_500_and_a_503_still_delivers_before_it_exits(webhook_server, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    webhook_server.respond(Scripted(status=500, body="oops"), Scripted(status=503, body="busy"))
+    script = tmp_path / "train.py"
+    script.write_text(
+        "from afs_core import NotificationManager\n"
+        "manager = NotificationManager.from_env()\n"
+        "manager.notify_training_completed('m', 'run-1', 60.0, final_loss=0.1)\n"
+        "print(manager.flush(timeout=60))\n"
+    )
+    env = {**os.environ, "SLACK_WEBHOOK_URL": f"{webhook_server.url}/services/{TOKEN}"}
+    done = subprocess.run([sys.executable, str(script)], env=env, capture_output=True, text=True, timeout=90)
+    assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
+    texts = [r.json["text"] for r in webhook_server.received]
+    assert len(texts) == 3 and len(set(texts)) == 1 and texts[0].startswith("✅ Training completed: m")

@@ -1,0 +1,192 @@
+"""Flush keeps the engine's promise: what can fall due before its deadline goes out.
+
+Time here is a ManualClock: backoff, Retry-After waits, the rank merge hold and
+leases are moved through by advancing it, never by sleeping.
+"""
+
+import logging
+import threading
+import time
+
+import pytest
+
+from afs_core import (
+    Channel,
+    EventType,
+    NotificationEvent,
+    NotificationManager,
+    Source,
+    TransientDeliveryError,
+)
+from afs_core.retry import RetryPolicy
+from afs_core.source import forget_current_source
+from afs_core.store import Store
+from afs_core.testing import RecordingChannel
+
+
+class Scripted(Channel):
+    """Raises the scripted errors in turn, then delivers; notes the clock at each try."""
+
+    def __init__(self, clock, *errors):
+        self.clock = clock
+        self.errors = list(errors)
+        self.attempts = []
+        self.delivered = []
+
+    def deliver(self, message):
+        self.attempts.append(self.clock.time())
+        if self.errors:
+            raise self.errors.pop(0)
+        self.delivered.append(message)
+
+
+def wait_until(condition, seconds=10.0):
+    """Real time, bounded: for the engine's threads to act on what the clock allows."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+@pytest.fixture
+def store(tmp_path, manual_clock):
+    return Store(tmp_path / "afs.db", clock=manual_clock)
+
+
+@pytest.fixture
+def manager(afs_plugins, store):
+    manager = NotificationManager(plugins=afs_plugins, store=store,
+                                  retry=RetryPolicy(max_attempts=5, base=10.0, cap=10.0))
+    yield manager
+    manager.close(timeout=0)
+
+
+def flush_in_thread(manager, timeout):
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("flushed", manager.flush(timeout)), daemon=True)
+    thread.start()
+    return thread, result
+
+
+def test_a_backoff_retry_waits_for_its_time_and_flush_waits_for_it(manager, manual_clock):
+    channel = Scripted(manual_clock, TransientDeliveryError("HTTP 503"))
+    manager.register_handler("flaky", channel)
+    started = manual_clock.time()
+    manager.notify("t", "m")
+    assert wait_until(lambda: len(channel.attempts) == 1)
+    (row,) = manager.store.outbox()
+    assert started <= row.next_attempt <= started + 10.0  # full jitter within the 10 s cap
+    thread, result = flush_in_thread(manager, timeout=60)
+    assert wait_until(lambda: manager.store.outbox()[0].attempts == 1)
+    assert len(channel.attempts) == 1  # not before its time: the clock has not moved
+    manual_clock.advance(10.0)
+    thread.join(timeout=10)
+    assert result == {"flushed": True}
+    assert len(channel.attempts) == 2 and channel.attempts[1] >= row.next_attempt
+    assert len(channel.delivered) == 1 and manager.store.outbox() == []
+
+
+def test_a_retry_after_beyond_the_deadline_stays_pending_and_flush_says_when(manager, manual_clock, caplog):
+    channel = Scripted(manual_clock, TransientDeliveryError("HTTP 429", retry_after=3600))
+    manager.register_handler("limited", channel)
+    manager.notify("t", "m")
+    assert wait_until(lambda: manager.store.outbox() and manager.store.outbox()[0].attempts == 1)
+    with caplog.at_level(logging.WARNING, logger="afs"):
+        assert manager.flush(timeout=60) is False
+    assert "1 deliveries stay pending: the next falls due at" in caplog.text and "(in 1h 00m)" in caplog.text
+    assert len(channel.attempts) == 1
+    manual_clock.advance(3600)
+    assert manager.flush(timeout=60) is True
+    assert channel.attempts[1] - channel.attempts[0] >= 3600 and len(channel.delivered) == 1
+
+
+def test_a_retry_after_within_the_deadline_is_waited_for(manager, manual_clock):
+    channel = Scripted(manual_clock, TransientDeliveryError("HTTP 429", retry_after=30))
+    manager.register_handler("limited", channel)
+    manager.notify("t", "m")
+    assert wait_until(lambda: len(channel.attempts) == 1)
+    thread, result = flush_in_thread(manager, timeout=60)
+    manual_clock.advance(29)
+    assert wait_until(lambda: not thread.is_alive(), seconds=0.3) is False  # still waiting at 29 s
+    manual_clock.advance(1)
+    thread.join(timeout=10)
+    assert result == {"flushed": True} and len(channel.delivered) == 1
+
+
+def test_a_flush_that_runs_out_of_time_says_so_and_keeps_the_delivery(manager, manual_clock, caplog):
+    release = threading.Event()
+
+    class Stuck(Channel):
+        def deliver(self, message):
+            if not release.wait(10):
+                raise TransientDeliveryError("never answered")
+
+    manager.register_handler("stuck", Stuck())
+    manager.notify("t", "m")
+    thread, result = flush_in_thread(manager, timeout=5)
+    with caplog.at_level(logging.WARNING, logger="afs"):
+        manual_clock.advance(5)
+        thread.join(timeout=10)
+    assert result == {"flushed": False}
+    assert "1 deliveries are still pending after the flush's time ran out" in caplog.text
+    release.set()
+    assert manager.flush(timeout=10) is True and manager.store.outbox() == []
+
+
+def test_a_failure_held_for_the_rank_merge_is_sent_when_the_hold_ends(manager, manual_clock, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    forget_current_source()
+    channel = Scripted(manual_clock)
+    manager.register_handler("r", channel)
+    manager.notify_error("NCCL timeout", model_name="m", run_id="run-1")
+    thread, result = flush_in_thread(manager, timeout=None)
+    assert wait_until(lambda: not thread.is_alive(), seconds=0.3) is False and channel.attempts == []
+    manual_clock.advance(2.0)  # the two-second merge window
+    thread.join(timeout=10)
+    assert result == {"flushed": True} and len(channel.delivered) == 1
+
+
+def test_reports_from_other_ranks_during_the_hold_join_the_first(manager, manual_clock):
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    for rank in (1, 3):
+        event = NotificationEvent(EventType.TRAINING_FAILED, "Training failed: m", "NCCL timeout", run_id="run-2",
+                                  error_details="NCCL timeout", source=Source(host="h", pid=rank, rank=rank,
+                                                                              world_size=4))
+        manager.send_event(event)
+        manual_clock.advance(1.0)
+    thread, result = flush_in_thread(manager, timeout=None)
+    manual_clock.advance(1.0)
+    thread.join(timeout=10)
+    assert result == {"flushed": True}
+    assert len(channel.messages) == 1 and "Ranks: 1, 3" in channel.messages[0]
+
+
+def test_a_lease_held_by_another_host_is_taken_over_only_once_it_expires(store, manual_clock):
+    store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "t", "m"), ["slack"])
+    (held,) = store.claim("slack", "other-host:4242:1", lease=120)
+    assert store.claim("slack", "this-host:1:1") == []
+    manual_clock.advance(119)
+    assert store.claim("slack", "this-host:1:1") == []
+    manual_clock.advance(2)
+    (taken,) = store.claim("slack", "this-host:1:1")
+    assert taken.delivery_id == held.delivery_id
+    assert store.finish_many([(held.delivery_id, "delivered", None, None)], "other-host:4242:1") == [False]
+
+
+def test_flush_reads_what_a_stopped_process_left_in_its_journal(manager, tmp_path, manual_clock):
+    import json
+
+    journal = tmp_path / "journal"
+    journal.mkdir(exist_ok=True)
+    event = NotificationEvent(EventType.TRAINING_COMPLETED, "left behind", "m")
+    line = json.dumps({"event": event.to_dict(), "channels": ["r"], "at": manual_clock.time()})
+    (journal / f"{Source.current().host}-999999-1.jsonl").write_text(line + "\n")  # no such pid: stopped
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+    assert manager.flush(timeout=10) is True
+    assert [m.splitlines()[0] for m in channel.messages] == ["✅ left behind"]
+    assert not list(journal.glob("*-999999-*"))

@@ -1,0 +1,197 @@
+"""What the outbox holds is delivered, across processes, as a user meets it.
+
+Each test runs training scripts as separate processes against a loopback webhook,
+through a channel installed as a third-party distribution, and checks the exact
+requests the server saw and what ``afs outbox`` says afterwards. Waits are on the
+processes and the server, never on a fixed sleep.
+"""
+
+import json
+import os
+import pty
+import signal
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from afs_core.loopback import Scripted
+
+def dead_url():
+    """A loopback port nothing listens on: the webhook is down."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    return f"http://127.0.0.1:{port}/hook"
+
+
+def ids(server):
+    return [r.json["id"] for r in server.received]
+
+
+NOTIFY_THEN_DIE = """
+import os, signal
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+for i in range({count}):
+    result = manager.notify_training_completed("m", f"run-{{i}}", 1.0)
+    print(result.event.event_id, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+FLUSH = """
+import time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+started = time.monotonic()
+flushed = manager.flush({timeout})
+print(flushed, round(time.monotonic() - started, 3))
+"""
+
+
+def killed_with_pending(runs, count):
+    """A run that accepted ``count`` events while the webhook was down, then was killed."""
+    done = runs.python(NOTIFY_THEN_DIE.format(count=count), runs.env(dead_url()))
+    assert done.returncode == -signal.SIGKILL
+    accepted = done.stdout.split()
+    assert len(accepted) == count
+    return accepted
+
+
+def test_a_killed_runs_events_are_delivered_by_the_next_process_that_starts_a_manager(runs, webhook_server):
+    accepted = killed_with_pending(runs, 5)
+
+    second = runs.python(FLUSH.format(timeout=30), runs.env(webhook_server.url + "/hook"))
+    assert second.returncode == 0, second.stderr
+    flushed, took = second.stdout.split()
+    assert flushed == "True" and float(took) < 30
+    assert ids(webhook_server) == accepted  # each once, in the order they were accepted
+
+    outbox = runs.afs(runs.env(webhook_server.url + "/hook"), "outbox")
+    assert outbox.returncode == 0 and outbox.stdout.strip() == "the outbox is empty"
+
+    third = runs.python(FLUSH.format(timeout=5), runs.env(webhook_server.url + "/hook"))
+    assert third.stdout.split()[0] == "True"
+    assert ids(webhook_server) == accepted  # nothing more
+
+
+def test_a_manager_that_never_notifies_still_delivers_what_it_finds(runs, webhook_server):
+    accepted = killed_with_pending(runs, 3)
+    idle = runs.python("from afs_core import NotificationManager\nNotificationManager.from_env()\n",
+                  runs.env(webhook_server.url + "/hook", AFS_FLUSH_TIMEOUT="30"))
+    assert idle.returncode == 0, idle.stderr
+    assert ids(webhook_server) == accepted  # by the exit flush, without a notify() of its own
+
+
+def test_afs_outbox_shows_and_flushes_what_a_killed_run_left(runs, webhook_server):
+    accepted = killed_with_pending(runs, 5)
+    env = runs.env(webhook_server.url + "/hook")
+
+    listed = runs.afs(env, "outbox")
+    assert listed.returncode == 0
+    rows = listed.stdout.strip().splitlines()
+    assert len(rows) == 5 and all(" hook " in row and " pending " in row for row in rows)
+    as_json = json.loads(runs.afs(env, "outbox", "--json").stdout)
+    assert [r["run_id"] for r in as_json] == [f"run-{i}" for i in range(5)]
+
+    flushed = runs.afs(env, "outbox", "flush", "--timeout", "30")
+    assert flushed.returncode == 0, flushed.stderr
+    assert flushed.stdout.strip() == "5 of 5 pending deliveries went out"
+    assert ids(webhook_server) == accepted
+    assert runs.afs(env, "outbox").stdout.strip() == "the outbox is empty"
+
+
+def test_afs_history_shows_run_id_and_model_and_json_carries_every_field(runs, webhook_server):
+    accepted = killed_with_pending(runs, 2)
+    env = runs.env(webhook_server.url + "/hook")
+    text = runs.afs(env, "history").stdout.splitlines()
+    assert len(text) == 2 and "run run-1  model m" in text[0] and "[hook=pending]" in text[0]
+    entries = json.loads(runs.afs(env, "history", "--json").stdout)
+    assert [e["event_id"] for e in entries] == accepted[::-1]
+    newest = entries[0]
+    assert newest["model_name"] == "m" and newest["message"].startswith("Run run-1 finished")
+    assert newest["source"]["pid"] and newest["context"]["duration"] == 1.0
+    assert newest["deliveries"]["hook"]["status"] == "pending"
+
+
+COMPLETE_AND_FLUSH = """
+import time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+result = manager.notify_training_completed("m", "run-1", 60.0, final_loss=0.1)
+print(result.event.event_id, flush=True)
+{flush}
+"""
+
+
+@pytest.mark.parametrize("how", ["flush(timeout=60)", "exit flush"])
+def test_a_transient_failure_at_the_end_of_a_run_is_retried_before_the_process_ends(runs, webhook_server, how):
+    webhook_server.respond(Scripted(status=500), Scripted(status=503))  # then 200
+    flush = "print(manager.flush(timeout=60))" if how.startswith("flush") else "print(True)"
+    done = runs.python(COMPLETE_AND_FLUSH.format(flush=flush),
+                  runs.env(webhook_server.url + "/hook", AFS_FLUSH_TIMEOUT="60"))
+    assert done.returncode == 0, done.stderr
+    event_id, flushed = done.stdout.split()
+    assert flushed == "True"
+    assert ids(webhook_server) == [event_id] * 3  # 500, 503, then delivered: all before the process ended
+    assert runs.afs(runs.env(webhook_server.url + "/hook"), "outbox").stdout.strip() == "the outbox is empty"
+
+
+def test_a_retry_after_is_honoured_before_the_process_ends(runs, webhook_server):
+    webhook_server.respond(Scripted(status=429, headers={"Retry-After": "1"}))
+    done = runs.python(COMPLETE_AND_FLUSH.format(flush="print(manager.flush(timeout=30))"),
+                  runs.env(webhook_server.url + "/hook"))
+    event_id, flushed = done.stdout.split()
+    assert flushed == "True" and ids(webhook_server) == [event_id] * 2
+    assert webhook_server.received[1].at - webhook_server.received[0].at >= 1.0
+
+
+RANK_FAILURE = """
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+result = manager.notify_error("NCCL timeout", model_name="m", run_id="run-7")
+print(result.event.event_id, flush=True)
+{flush}
+"""
+
+
+@pytest.mark.parametrize("ranks", [{"RANK": "1"}, {"RANK": "0"}, {"LOCAL_RANK": "1"}, {"SLURM_PROCID": "3"}],
+                         ids=["RANK=1", "RANK=0", "LOCAL_RANK=1", "SLURM_PROCID=3"])
+@pytest.mark.parametrize("flush", ["print(manager.flush())", "print(True)"], ids=["flush()", "exit"])
+def test_a_failure_on_a_multi_rank_job_is_sent_before_the_process_exits(runs, webhook_server, ranks, flush):
+    env = runs.env(webhook_server.url + "/hook", WORLD_SIZE="2", **ranks)
+    done = runs.python(RANK_FAILURE.format(flush=flush), env)
+    assert done.returncode == 0, done.stderr
+    event_id, flushed = done.stdout.split()
+    assert flushed == "True"
+    assert ids(webhook_server) == [event_id]
+    assert webhook_server.received[0].json["type"] == "error_occurred"
+
+
+def test_a_recovered_store_of_1000_events_goes_out_with_one_afs_outbox_flush(runs, webhook_server):
+    accepted = killed_with_pending(runs, 1000)
+    env = runs.env(webhook_server.url + "/hook")
+    parent, child = pty.openpty()  # stderr on a terminal, as a person runs it: the progress bar shows
+    try:
+        flushed = subprocess.run([sys.executable, "-m", "afs_core", "outbox", "flush", "--timeout", "120"],
+                                 env=env, stdout=subprocess.PIPE, stderr=child, text=True, timeout=180, cwd=runs.tmp_path)
+        os.close(child)
+        child = -1
+        progress = b""
+        while True:
+            try:
+                chunk = os.read(parent, 65536)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            progress += chunk
+    finally:
+        if child != -1:
+            os.close(child)
+        os.close(parent)
+    assert flushed.returncode == 0
+    assert flushed.stdout.strip() == "1000 of 1000 pending deliveries went out"
+    assert b"1000/1000" in progress and b"[" + b"#" * 30 + b"]" in progress
+    assert sorted(ids(webhook_server)) == sorted(accepted) and len(set(ids(webhook_server))) == 1000  # no duplicate
