@@ -30,7 +30,7 @@ __all__ = [
 ]
 
 _WHERE = {
-    "Channel": "afs_core.channel",
+    "Channel": "afs_core.channels.base",
     "ChannelOutcome": "afs_core.results",
     "NotifyResult": "afs_core.results",
     "ConfigurationError": "afs_core.errors",
@@ -45,12 +45,12 @@ _WHERE = {
     "PluginHost": "afs_core.plugins",
     "Source": "afs_core.source",
     "hookimpl": "afs_core.hookspecs",
-    "notify_on_completion": "afs_core.decorators",
+    "notify_on_completion": "afs_core.integrations.decorator",
 }
 
 if TYPE_CHECKING:
-    from afs_core.channel import Channel
-    from afs_core.decorators import notify_on_completion
+    from afs_core.channels.base import Channel
+    from afs_core.integrations.decorator import notify_on_completion
     from afs_core.errors import (
         ConfigurationError,
         DeliveryError,

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from afs_core.channel import Channel
+    from afs_core.channels.base import Channel
     from afs_core.errors import DeliveryError
     from afs_core.events import NotificationEvent
 

@@ -16,18 +16,18 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, TypeVar
 
-from afs_core.channel import Channel
+from afs_core.channels.base import Channel
 from afs_core.config import env_bool, env_float, env_int, load_env
-from afs_core.dispatch import deliver_event, enrich_event
+from afs_core.delivery.dispatch import deliver_event, enrich_event
 from afs_core.errors import ConfigurationError, TransientDeliveryError
 from afs_core.events import EventType, NotificationEvent, NotificationLevel, as_metric_value
 from afs_core.formatting import format_cost, format_duration, format_number, trim_traceback
-from afs_core.engine import DeliveryEngine, apply_rank_policy, failure_key
+from afs_core.delivery.engine import DeliveryEngine, apply_rank_policy, failure_key
 from afs_core.plugins import PluginHost, get_plugins
-from afs_core.quiet import ChannelPolicy
+from afs_core.delivery.policy import ChannelPolicy
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
-from afs_core.retry import RetryPolicy
-from afs_core.store import Store, open_store
+from afs_core.delivery.retry import RetryPolicy
+from afs_core.delivery.store import Store, open_store
 
 logger = logging.getLogger("afs.manager")
 

@@ -19,7 +19,7 @@ import attrs
 import pluggy
 
 from afs_core import hookspecs
-from afs_core.channel import Channel
+from afs_core.channels.base import Channel
 from afs_core.errors import PluginLoadError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME

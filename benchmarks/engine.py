@@ -21,7 +21,7 @@ from pathlib import Path
 
 SERVER = """
 import sys, time
-from afs_core.loopback import WebhookServer, Scripted
+from afs_core.testing.loopback import WebhookServer, Scripted
 server = WebhookServer()
 server.default = Scripted(status=200, body=sys.argv[1], delay=float(sys.argv[2]))
 server.start()
@@ -90,8 +90,8 @@ def main() -> None:
 
     from afs_core import NotificationManager
     from afs_core.plugins import get_plugins
-    from afs_core.quiet import ChannelPolicy
-    from afs_core.store import Store
+    from afs_core.delivery.policy import ChannelPolicy
+    from afs_core.delivery.store import Store
     from afs_discord import DiscordNotifier
     from afs_slack import SlackNotifier
 

@@ -22,10 +22,10 @@ from afs_core import (
     TransientDeliveryError,
     hookimpl,
 )
-from afs_core.quiet import ChannelPolicy
-from afs_core.retry import RetryPolicy
+from afs_core.delivery.policy import ChannelPolicy
+from afs_core.delivery.retry import RetryPolicy
 from afs_core.source import forget_current_source
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 
@@ -228,7 +228,7 @@ CHILD = """
 import os, sys, time
 from afs_core import Channel, NotificationManager
 from afs_core.source import forget_current_source
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 
 class Slow(Channel):
     def deliver(self, message):
@@ -315,7 +315,7 @@ def test_two_processes_sharing_a_store_deliver_each_event_once(tmp_path):
 
 
 def test_a_failed_write_to_the_journal_still_delivers_and_leaves_no_torn_line(manager, monkeypatch):
-    import afs_core.journal as journal_module
+    import afs_core.delivery.journal as journal_module
 
     channel = RecordingChannel()
     manager.register_handler("r", channel)
@@ -353,7 +353,7 @@ def test_a_stored_event_that_cannot_be_read_does_not_block_its_channel(manager):
 
 
 def test_slow_sends_keep_their_leases_so_no_second_process_sends_them(afs_plugins, tmp_path, monkeypatch):
-    import afs_core.engine as engine_module
+    import afs_core.delivery.engine as engine_module
 
     monkeypatch.setattr(engine_module, "LEASE_SECONDS", 0.6)
     store_path = tmp_path / "afs.db"

@@ -18,9 +18,9 @@ from afs_core import (
     Source,
     TransientDeliveryError,
 )
-from afs_core.retry import RetryPolicy
+from afs_core.delivery.retry import RetryPolicy
 from afs_core.source import forget_current_source
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 

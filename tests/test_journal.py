@@ -3,8 +3,8 @@
 import json
 import os
 
-import afs_core.journal as journal_module
-from afs_core.journal import Journal, read_whole, take_orphans
+import afs_core.delivery.journal as journal_module
+from afs_core.delivery.journal import Journal, read_whole, take_orphans
 from afs_core.source import host_name
 
 

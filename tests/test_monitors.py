@@ -21,7 +21,7 @@ from afs_core.monitors import (
     report_exception,
     visible_devices,
 )
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 
@@ -86,7 +86,7 @@ RESUME = """
 import json, sys
 from afs_core import NotificationManager
 from afs_core.monitors import CostMonitor
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 class Clock:

@@ -16,7 +16,7 @@ import sys
 
 import pytest
 
-from afs_core.loopback import Scripted
+from afs_core.testing.loopback import Scripted
 
 def dead_url():
     """A loopback port nothing listens on: the webhook is down."""

@@ -17,10 +17,10 @@ _CORE = {
     "EventCategory": "afs_core.events",
     "NotificationLevel": "afs_core.events",
     "NotifyResult": "afs_core.results",
-    "Channel": "afs_core.channel",
+    "Channel": "afs_core.channels.base",
     "ConsoleChannel": "afs_core.default_plugins.console",
 }
-_ALIASES = {"NotificationHandler": ("afs_core.channel", "Channel")}
+_ALIASES = {"NotificationHandler": ("afs_core.channels.base", "Channel")}
 # Channel class -> (distribution, module that defines it).
 _CHANNELS = {
     "DesktopNotifier": ("afs-desktop", "afs_desktop"),

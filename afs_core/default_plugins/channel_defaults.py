@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from afs_core.channel import Channel
+from afs_core.channels.base import Channel
 from afs_core.events import NotificationEvent
 from afs_core.hookspecs import hookimpl
 

@@ -13,7 +13,7 @@ from typing import IO, Any
 
 import attrs
 
-from afs_core.channel import Channel
+from afs_core.channels.base import Channel
 from afs_core.errors import ConfigurationError, TransientDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import LEVEL_EMOJI, event_fields, source_line, strip_control, trim_traceback

@@ -10,7 +10,7 @@ os.environ.setdefault("KERAS_BACKEND", "torch")  # before keras is first importe
 import pytest
 
 from afs_core import Channel, NotificationManager
-from afs_core.quiet import ChannelPolicy
+from afs_core.delivery.policy import ChannelPolicy
 
 
 class EventLog(Channel):

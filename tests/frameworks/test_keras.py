@@ -49,7 +49,7 @@ import os, signal
 os.environ["KERAS_BACKEND"] = "torch"
 import keras, numpy as np
 from afs_core import NotificationManager
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 from afs_core.integrations.keras import AFSCallback
 
@@ -70,7 +70,7 @@ net.fit(x, x[:, :1], epochs=1, batch_size=4, verbose=0,
 
 def fit_in_a_child(tmp_path, trouble, run_id):
     """A tiny fit in its own process, in trouble at batch 2; its exit and the stored events."""
-    from afs_core.store import Store
+    from afs_core.delivery.store import Store
 
     script = tmp_path / "child.py"
     script.write_text(CHILD_FIT.format(trouble=trouble, run_id=run_id))

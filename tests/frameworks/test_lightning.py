@@ -80,7 +80,7 @@ sys.path.insert(0, {here!r})
 import lightning as L
 from test_lightning import Tiny, loader
 from afs_core import NotificationManager
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 from afs_core.integrations.lightning import AFSCallback
 
@@ -95,7 +95,7 @@ manager.close(timeout=10)
 
 
 def test_two_processes_only_rank_zero_sends(tmp_path):
-    from afs_core.store import Store
+    from afs_core.delivery.store import Store
 
     script = tmp_path / "ddp.py"
     script.write_text(DDP.format(here=os.path.dirname(__file__)))

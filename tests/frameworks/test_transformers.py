@@ -68,7 +68,7 @@ sys.path.insert(0, {here!r})
 from test_transformers import Tiny, trainer
 from pathlib import Path
 from afs_core import NotificationManager
-from afs_core.store import Store
+from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 from afs_core.integrations.transformers import AFSCallback
 
@@ -85,7 +85,7 @@ trainer(Path(os.environ["OUT"]), Boom(), AFSCallback(manager, model_name="tiny",
 
 
 def test_an_exception_escaping_train_is_reported(tmp_path):
-    from afs_core.store import Store
+    from afs_core.delivery.store import Store
 
     script = tmp_path / "crash.py"
     script.write_text(CRASH.format(here=os.path.dirname(__file__)))

@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, load_env
-from afs_core.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
+from afs_core.delivery.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
 from afs_core.redaction import redact_url, url_secrets
-from afs_core.webhooks import MAX_RETRY_AFTER, classify_status, parse_retry_after, validate_webhook_url
+from afs_core.channels.webhook import MAX_RETRY_AFTER, classify_status, parse_retry_after, validate_webhook_url
 from afs_discord.embeds import EMBEDS_PER_MESSAGE, EMBEDS_TOTAL, NO_MENTIONS, embed_size, fit_payload, render
 
 if TYPE_CHECKING:
-    from afs_core.http import WebhookSession
+    from afs_core.channels.http import WebhookSession
 
 DISCORD_HOSTS = ("discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com",
                  "ptb.discordapp.com", "canary.discordapp.com")
@@ -180,7 +180,7 @@ class DiscordNotifier(Channel):
         deadline = time.monotonic() + self.timeout
         self._wait_for_rate_limit(deadline)
         if self._session is None:
-            from afs_core.http import WebhookSession  # requests loads on first send only
+            from afs_core.channels.http import WebhookSession  # requests loads on first send only
 
             self._session = WebhookSession(user_agent="afs-discord", secrets=self.secrets())
         remaining = max(deadline - time.monotonic(), 0.1)

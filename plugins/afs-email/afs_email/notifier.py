@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, env_int, env_list, load_env
-from afs_core.deadline import Deadline
+from afs_core.channels.deadline import Deadline
 from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate

@@ -213,7 +213,7 @@ def test_implicit_tls_against_a_plain_port_says_what_to_check(plain_server, cert
 def test_a_454_login_is_transient_and_a_535_permanent():
     import smtplib
 
-    from afs_core.deadline import Deadline
+    from afs_core.channels.deadline import Deadline
 
     notifier = EmailNotifier(smtp_host="127.0.0.1", from_email=USER, to_emails=RECIPIENTS, tls="off")
     with Deadline(5) as deadline:

@@ -16,12 +16,12 @@ from afs_core import Channel, ConfigurationError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, load_env
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
-from afs_core.pacing import RateLimit
+from afs_core.delivery.pacing import RateLimit
 from afs_core.redaction import redact_url, url_secrets
-from afs_core.webhooks import classify_status, is_loopback_host, parse_retry_after, validate_webhook_url
+from afs_core.channels.webhook import classify_status, is_loopback_host, parse_retry_after, validate_webhook_url
 
 if TYPE_CHECKING:
-    from afs_core.http import WebhookSession
+    from afs_core.channels.http import WebhookSession
 
 SLACK_HOSTS = ("hooks.slack.com", "hooks.slack-gov.com")
 DEFAULT_TIMEOUT = 10.0
@@ -95,7 +95,7 @@ class SlackNotifier(Channel):
             # Slack asked us to wait: posting anyway risks having the app disabled.
             raise TransientDeliveryError(f"Slack asked to wait {held:.1f} s more", retry_after=held)
         if self._session is None:
-            from afs_core.http import WebhookSession  # requests loads on first send only
+            from afs_core.channels.http import WebhookSession  # requests loads on first send only
 
             self._session = WebhookSession(user_agent="afs-slack", secrets=self.secrets())
         answer = self._session.post_json(self.webhook_url, message, timeout=self.timeout)

@@ -174,8 +174,8 @@ def test_a_control_character_message_makes_no_empty_section(slack, webhook_serve
 
 
 def test_the_engine_retries_a_429_no_sooner_than_slack_asked(webhook_server, afs_plugins, make_event, tmp_path):
-    from afs_core.retry import RetryPolicy
-    from afs_core.store import Store
+    from afs_core.delivery.retry import RetryPolicy
+    from afs_core.delivery.store import Store
 
     manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), retry=RetryPolicy(base=0.05))
     manager.register_handler("slack", SlackNotifier(webhook_url=f"{webhook_server.url}/services/{TOKEN}", timeout=2))

@@ -17,7 +17,7 @@ from afs_core.redaction import scrub
 from afs_core.results import ChannelOutcome, DeliveryStatus
 
 if TYPE_CHECKING:
-    from afs_core.channel import Channel
+    from afs_core.channels.base import Channel
     from afs_core.plugins import PluginHost
 
 logger = logging.getLogger("afs.dispatch")

@@ -27,20 +27,20 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core.clock import Clock
-from afs_core.dispatch import deliver_event, report_failure
+from afs_core.delivery.dispatch import deliver_event, report_failure
 from afs_core.errors import PermanentDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import format_duration
-from afs_core.journal import Journal, take_orphans
-from afs_core.pacing import Pacer
-from afs_core.quiet import ChannelPolicy, Throttle
-from afs_core.repeats import RepeatedLog
+from afs_core.delivery.journal import Journal, take_orphans
+from afs_core.delivery.pacing import Pacer
+from afs_core.delivery.policy import ChannelPolicy, Throttle
+from afs_core.delivery.repeats import RepeatedLog
 from afs_core.results import ChannelOutcome, DeliveryStatus
-from afs_core.retry import RetryPolicy
-from afs_core.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, PendingSummary, Store, owner_id
+from afs_core.delivery.retry import RetryPolicy
+from afs_core.delivery.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, PendingSummary, Store, owner_id
 
 if TYPE_CHECKING:
-    from afs_core.channel import Channel
+    from afs_core.channels.base import Channel
     from afs_core.plugins import PluginHost
 
 logger = logging.getLogger("afs.engine")

@@ -28,7 +28,7 @@ import attrs
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.events import NotificationEvent
-from afs_core.location import DB_NAME, StoreLocation
+from afs_core.delivery.location import DB_NAME, StoreLocation
 
 logger = logging.getLogger("afs.store")
 
@@ -78,14 +78,14 @@ CREATE TABLE IF NOT EXISTS run_state (
 
 
 def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> Store:
-    """The store where settings and this machine allow one (see :mod:`afs_core.location`).
+    """The store where settings and this machine allow one (see :mod:`afs_core.delivery.location`).
 
     ``AFS_HOME`` that cannot hold a store is a ConfigurationError: the user asked for
     it. Otherwise the first usable default place is taken, and with none at all the
     store lives in memory, with ``location.reason`` saying why it is not durable.
     """
     from afs_core.errors import ConfigurationError
-    from afs_core.location import data_directories, network_filesystem, private_temp_directory, store_file
+    from afs_core.delivery.location import data_directories, network_filesystem, private_temp_directory, store_file
     from afs_core.source import host_name
 
     env = os.environ if env is None else env
@@ -427,7 +427,7 @@ class Store:
     def _recover(self, exc: BaseException, generation: int) -> None:
         """Move the damaged file aside (never deleted), start a fresh store and copy
         into it what can still be read."""
-        from afs_core.salvage import salvage
+        from afs_core.delivery.salvage import salvage
 
         assert self.path is not None
         with self._recover_lock:

@@ -11,7 +11,7 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 from afs_core.events import NotificationEvent
-from afs_core.pacing import RateLimit
+from afs_core.delivery.pacing import RateLimit
 
 if TYPE_CHECKING:
     from afs_core.results import ChannelOutcome
@@ -57,7 +57,7 @@ class Channel:
 
     def send_with_outcome(self, event: NotificationEvent) -> ChannelOutcome:
         """Like :meth:`send`, but returns the :class:`~afs_core.results.ChannelOutcome`."""
-        from afs_core.dispatch import deliver_event, enrich_event
+        from afs_core.delivery.dispatch import deliver_event, enrich_event
         from afs_core.plugins import get_plugins
 
         plugins = get_plugins()

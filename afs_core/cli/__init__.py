@@ -240,7 +240,7 @@ def cmd_custom(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from afs_core.wrap import command_label, run_watched
+    from afs_core.cli.run import command_label, run_watched
 
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
@@ -277,8 +277,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _store(args: argparse.Namespace) -> Any:
     """The store, with what stopped processes left in their journals moved in."""
-    from afs_core.engine import take_stopped_journals
-    from afs_core.store import open_store
+    from afs_core.delivery.engine import take_stopped_journals
+    from afs_core.delivery.store import open_store
 
     store = open_store(_settings(args))
     take_stopped_journals(store)
@@ -357,7 +357,7 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from afs_core.store import DEAD
+    from afs_core.delivery.store import DEAD
 
     store = _store(args)
     if args.action == "retry":
@@ -387,7 +387,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
-    from afs_core.store import DEAD, DELIVERED, FILTERED, PENDING
+    from afs_core.delivery.store import DEAD, DELIVERED, FILTERED, PENDING
 
     manager = _manager(args)  # its workers deliver what is pending for its channels
     try:
@@ -445,7 +445,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     import socket
 
-    from afs_core.dispatch import Filtered, render_message
+    from afs_core.delivery.dispatch import Filtered, render_message
     from afs_core.errors import DeliveryError
     from afs_core.plugins import get_plugins
 
