@@ -23,10 +23,13 @@ __all__ = [
     "NotifyResult",
     "PermanentDeliveryError",
     "PluginHost",
+    "RateLimit",
+    "SendsDirectly",
     "Source",
     "TransientDeliveryError",
     "hookimpl",
     "notify_on_completion",
+    "send_now",
 ]
 
 _WHERE = {
@@ -43,13 +46,17 @@ _WHERE = {
     "NotificationLevel": "afs_core.events",
     "NotificationManager": "afs_core.manager",
     "PluginHost": "afs_core.plugins",
+    "RateLimit": "afs_core.channels.base",
+    "SendsDirectly": "afs_core.delivery.direct",
+    "send_now": "afs_core.delivery.direct",
     "Source": "afs_core.source",
     "hookimpl": "afs_core.hookspecs",
     "notify_on_completion": "afs_core.integrations.decorator",
 }
 
 if TYPE_CHECKING:
-    from afs_core.channels.base import Channel
+    from afs_core.channels.base import Channel, RateLimit
+    from afs_core.delivery.direct import SendsDirectly, send_now
     from afs_core.integrations.decorator import notify_on_completion
     from afs_core.errors import (
         ConfigurationError,

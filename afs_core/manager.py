@@ -117,9 +117,8 @@ class _LegacyHandler(Channel):
 
 def _as_channel(handler: Any) -> Channel:
     if isinstance(handler, Channel):
-        cls = type(handler)
-        if cls.deliver is Channel.deliver and cls.send is not Channel.send:
-            return _LegacyHandler(handler)
+        if type(handler).deliver is Channel.deliver and callable(getattr(handler, "send", None)):
+            return _LegacyHandler(handler)  # a subclass that only overrides send()
         return handler
     if callable(getattr(handler, "send", None)):
         return _LegacyHandler(handler)

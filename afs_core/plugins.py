@@ -275,7 +275,7 @@ def get_plugins(env: Mapping[str, str] | None = None) -> PluginHost:
     """The process-wide plugin host for these settings, loaded once and reused.
 
     Without ``env``, the settings are the environment plus ``.env`` (read once), so
-    ``Channel.send`` honours the same ``AFS_LOAD_PLUGINS`` as ``from_env()``.
+    sending now (``send_now``) honours the same ``AFS_LOAD_PLUGINS`` as ``from_env()``.
     """
     if _override:
         return _override[-1]

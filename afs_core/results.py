@@ -27,6 +27,8 @@ class ChannelOutcome:
     error: str | None = None
     permanent: bool = False
     retry_after: float | None = None
+    #: What the channel's ``deliver`` returned (the service's answer), when delivered now.
+    receipt: Any = attrs.field(default=None, eq=False, repr=False)
 
     @property
     def delivered(self) -> bool:

@@ -2,7 +2,7 @@ import io
 
 import pytest
 
-from afs_core import EventType, NotificationEvent, NotificationManager
+from afs_core import EventType, NotificationEvent, NotificationManager, send_now
 from afs_core.default_plugins.console import ConsoleChannel
 from afs_core.errors import ConfigurationError
 
@@ -27,7 +27,7 @@ def _event(**fields):
 def test_console_writes_readable_plain_text_when_not_a_terminal(afs_plugins):
     stream = io.StringIO()
     channel = ConsoleChannel(stream=stream)
-    assert channel.send(_event())
+    assert send_now(channel, _event()).delivered
     out = stream.getvalue()
     assert out.startswith("[afs] ✅ SUCCESS Training completed: m\n")
     assert "Run r finished." in out and "accuracy: 0.95" in out
@@ -37,20 +37,20 @@ def test_console_writes_readable_plain_text_when_not_a_terminal(afs_plugins):
 def test_console_colours_a_terminal(afs_plugins, monkeypatch):
     monkeypatch.delenv("NO_COLOR", raising=False)
     stream = FakeTty()
-    ConsoleChannel(stream=stream).send(_event())
+    send_now(ConsoleChannel(stream=stream), _event())
     assert "\033[32m" in stream.getvalue()
 
 
 def test_no_color_turns_colour_off(afs_plugins, monkeypatch):
     monkeypatch.setenv("NO_COLOR", "1")
     stream = FakeTty()
-    ConsoleChannel(stream=stream).send(_event())
+    send_now(ConsoleChannel(stream=stream), _event())
     assert "\033[" not in stream.getvalue()
 
 
 def test_hostile_text_cannot_drive_the_terminal(afs_plugins):
     stream = io.StringIO()
-    ConsoleChannel(stream=stream).send(
+    send_now(ConsoleChannel(stream=stream), 
         _event(title="x\x1b[2J\rfake line", message="a\x1b]0;title\x07b")
     )
     out = stream.getvalue()
@@ -58,14 +58,14 @@ def test_hostile_text_cannot_drive_the_terminal(afs_plugins):
 
 
 def test_console_writes_to_current_stderr(afs_plugins, capsys):
-    ConsoleChannel().send(_event())
+    send_now(ConsoleChannel(), _event())
     assert "Training completed: m" in capsys.readouterr().err
 
 
 def test_closed_stream_is_a_failure_not_a_crash(afs_plugins):
     stream = io.StringIO()
     stream.close()
-    outcome = ConsoleChannel(stream=stream).send_with_outcome(_event())
+    outcome = send_now(ConsoleChannel(stream=stream), _event())
     assert not outcome.delivered and "console stream unavailable" in outcome.error
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from afs_core import NotificationManager
+from afs_core import NotificationManager, send_now
 from afs_core.errors import ConfigurationError, PluginLoadError
 from afs_core.plugins import PluginHost
 
@@ -272,5 +272,5 @@ def test_channel_send_honours_the_allow_list_from_dotenv(site, monkeypatch):
     monkeypatch.setattr(plugins_module, "_default_settings", None)
     monkeypatch.setattr(plugins_module, "_hosts", {})
     channel = RecordingChannel()
-    assert channel.send(NotificationEvent(EventType.TRAINING_STARTED, "t", "m"))
+    assert send_now(channel, NotificationEvent(EventType.TRAINING_STARTED, "t", "m")).delivered
     assert channel.messages[0] != "rewritten by spy"

@@ -1,6 +1,7 @@
 """The fixtures afs-core gives plugin authors behave as documented."""
 
-from afs_core import Channel, EventType, hookimpl
+from afs_core import Channel, EventType, hookimpl, send_now
+from afs_core.delivery.direct import send_many_now
 from afs_core.plugins import get_plugins
 from afs_core.testing import RecordingChannel, would_send
 
@@ -34,7 +35,7 @@ def test_would_send_shows_the_message_after_hooks_without_sending(afs_plugins, m
     assert channel.messages == []
 
 
-def test_channel_send_uses_the_hooks_of_the_default_host(afs_plugins, make_event):
+def test_sending_now_uses_the_hooks_of_the_default_host(afs_plugins, make_event):
     class Tag:
         @hookimpl
         def afs_format_event(self, event, channel):
@@ -42,18 +43,19 @@ def test_channel_send_uses_the_hooks_of_the_default_host(afs_plugins, make_event
 
     afs_plugins.register(Tag(), name="tag")
     channel = RecordingChannel()
-    assert channel.send(make_event()) is True
-    assert channel.messages == ["tagged run-1"]
-    assert channel.send_batch([make_event(), make_event()]) == 2
+    outcome = send_now(channel, make_event())
+    assert outcome.delivered and channel.messages == ["tagged run-1"]
+    assert [o.delivered for o in send_many_now(channel, [make_event(), make_event()])] == [True, True]
 
 
-def test_send_returns_false_and_never_raises(afs_plugins, make_event):
+def test_sending_now_reports_a_failure_and_never_raises(afs_plugins, make_event):
     class Broken(Channel):
         def deliver(self, message):
             raise RuntimeError("bug")
 
-    assert Broken().send(make_event()) is False
-    assert Broken().send_batch([make_event()] * 3) == 0
+    outcome = send_now(Broken(), make_event())
+    assert not outcome.delivered and outcome.permanent and outcome.error == "RuntimeError: bug"
+    assert [o.delivered for o in send_many_now(Broken(), [make_event()] * 3)] == [False] * 3
 
 
 def test_isolated_env_leaves_no_settings(monkeypatch, afs_isolated_env):
@@ -72,13 +74,14 @@ def test_send_enriches_like_the_manager(afs_plugins, make_event):
 
     afs_plugins.register(Link(), name="link")
     channel = RecordingChannel()
-    channel.send(make_event())
+    send_now(channel, make_event())
     assert "https://runs.example/1" in channel.messages[0]
     assert "https://runs.example/1" in would_send(channel, make_event())
 
 
-def test_send_of_something_that_is_not_an_event_is_false(afs_plugins):
+def test_sending_something_that_is_not_an_event_fails_for_good(afs_plugins):
     channel = RecordingChannel()
-    assert channel.send({"title": "seed dict"}) is False
-    assert channel.send_batch([None, "x"]) == 0
+    outcome = send_now(channel, {"title": "seed dict"})
+    assert not outcome.delivered and outcome.permanent and "not a NotificationEvent" in outcome.error
+    assert [o.delivered for o in send_many_now(channel, [None, "x"])] == [False, False]
     assert channel.messages == []

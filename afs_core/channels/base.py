@@ -2,21 +2,28 @@
 
 A channel only knows how to render an event for its service (``format``) and how
 to send one rendered message (``deliver``). Everything around that — hooks,
-filtering, error handling, never raising — is done once, in the core.
+filtering, error handling, never raising, retrying — is done once, in the core's
+delivery layer; a channel never reaches up to it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar
+
+import attrs
 
 from afs_core.events import NotificationEvent
-from afs_core.delivery.pacing import RateLimit
-
-if TYPE_CHECKING:
-    from afs_core.results import ChannelOutcome
 
 _C = TypeVar("_C", bound="Channel")
+
+
+@attrs.frozen
+class RateLimit:
+    """How fast a channel may send: ``per_second`` sustained, ``burst`` at once."""
+
+    per_second: float
+    burst: int = 1
 
 
 class Channel:
@@ -47,25 +54,6 @@ class Channel:
         May block for up to the channel's timeout. Returns an optional receipt.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement deliver()")
-
-    def send(self, event: NotificationEvent) -> bool:
-        """Format and deliver ``event`` through the plugin hooks, now, on this thread.
-
-        Never raises: a failure is logged and reported as ``False``.
-        """
-        return self.send_with_outcome(event).delivered
-
-    def send_with_outcome(self, event: NotificationEvent) -> ChannelOutcome:
-        """Like :meth:`send`, but returns the :class:`~afs_core.results.ChannelOutcome`."""
-        from afs_core.delivery.dispatch import deliver_event, enrich_event
-        from afs_core.plugins import get_plugins
-
-        plugins = get_plugins()
-        return deliver_event(plugins, self.name or type(self).__name__, self, enrich_event(plugins, event))
-
-    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
-        """Send several events; returns how many were delivered."""
-        return sum(1 for event in events if self.send(event))
 
     @classmethod
     def from_env(cls: type[_C], env: Mapping[str, str]) -> _C | None:

@@ -445,8 +445,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 def cmd_test(args: argparse.Namespace) -> int:
     import socket
 
-    from afs_core.delivery.dispatch import Filtered, render_message
-    from afs_core.errors import DeliveryError
+    from afs_core.delivery.direct import send_now
     from afs_core.plugins import get_plugins
 
     env = _settings(args)
@@ -464,20 +463,17 @@ def cmd_test(args: argparse.Namespace) -> int:
         level=NotificationLevel.INFO, model_name="afs-test", run_id="afs-test", tags=["test"],
     )
     try:
-        message = render_message(plugins, channel, event)
-        receipt = plugins.hook.afs_deliver(message=message, channel=channel, event=event)
-    except Filtered:
-        print(f"{args.name}: a plugin's afs_filter_event held the test back")
-        return DELIVERY_FAILED
-    except DeliveryError as exc:
-        from afs_core.redaction import scrub
-
-        print(f"{args.name}: failed ({'permanent' if exc.permanent else 'transient'}): "
-              f"{scrub(str(exc), channel.secrets())}")
-        return DELIVERY_FAILED
+        outcome = send_now(channel, event, plugins=plugins, name=args.name)  # the path every event takes
     finally:
         channel.close()
-    answer = json.dumps(receipt)[:300] if not isinstance(receipt, str) else receipt[:300]
+    if outcome.status is DeliveryStatus.FILTERED:
+        print(f"{args.name}: a plugin's afs_filter_event held the test back")
+        return DELIVERY_FAILED
+    if not outcome.delivered:
+        print(f"{args.name}: failed ({'permanent' if outcome.permanent else 'transient'}): {outcome.error}")
+        return DELIVERY_FAILED
+    receipt = outcome.receipt
+    answer = receipt[:300] if isinstance(receipt, str) else json.dumps(receipt, default=str)[:300]
     print(f"{args.name}: delivered to {channel.describe()}; the service answered: {answer}")
     return OK
 

@@ -1,7 +1,8 @@
 """Running one event through the hooks to one channel, without ever raising.
 
 This is the single place where filter, format and deliver hooks meet a channel,
-so the manager, ``Channel.send`` and (later) the background engine behave alike.
+so the engine, sending now (:mod:`afs_core.delivery.direct`) and ``afs test``
+behave alike.
 """
 
 from __future__ import annotations
@@ -110,10 +111,10 @@ def deliver_message(
     """Deliver one rendered message carrying ``events`` (one, or a batch) through the
     ``afs_deliver`` hook; the hook sees the first event of a batch."""
     try:
-        plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
+        receipt = plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
     except (Exception, SystemExit) as exc:  # never into the caller's training loop
         return _failed(plugins, name, channel, events, exc, report)
-    return ChannelOutcome(name, DeliveryStatus.DELIVERED)
+    return ChannelOutcome(name, DeliveryStatus.DELIVERED, receipt=receipt)
 
 
 def _failed(

@@ -1,22 +1,16 @@
-"""Sending rates as data: a channel says how fast it may send, the engine keeps to it.
+"""Keeping to a channel's declared rate: a token bucket per channel worker.
 
-A token bucket: ``per_second`` sustained, ``burst`` at once. A burst of events
-then goes out at the service's pace instead of provoking a storm of 429s.
+A channel says how fast it may send (:class:`~afs_core.channels.base.RateLimit`);
+a burst of events then goes out at the service's pace instead of provoking a
+storm of 429s.
 """
 
 from __future__ import annotations
 
 import threading
 
-import attrs
-
+from afs_core.channels.base import RateLimit
 from afs_core.clock import SYSTEM_CLOCK, Clock
-
-
-@attrs.frozen
-class RateLimit:
-    per_second: float
-    burst: int = 1
 
 
 class Pacer:

@@ -5,7 +5,7 @@ afs-core installed gets these fixtures:
 
 - ``afs_plugins``: a clean :class:`~afs_core.plugins.PluginHost` (the core's own
   plugins only) that is also the process default for the test, so
-  ``channel.send()`` runs through it. Register the plugin under test on it.
+  ``send_now(channel, event)`` runs through it. Register the plugin under test on it.
 - ``recording_channel``: a :class:`RecordingChannel` that keeps what it is sent.
 - ``afs_manager``: a synchronous manager on ``afs_plugins`` with ``recording_channel``.
 - ``webhook_server``: a :class:`~afs_core.loopback.WebhookServer` on 127.0.0.1 that

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from afs_core import Channel, EventType, NotificationEvent, NotificationLevel
+from afs_core import Channel, SendsDirectly, EventType, NotificationEvent, NotificationLevel
 from afs_core.config import env_bool
 from afs_core.formatting import strip_control, truncate
 from afs_desktop.backends import Backend
@@ -43,7 +43,7 @@ def choose_backend(platform: str | None = None) -> Backend:
     return dbus
 
 
-class DesktopNotifier(Channel):
+class DesktopNotifier(SendsDirectly, Channel):
     """Desktop channel. Settings: ``DESKTOP_NOTIFICATIONS_ENABLED``, ``DESKTOP_NOTIFICATIONS_SOUND``."""
 
     name = "desktop"

@@ -15,7 +15,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from afs_core import Channel, SendsDirectly, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, load_env
 from afs_core.delivery.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
 from afs_core.events import NotificationEvent
@@ -101,7 +101,7 @@ def normalise_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, urllib.parse.urlencode(query), ""))
 
 
-class DiscordNotifier(Channel):
+class DiscordNotifier(SendsDirectly, Channel):
     """Discord webhook channel.
 
     Settings: ``DISCORD_WEBHOOK_URL``, ``DISCORD_USERNAME``, ``DISCORD_AVATAR_URL``,

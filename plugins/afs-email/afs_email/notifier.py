@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
+from afs_core import Channel, SendsDirectly, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, env_int, env_list, load_env
 from afs_core.channels.deadline import Deadline
 from afs_core.errors import DeliveryError
@@ -72,7 +72,7 @@ class _Batch:
         self.fatal: DeliveryError | None = None
 
 
-class EmailNotifier(Channel):
+class EmailNotifier(SendsDirectly, Channel):
     """SMTP channel. Settings: ``SMTP_HOST``, ``SMTP_PORT``, ``SMTP_USER``,
     ``SMTP_PASSWORD``, ``FROM_EMAIL``, ``TO_EMAILS`` (comma-separated),
     ``SMTP_TIMEOUT`` (total seconds per send), ``SMTP_TLS`` (``starttls``,

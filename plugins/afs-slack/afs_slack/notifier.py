@@ -12,11 +12,11 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, ConfigurationError, TransientDeliveryError
+from afs_core import Channel, SendsDirectly, ConfigurationError, TransientDeliveryError
 from afs_core.config import check_timeout, env_float, load_env
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control, truncate
-from afs_core.delivery.pacing import RateLimit
+from afs_core.channels.base import RateLimit
 from afs_core.redaction import redact_url, url_secrets
 from afs_core.channels.webhook import classify_status, is_loopback_host, parse_retry_after, validate_webhook_url
 
@@ -32,7 +32,7 @@ def _on_loopback(url: str) -> bool:
     return is_loopback_host(urllib.parse.urlsplit(url.strip()).hostname)
 
 
-class SlackNotifier(Channel):
+class SlackNotifier(SendsDirectly, Channel):
     """Slack incoming-webhook channel.
 
     Settings: ``SLACK_WEBHOOK_URL``, ``SLACK_CHANNEL`` (honoured only by legacy

@@ -1,0 +1,57 @@
+"""Sending now, on the caller's thread: one event or a batch, through the plugin hooks.
+
+The engine delivers in the background; this is for what must go out before the
+next line runs (``afs test``, ``AFS_SYNC=true``) and for the seed-era
+``notifier.send(event) -> bool``, which the shipped notifiers keep through
+:class:`SendsDirectly`. Nothing here raises: a failure is an outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from afs_core.delivery.dispatch import deliver_event, enrich_event
+from afs_core.events import NotificationEvent
+from afs_core.results import ChannelOutcome
+
+if TYPE_CHECKING:
+    from afs_core.channels.base import Channel
+    from afs_core.plugins import PluginHost
+
+
+def _host(plugins: PluginHost | None) -> PluginHost:
+    from afs_core.plugins import get_plugins
+
+    return plugins if plugins is not None else get_plugins()
+
+
+def send_now(channel: Channel, event: NotificationEvent, *, plugins: PluginHost | None = None,
+             name: str | None = None) -> ChannelOutcome:
+    """Enrich, filter, format and deliver ``event`` to ``channel`` now; the outcome
+    carries the channel's receipt. ``plugins`` defaults to the process-wide host."""
+    host = _host(plugins)
+    return deliver_event(host, name or channel.name or type(channel).__name__, channel, enrich_event(host, event))
+
+
+def send_many_now(channel: Channel, events: Iterable[NotificationEvent], *,
+                  plugins: PluginHost | None = None) -> list[ChannelOutcome]:
+    """:func:`send_now` for each event, in order."""
+    host = _host(plugins)
+    return [send_now(channel, event, plugins=host) for event in events]
+
+
+class SendsDirectly:
+    """``send(event) -> bool`` and friends, as the seed-era notifiers had them."""
+
+    def send(self, event: NotificationEvent) -> bool:
+        """Format and deliver ``event`` now; False (logged) when it failed. Never raises."""
+        return send_now(self, event).delivered  # type: ignore[arg-type]
+
+    def send_with_outcome(self, event: NotificationEvent) -> ChannelOutcome:
+        """Like :meth:`send`, with the whole outcome (error, receipt)."""
+        return send_now(self, event)  # type: ignore[arg-type]
+
+    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
+        """Send several events now; returns how many were delivered."""
+        return sum(o.delivered for o in send_many_now(self, events))  # type: ignore[arg-type]
