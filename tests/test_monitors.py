@@ -241,7 +241,7 @@ def test_disk_usage_is_counted_as_df_does(manager, tmp_path):
 def test_check_loss_without_a_manager_uses_one_for_the_process(tmp_path, monkeypatch):
     import threading
 
-    import afs_core.monitors as monitors_module
+    import afs_core.monitors._default as monitors_module
 
     monkeypatch.setattr(monitors_module, "_default", None)
     monkeypatch.setenv("AFS_CONSOLE", "false")

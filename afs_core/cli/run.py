@@ -1,4 +1,4 @@
-"""Running a training command under watch: the crashes no in-process code can report.
+"""``afs run``: a training command under watch, for the crashes no in-process code can report.
 
 The child's output passes through unchanged while the last lines are kept; when it
 ends, its exit code or the signal that killed it (SIGKILL: likely the
@@ -8,7 +8,9 @@ SIGTERM sent to the wrapper are passed on to the child.
 
 from __future__ import annotations
 
+import argparse
 import collections
+import datetime as dt
 import os
 import signal
 import subprocess
@@ -19,6 +21,9 @@ from collections.abc import Sequence
 from typing import IO, Any
 
 import attrs
+
+from afs_core import builders
+from afs_core.cli.common import UsageError, open_manager, wait_timeout
 
 TAIL_LINES = 20
 SIGNAL_HINTS = {
@@ -153,3 +158,30 @@ def command_label(command: Sequence[str]) -> str:
         if part.endswith(".py"):
             return os.path.basename(part)
     return os.path.basename(parts[0]) if parts else "command"
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``afs run -- COMMAND``: started, then completed or failed as the command ended."""
+    command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
+    if not command:
+        raise UsageError("run: give the command after --, e.g. afs run -- python train.py")
+    model = args.model or command_label(command)
+    run_id = args.run_id or f"{model}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    manager = open_manager(args)
+    try:
+        manager.send_event(builders.command_started(model, run_id, command))
+        try:
+            outcome = run_watched(command)
+        except OSError as exc:
+            manager.notify_training_failed(model, run_id, f"could not start {command[0]}: {exc}")
+            print(f"afs: could not start {command[0]}: {exc}", file=sys.stderr)
+            return 127
+        if outcome.returncode == 0:
+            manager.notify_training_completed(model, run_id, duration=outcome.duration)
+        else:
+            manager.send_event(builders.command_failed(
+                model, run_id, outcome.explanation, exit_code=outcome.exit_code, signal=outcome.signal_name,
+                duration=outcome.duration, tail=outcome.tail))
+        return outcome.exit_code
+    finally:
+        manager.close(timeout=wait_timeout(args))

@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any
 from afs_core.clock import Clock
 from afs_core.delivery.dispatch import deliver_event, report_failure
 from afs_core.errors import PermanentDeliveryError
-from afs_core.events import NotificationEvent, NotificationLevel
+from afs_core.delivery import ranks
+from afs_core.events import NotificationEvent
 from afs_core.formatting import format_duration
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.pacing import Pacer
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
-from afs_core.results import ChannelOutcome, DeliveryStatus
+from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, PendingSummary, Store, owner_id
 
@@ -386,19 +387,32 @@ class DeliveryEngine:
                                        "held in memory until the store takes them", exc)
         return tracker
 
-    def submit_or_join(self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str,
-                       since: float, not_before: float) -> Tracker | str:
-        """Store ``event`` for a failure other ranks may join, or join theirs (returns its id)."""
+    def accept(self, event: NotificationEvent, channels: Sequence[str]) -> NotifyResult:
+        """Take ``event`` for ``channels``; the result fills in as deliveries end.
+
+        A failure other ranks of the job may report too is stored at once, held for
+        the merge, or joined to the one another rank stored (then this result says
+        so and nothing more is sent for it).
+        """
         self._ensure_running()
-        if self._forked:
-            return self.submit(event, channels)
-        joined = self.store.enqueue_or_join(event, channels, dedup_key=dedup_key, since=since, not_before=not_before)
-        if joined is not None:
-            return joined
-        tracker = Tracker(event.event_id, channels)
-        self._trackers[event.event_id] = tracker
-        self._wake(channels)
-        return tracker
+        key = ranks.merge_key(event)
+        if key is not None and not self._forked:
+            now = self.clock.time()
+            try:
+                joined = self.store.enqueue_or_join(event, channels, dedup_key=key, since=now - ranks.MERGE_WINDOW,
+                                                    not_before=now + ranks.MERGE_HOLD)
+            except STORE_ERRORS as exc:  # busy or unwritable: send it alone rather than wait
+                logger.info("afs: this rank's failure is sent without merging (%s)", exc)
+            else:
+                if joined is not None:
+                    note = f"sent once with the same failure from other ranks (event {joined})"
+                    return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=note)
+                                                for n in channels})
+                tracker = Tracker(event.event_id, channels)
+                self._trackers[event.event_id] = tracker
+                self._wake(channels)
+                return NotifyResult(event, tracker=tracker)
+        return NotifyResult(event, tracker=self.submit(event, channels))
 
     def track(self, event_id: str, outcome: ChannelOutcome, final: bool) -> None:
         tracker = self._trackers.get(event_id)
@@ -658,19 +672,3 @@ def _close_at_exit(ref: weakref.ref[DeliveryEngine]) -> None:
             engine.close()  # says itself what stays pending, and until when
         except Exception:
             logger.exception("afs: could not flush notifications at exit")
-
-
-def apply_rank_policy(event: NotificationEvent, all_ranks: bool) -> str | None:
-    """Why ``event`` is held back on this rank, or ``None`` when it goes out."""
-    if all_ranks or event.source.is_main_process or event.level >= NotificationLevel.ERROR:
-        return None
-    return f"held back on rank {event.source.rank}: only the main process sends below ERROR"
-
-
-def failure_key(event: NotificationEvent) -> str | None:
-    """The same failure seen from several ranks of one run shares this key."""
-    size = event.source.world_size or 0
-    if size <= 1 or event.level < NotificationLevel.ERROR or not event.run_id:
-        return None
-    return f"{event.run_id}|{event.event_type.value}|{event.error_details or event.title}"
-

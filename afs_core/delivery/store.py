@@ -28,7 +28,7 @@ import attrs
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.events import NotificationEvent
-from afs_core.delivery.location import DB_NAME, StoreLocation
+from afs_core.delivery.location import StoreLocation
 
 logger = logging.getLogger("afs.store")
 

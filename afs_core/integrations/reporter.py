@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core.events import EventType, NotificationLevel
 from afs_core.monitors import CostMonitor, DiskMonitor, GpuMonitor, check_loss, is_out_of_memory
 from afs_core.source import Source
 

@@ -1,0 +1,143 @@
+"""The ``afs`` command's arguments: every subcommand, its flags, and values checked as
+they are parsed, so bad input is one line naming the flag (exit code 2)."""
+
+from __future__ import annotations
+
+import argparse
+from typing import NoReturn
+
+from afs_core.cli.common import USAGE
+from afs_core.events import EventType, NotificationLevel
+
+OUTBOX_EXIT_CODES = """exit codes:
+  list   0 nothing is dead (pending deliveries are fine), 1 some are dead
+  flush  0 everything pending went out, 1 some failed or are still pending
+  retry  0 the delivery is pending again, 1 it is not a dead delivery
+  all    2 bad usage or configuration"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line that names the flag, not a page of usage.
+        self.exit(USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _metrics(text: str) -> dict[str, float]:
+    """``accuracy=0.95,f1=0.92`` as a mapping; a bad pair names itself."""
+    metrics: dict[str, float] = {}
+    for pair in (p.strip() for p in text.split(",")):
+        if not pair:
+            continue
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise argparse.ArgumentTypeError(f"{pair!r} is not name=value")
+        try:
+            metrics[name.strip()] = float(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name.strip()}={value!r} is not a number") from None
+    return metrics
+
+
+def _level(text: str) -> NotificationLevel:
+    try:
+        return NotificationLevel(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"unknown level {text!r} (choose from {', '.join(l.value for l in NotificationLevel)})"
+        ) from None
+
+
+def _event_type(text: str) -> EventType:
+    try:
+        return EventType(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"unknown event type {text!r}") from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
+    common = _Parser(add_help=False)
+    common.add_argument("--env-file", metavar="PATH", help="read settings from this .env file (default: the nearest .env)")
+    common.add_argument("--channel", action="append", metavar="NAME", help="only this channel (repeatable)")
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument("--timeout", type=_non_negative, metavar="SECONDS",
+                        help="how long to wait for deliveries (default AFS_FLUSH_TIMEOUT, 10)")
+
+    parser = _Parser(prog=prog, description="AFS notifications: tell people what training runs are doing.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
+
+    commands.add_parser("status", parents=[common], help="installed channels, their settings, the outbox")
+
+    complete = commands.add_parser("complete", parents=[common], help="a run finished")
+    complete.add_argument("--model", required=True)
+    complete.add_argument("--run-id", required=True)
+    complete.add_argument("--duration", type=_non_negative, required=True, help="seconds")
+    complete.add_argument("--loss", type=float, help="final loss")
+    complete.add_argument("--metrics", type=_metrics, default={}, help='"accuracy=0.95,f1=0.92"')
+
+    error = commands.add_parser("error", parents=[common], help="a run failed")
+    error.add_argument("--model", required=True)
+    error.add_argument("--run-id", required=True)
+    error.add_argument("--error", required=True, help="what went wrong")
+
+    cost = commands.add_parser("cost-alert", parents=[common], help="a run is over budget")
+    cost.add_argument("--cost", type=_non_negative, required=True)
+    cost.add_argument("--threshold", type=_non_negative, required=True)
+    cost.add_argument("--model")
+    cost.add_argument("--run-id")
+
+    evaluation = commands.add_parser("evaluation", parents=[common], help="an evaluation finished")
+    evaluation.add_argument("--model", required=True)
+    evaluation.add_argument("--run-id", required=True)
+    evaluation.add_argument("--metrics", type=_metrics, required=True, help='"accuracy=0.95,perplexity=1.23"')
+
+    custom = commands.add_parser("custom", parents=[common], help="any message")
+    custom.add_argument("--title", required=True)
+    custom.add_argument("--message", required=True)
+    custom.add_argument("--level", type=_level, default=NotificationLevel.INFO)
+    custom.add_argument("--event-type", type=_event_type, default=EventType.ERROR_OCCURRED)
+    custom.add_argument("--model")
+    custom.add_argument("--run-id")
+
+    run = commands.add_parser("run", parents=[common], help="run a training command and report how it ends",
+                              usage="%(prog)s [--model M] [--run-id R] -- COMMAND [ARG ...]")
+    run.add_argument("--model")
+    run.add_argument("--run-id")
+    run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
+
+    history = commands.add_parser("history", parents=[common], help="recent events and their deliveries",
+                                  description="Recent events, newest first: time, level, title, run id, model and "
+                                  "what each channel did. --json carries every field of each event.")
+    history.add_argument("--run-id")
+    history.add_argument("--limit", type=int, default=20)
+
+    outbox = commands.add_parser(
+        "outbox", parents=[common], help="pending and dead deliveries",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Deliveries that have not gone out: pending (waiting for a try or a retry) and dead (failed "
+        "for good, with the reason). Events that stopped processes left in their journals are taken in first.",
+        epilog=OUTBOX_EXIT_CODES,
+    )
+    outbox_actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    outbox_actions.add_parser("list", parents=[common], help="list them (the default)", epilog=OUTBOX_EXIT_CODES,
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    outbox_actions.add_parser("flush", parents=[common], help="deliver what is pending for the configured channels, now",
+                              epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    retry = outbox_actions.add_parser("retry", parents=[common], help="queue a dead delivery again",
+                                      epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    retry.add_argument("id", type=int)
+
+    commands.add_parser("plugins", parents=[common], help="installed plugins, channels and hooks")
+
+    test = commands.add_parser("test", parents=[common], help="send a test notification through one channel")
+    test.add_argument("name", metavar="CHANNEL")
+    return parser
