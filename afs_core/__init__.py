@@ -25,8 +25,10 @@ __all__ = [
     "PluginHost",
     "RateLimit",
     "SendsDirectly",
+    "Setting",
     "Source",
     "TransientDeliveryError",
+    "WebhookChannel",
     "hookimpl",
     "notify_on_completion",
     "send_now",
@@ -47,6 +49,8 @@ _WHERE = {
     "NotificationManager": "afs_core.manager",
     "PluginHost": "afs_core.plugins",
     "RateLimit": "afs_core.channels.base",
+    "Setting": "afs_core.channels.settings",
+    "WebhookChannel": "afs_core.channels.webhook",
     "SendsDirectly": "afs_core.delivery.direct",
     "send_now": "afs_core.delivery.direct",
     "Source": "afs_core.source",
@@ -56,6 +60,8 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from afs_core.channels.base import Channel, RateLimit
+    from afs_core.channels.settings import Setting
+    from afs_core.channels.webhook import WebhookChannel
     from afs_core.delivery.direct import SendsDirectly, send_now
     from afs_core.integrations.decorator import notify_on_completion
     from afs_core.errors import (

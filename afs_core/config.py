@@ -47,15 +47,20 @@ def load_env(dotenv_path: str | os.PathLike[str] | None = None) -> dict[str, str
     return values
 
 
+def parse_bool(text: str) -> bool | None:
+    """``true/yes/on/1`` and ``false/no/off/0`` in any case; None for anything else."""
+    raw = text.strip().lower()
+    return True if raw in _TRUE else False if raw in _FALSE else None
+
+
 def env_bool(env: Mapping[str, str], key: str, default: bool) -> bool:
-    raw = env.get(key, "").strip().lower()
+    raw = env.get(key, "").strip()
     if raw == "":
         return default
-    if raw in _TRUE:
-        return True
-    if raw in _FALSE:
-        return False
-    raise ConfigurationError(f"{key} must be true or false, got {raw!r}")
+    value = parse_bool(raw)
+    if value is None:
+        raise ConfigurationError(f"{key} must be true or false, got {raw.lower()!r}")
+    return value
 
 
 def _env_number(env: Mapping[str, str], key: str, default: Any, minimum: Any, parse: Any, kind: str) -> Any:

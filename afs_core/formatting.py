@@ -134,6 +134,12 @@ def truncate(text: str, limit: int, marker: str = ELLIPSIS, *, keep_entities: bo
     return kept + marker
 
 
+def one_line(text: str, limit: int) -> str:
+    """``text`` safe on one line (no control characters: no newline, escape or CR) and
+    cut to ``limit`` characters: for what a service or a user wrote, in a log or a title."""
+    return truncate(strip_control(text, keep=""), limit)
+
+
 def defuse_fences(text: str) -> str:
     """Text safe inside a ``` code block: no two backticks stay adjacent, so no run of
     them (three, five, any) can close the block early."""

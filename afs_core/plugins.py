@@ -20,6 +20,7 @@ import pluggy
 
 from afs_core import hookspecs
 from afs_core.channels.base import Channel
+from afs_core.config import parse_bool
 from afs_core.errors import PluginLoadError
 
 ENTRY_POINT_GROUP = hookspecs.PROJECT_NAME
@@ -32,7 +33,6 @@ logger = logging.getLogger("afs.plugins")
 _CAUGHT = (Exception, SystemExit)
 
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
-_TRUE = frozenset({"1", "true", "yes", "on"})
 
 
 @attrs.frozen
@@ -260,8 +260,8 @@ def _core_version() -> str | None:
 def _settings(env: Mapping[str, str]) -> dict[str, Any]:
     return {
         "allow": _parse_allow_list(env.get("AFS_LOAD_PLUGINS")),
-        "strict": env.get("AFS_STRICT_PLUGINS", "").strip().lower() in _TRUE,
-        "trace": env.get("AFS_TRACE_PLUGINS", "").strip().lower() in _TRUE,
+        "strict": parse_bool(env.get("AFS_STRICT_PLUGINS", "")) is True,
+        "trace": parse_bool(env.get("AFS_TRACE_PLUGINS", "")) is True,
     }
 
 

@@ -1,6 +1,5 @@
 """The delivery engine: non-blocking, durable, retried, isolated, quiet, rank-aware."""
 
-import json
 import os
 import signal
 import subprocess
@@ -15,7 +14,6 @@ from afs_core import (
     Channel,
     EventType,
     NotificationEvent,
-    NotificationLevel,
     NotificationManager,
     PermanentDeliveryError,
     Source,

@@ -8,8 +8,9 @@ from afs_core import NotificationManager
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [*ROOT.glob("afs_core/**/*.py"), *ROOT.glob("plugins/*/afs_*/**/*.py")]
-SETTING = re.compile(
-    r"""(?:env|settings)(?:\.get\(|\[)"([A-Z][A-Z0-9_]+)"|env_\w+\((?:env|settings), "([A-Z][A-Z0-9_]+)\""""
+SETTING = re.compile(  # read by hand, or declared as a channel's Setting("NAME", ...)
+    r"""(?:env|settings)(?:\.get\(|\[)"([A-Z][A-Z0-9_]+)"|env_\w+\((?:env|settings), "([A-Z][A-Z0-9_]+)\"|"""
+    r"""Setting\("([A-Z][A-Z0-9_]+)\""""
 )
 
 
@@ -30,7 +31,7 @@ def test_ci_runs_the_readme_test_command_verbatim():
 
 def test_every_setting_the_code_reads_is_in_env_example():
     platform = {"LOCALAPPDATA", "XDG_DATA_HOME", "CUDA_VISIBLE_DEVICES"}  # the system's, not ours
-    found = {a or b for path in SOURCES for a, b in SETTING.findall(path.read_text())} - platform
+    found = {a or b or c for path in SOURCES for a, b, c in SETTING.findall(path.read_text())} - platform
     assert {"AFS_CONSOLE", "SLACK_WEBHOOK_URL", "SMTP_PASSWORD", "DESKTOP_NOTIFICATIONS_SOUND"} <= found
     documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ROOT.joinpath(".env.example").read_text(), re.M))
     assert found <= documented, f"settings missing from .env.example: {sorted(found - documented)}"

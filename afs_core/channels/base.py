@@ -13,7 +13,9 @@ from typing import Any, ClassVar, TypeVar
 
 import attrs
 
+from afs_core.channels.settings import Setting, read_settings
 from afs_core.events import NotificationEvent
+from afs_core.redaction import Secret
 
 _C = TypeVar("_C", bound="Channel")
 
@@ -39,8 +41,17 @@ class Channel:
     rate_limit: ClassVar[RateLimit | None] = None
     #: Seconds in which repeats of a repetitive event are held back (0: never).
     throttle_seconds: ClassVar[float] = 600.0
-    #: Settings ``from_env`` needs, named by ``afs status`` when the channel is off.
+    #: The settings this channel reads; ``from_env``, ``afs status`` and ``secrets()``
+    #: work from this declaration (see :class:`~afs_core.channels.settings.Setting`).
+    settings: ClassVar[tuple[Setting, ...]] = ()
+    #: Settings it cannot work without, named by ``afs status`` when the channel is off;
+    #: derived from ``settings`` when those are declared.
     required_settings: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "settings" in vars(cls) and "required_settings" not in vars(cls):
+            cls.required_settings = tuple(s.env for s in cls.settings if s.required)
 
     def format(self, event: NotificationEvent) -> Any:
         """Render ``event`` as this channel's message. Default: plain text."""
@@ -61,8 +72,24 @@ class Channel:
 
         Raises :class:`~afs_core.errors.ConfigurationError` when settings are
         present but wrong, so the mistake shows at start-up, not at the first send.
+        By default the declared ``settings`` are read and passed to the constructor.
         """
-        return None
+        values = read_settings(cls.settings, env) if cls.settings else None
+        return None if values is None else cls(**values)
+
+    @classmethod
+    def settings_from_env(cls, given: Mapping[str, Any]) -> dict[str, Any]:
+        """For a constructor called without its settings, as the seed-era notifiers were
+        (``SlackNotifier()``): the keywords ``given`` (None: not given) completed from
+        ``.env`` and the environment, read by the declaration like ``from_env``."""
+        from afs_core.config import load_env
+        from afs_core.errors import ConfigurationError
+
+        values = read_settings(cls.settings, load_env())
+        if values is None:
+            needed = cls.required_settings[0] if cls.required_settings else "its settings"
+            raise ConfigurationError(f"{needed} is not set (in the environment or .env)")
+        return {**values, **{key: value for key, value in given.items() if value is not None}}
 
     def is_configured(self) -> bool:
         """Whether this instance has what it needs to deliver."""
@@ -76,8 +103,15 @@ class Channel:
         """Release connections or other resources; the channel may be used again after."""
 
     def secrets(self) -> Iterable[str]:
-        """Strings that must never appear in logs, errors or history (tokens, passwords)."""
-        return ()
+        """Strings that must never appear in logs, errors or history (tokens, passwords):
+        by default the values of the settings declared secret."""
+        found = []
+        for setting in type(self).settings:
+            value = getattr(self, setting.param, None) if setting.secret else None
+            value = value.reveal() if isinstance(value, Secret) else value
+            if isinstance(value, str) and value:
+                found.append(value)
+        return found
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.describe()}>"

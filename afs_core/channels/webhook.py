@@ -1,21 +1,33 @@
-"""What every webhook channel checks the same way: URLs, answers and JSON.
+"""The webhook channel base: a channel that posts JSON to a URL, written once.
 
-Webhook URL validation (with loopback allowed for tests and local relays),
-``Retry-After`` parsing and the transient/permanent rule for HTTP statuses live
-here once; none of it needs an HTTP library, so channels validate at
-construction without importing one.
+:class:`WebhookChannel` validates the URL at construction (loopback allowed for
+tests and local relays), posts over one reused connection within a total
+deadline, honours the waits a service asks for (a 429's Retry-After, a rate
+bucket out of slots: one mechanism, :data:`HOLDS`) and turns the answer into a
+receipt or a typed error. A subclass declares its settings, hosts and URL path
+and writes ``format``; Slack and Discord are such subclasses. None of this imports
+an HTTP library until the first send.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
+import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Mapping
-from typing import Any
+from collections.abc import Callable, Collection, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, ClassVar
 
+from afs_core.channels.base import Channel
+from afs_core.config import check_timeout
 from afs_core.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from afs_core.formatting import one_line
+from afs_core.redaction import redact_url, url_secrets
+
+if TYPE_CHECKING:
+    from afs_core.channels.http import HttpAnswer, WebhookSession
 
 #: The longest wait a service may ask for before the event is left for later.
 MAX_RETRY_AFTER = 3600.0
@@ -122,3 +134,184 @@ def encode_json(payload: Mapping[str, Any]) -> bytes:
         return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8", "replace")
     except ValueError as exc:
         raise PermanentDeliveryError(f"payload is not valid JSON: {exc}") from None
+
+
+def _host_of(url: str) -> str | None:
+    try:
+        return urllib.parse.urlsplit(url.strip()).hostname
+    except ValueError:
+        return None
+
+
+class RateHolds:
+    """What services said about later sends, by key (a webhook, a rate bucket, a whole
+    service after a global 429), shared by every channel of the process posting there.
+
+    A key has a number of sends left until a time; a 429 is a key with none left until
+    its Retry-After. A send takes its slot before it goes out, so threads sharing a
+    webhook cannot all fire into its last one.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._keys: dict[str, tuple[int, float]] = {}  # key -> (sends left, until when: monotonic)
+
+    def hold(self, key: str, seconds: float) -> None:
+        """Nothing is posted under ``key`` for ``seconds`` from now."""
+        until = time.monotonic() + max(seconds, 0.0)
+        with self._lock:
+            _, known_until = self._keys.get(key, (0, 0.0))
+            self._keys[key] = (0, max(known_until, until))
+
+    def limit(self, key: str, remaining: int, reset_after: float) -> None:
+        """``remaining`` sends are left under ``key`` for the next ``reset_after`` seconds."""
+        now = time.monotonic()
+        until = now + max(reset_after, 0.0)
+        with self._lock:
+            known = self._keys.get(key)
+            if known is not None and known[1] > now and abs(known[1] - until) < 1.0:
+                remaining = min(remaining, known[0])  # an older answer arriving late cannot refill it
+            self._keys[key] = (remaining, until)
+
+    def reserve(self, keys: Iterable[str]) -> float:
+        """Seconds to wait before posting under ``keys``; 0 means go now (and a slot
+        was taken from each key that counts them)."""
+        now = time.monotonic()
+        with self._lock:
+            current = [(key, self._keys[key]) for key in keys if key in self._keys and self._keys[key][1] > now]
+            wait = max([until - now for _, (left, until) in current if left <= 0] + [0.0])
+            if wait > 0:
+                return wait
+            for key, (left, until) in current:
+                self._keys[key] = (left - 1, until)
+            return 0.0
+
+    def clear(self) -> None:
+        with self._lock:
+            self._keys.clear()
+
+
+#: The process's holds: a 429 from one channel makes every channel posting there wait.
+HOLDS = RateHolds()
+
+
+class WebhookChannel(Channel):
+    """A channel that posts JSON to a webhook URL.
+
+    Declare ``settings`` (the URL as ``param="webhook_url"``, a ``timeout`` if it
+    has one), ``hosts`` (the service's own, https only), ``url_path`` and write
+    ``format``. Override the ``read_answer``/``rate_limited``/``learn`` steps only
+    where the service speaks differently from plain HTTP statuses.
+    """
+
+    #: The service's own hosts; any other needs ``allow_any_host=True`` (a relay you trust).
+    hosts: ClassVar[tuple[str, ...]] = ()
+    #: The path a URL on those hosts must have, and how to say it when it does not.
+    url_path: ClassVar[re.Pattern[str] | None] = None
+    url_hint: ClassVar[str] = ""
+    #: On a loopback host (tests, a local relay) any path is accepted.
+    loopback_any_path: ClassVar[bool] = False
+    #: Sent as the User-Agent header.
+    user_agent: ClassVar[str] = "afs-notifications"
+    default_timeout: ClassVar[float] = 10.0
+
+    def __init__(self, webhook_url: str, *, timeout: float | None = None, allow_any_host: bool = False) -> None:
+        validate_webhook_url(webhook_url, setting=self._setting_name("webhook_url", "WEBHOOK_URL"), hosts=self.hosts,
+                             path_check=self._path_check(webhook_url), path_hint=self.url_hint,
+                             allow_any_host=allow_any_host)
+        self.webhook_url = self.normalise_url(webhook_url.strip())
+        setting = self._setting_name("timeout", "timeout")
+        self.timeout = self.default_timeout if timeout is None else check_timeout(timeout, setting)
+        self._public_segments = self.public_segments(urllib.parse.urlsplit(self.webhook_url).path)
+        self._session: WebhookSession | None = None
+
+    def _path_check(self, url: object) -> Callable[[str], bool] | None:
+        pattern = self.url_path
+        if pattern is None:
+            return None
+        anywhere = self.loopback_any_path and isinstance(url, str) and is_loopback_host(_host_of(url))
+        return lambda path: anywhere or pattern.match(path) is not None
+
+    @classmethod
+    def _setting_name(cls, param: str, default: str) -> str:
+        return next((s.env for s in cls.settings if s.param == param), default)
+
+    # -- what a subclass may change ---------------------------------------------------
+
+    def normalise_url(self, url: str) -> str:
+        """The URL as posted to (a service's preferred host, a required query)."""
+        return url
+
+    def public_segments(self, path: str) -> int:
+        """How many leading path segments are safe to show; the rest is the secret."""
+        return 0
+
+    def hold_keys(self) -> tuple[str, ...]:
+        """Whose waits this channel keeps to before posting: its own webhook's."""
+        return (self.webhook_url,)
+
+    def learn(self, answer: HttpAnswer) -> None:
+        """What an answer says about later sends (a bucket out of slots: hold it)."""
+
+    def rate_limited(self, answer: HttpAnswer) -> tuple[float | None, str, str]:
+        """For a 429: (the wait the service asked for, if it said, the key to hold, what
+        to say). With no wait given, the key is held for a second and the engine backs off."""
+        return parse_retry_after(answer.headers.get("Retry-After")), self.webhook_url, "rate limited"
+
+    def words(self, answer: HttpAnswer) -> str:
+        """What the service said, short and safe to log."""
+        return one_line(answer.text.strip(), 200) or "no body"
+
+    def read_answer(self, answer: HttpAnswer) -> Any:
+        """The receipt of a 2xx answer; otherwise the typed error for its status."""
+        said = self.words(answer)
+        error = classify_status(answer.status, said, retry_after=parse_retry_after(answer.headers.get("Retry-After")))
+        if error is not None:
+            raise error
+        return said
+
+    # -- sending ----------------------------------------------------------------------
+
+    def deliver(self, message: Any) -> Any:
+        if not isinstance(message, Mapping):
+            raise PermanentDeliveryError(f"a {self.name or 'webhook'} message must be a JSON object, "
+                                         f"got {type(message).__name__}")
+        deadline = time.monotonic() + self.timeout
+        self._keep_to_holds(deadline)
+        if self._session is None:
+            from afs_core.channels.http import WebhookSession  # requests loads on the first send only
+
+            self._session = WebhookSession(user_agent=self.user_agent, secrets=self.secrets())
+        answer = self._session.post_json(self.webhook_url, message, timeout=max(deadline - time.monotonic(), 0.1))
+        self.learn(answer)
+        if answer.status == 429:
+            wait, key, what = self.rate_limited(answer)
+            HOLDS.hold(key, 1.0 if wait is None else wait)
+            raise TransientDeliveryError(f"HTTP 429: {what}", retry_after=wait)
+        return self.read_answer(answer)
+
+    def _keep_to_holds(self, deadline: float) -> None:
+        """Wait out a hold that ends within this send's deadline; report a longer one
+        (the engine then retries when it ends). Asked again after each wait: a hold
+        may have begun meanwhile."""
+        while True:
+            wait = HOLDS.reserve(self.hold_keys())
+            if wait <= 0:
+                return
+            if time.monotonic() + wait >= deadline:
+                raise TransientDeliveryError(f"the service asked to wait {wait:.2f} s more",
+                                             retry_after=min(wait, MAX_RETRY_AFTER))
+            time.sleep(wait)
+
+    # -- status -----------------------------------------------------------------------
+
+    def describe(self) -> str:
+        return f"{self.name or type(self).__name__} {redact_url(self.webhook_url, self._public_segments)}"
+
+    def secrets(self) -> Iterable[str]:
+        return [*url_secrets(self.webhook_url, public_segments=self._public_segments), *super().secrets()]
+
+    def close(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None

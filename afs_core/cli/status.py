@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from afs_core.cli.common import OK, open_store_taking_journals, settings, where
+from afs_core.config import parse_bool
 from afs_core.errors import ConfigurationError
 
 
@@ -30,7 +31,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         except Exception as exc:  # a plugin's bug: say so, keep going
             row.update(state="broken", detail=f"{type(exc).__name__}: {exc}")
         else:
-            if channel is None and name == "console" and env.get("AFS_CONSOLE", "").strip().lower() not in {"false", "0", "no", "off"}:
+            if channel is None and name == "console" and parse_bool(env.get("AFS_CONSOLE", "")) is not False:
                 row.update(state="fallback", detail="used when no other channel is configured")
             elif channel is None:
                 needs = ", ".join(getattr(spec.channel_class, "required_settings", ())) or "its settings"

@@ -14,7 +14,8 @@ from typing import IO, Any
 import attrs
 
 from afs_core.channels.base import Channel
-from afs_core.errors import ConfigurationError, TransientDeliveryError
+from afs_core.channels.settings import Setting, boolean, read_settings
+from afs_core.errors import TransientDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import LEVEL_EMOJI, event_fields, source_line, strip_control, trim_traceback
 from afs_core.hookspecs import hookimpl
@@ -27,7 +28,6 @@ _COLOURS = {
     NotificationLevel.CRITICAL: "\033[1;37;41m",
 }
 _DIM, _RESET = "\033[2m", "\033[0m"
-_TRUE, _FALSE = {"1", "true", "yes", "on"}, {"0", "false", "no", "off"}
 
 
 @attrs.frozen
@@ -43,7 +43,7 @@ class ConsoleChannel(Channel):
     """Readable lines on stderr; the embedded default channel."""
 
     name = "console"
-    required_settings = ("AFS_CONSOLE",)
+    settings = (Setting("AFS_CONSOLE", "enabled", parse=boolean, required=True),)
     throttle_seconds = 0.0  # a local terminal shows every epoch; nobody's phone buzzes
 
     def __init__(self, stream: IO[str] | None = None, colour: bool | None = None) -> None:
@@ -54,12 +54,8 @@ class ConsoleChannel(Channel):
     def from_env(cls, env: Mapping[str, str]) -> ConsoleChannel | None:
         """``AFS_CONSOLE=true`` turns the console on beside other channels; unset, it is
         only the fallback when nothing else is configured."""
-        raw = env.get("AFS_CONSOLE", "").strip().lower()
-        if raw in _TRUE:
-            return cls()
-        if raw in _FALSE or raw == "":
-            return None
-        raise ConfigurationError(f"AFS_CONSOLE must be true or false, got {raw!r}")
+        values = read_settings(cls.settings, env)
+        return cls() if values and values["enabled"] else None
 
     @property
     def stream(self) -> IO[str]:

@@ -14,8 +14,9 @@ afs-core installed gets these fixtures:
 - ``manual_clock``: a :class:`ManualClock` for stores and engines, moved by
   ``clock.advance(seconds)``, so backoff, holds and leases are tested without sleeping.
 - ``afs_isolated_env``: removes AFS, channel and rank settings from the environment,
-  points ``AFS_HOME`` at a temporary directory and moves to an empty working directory, so no developer ``.env`` leaks into a
-  test (``usefixtures = afs_isolated_env`` applies it everywhere).
+  points ``AFS_HOME`` at a temporary directory, moves to an empty working directory
+  and forgets the waits services asked for, so no developer ``.env`` or earlier test
+  leaks into a test (``usefixtures = afs_isolated_env`` applies it everywhere).
 
 and :func:`would_send`, which shows what a channel would send for an event,
 :func:`sample_events` (one fixed event per category) and :func:`assert_matches_snapshot`.
@@ -35,6 +36,7 @@ from typing import Any
 import pytest
 
 from afs_core.channels.base import Channel
+from afs_core.channels.webhook import HOLDS
 from afs_core.clock import Clock
 from afs_core.delivery.dispatch import Filtered, enrich_event, render_message
 from afs_core.errors import DeliveryError
@@ -214,6 +216,7 @@ def afs_isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.setenv("AFS_HOME", str(tmp_path / "afs-home"))  # never the user's real outbox
     forget_current_source()  # the rank is read once per process: read it for this test
+    HOLDS.clear()  # a 429 an earlier test provoked holds nothing here
     workdir = tmp_path / "cwd"
     workdir.mkdir(exist_ok=True)
     monkeypatch.chdir(workdir)

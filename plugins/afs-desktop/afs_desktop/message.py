@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import event_fields, headline, strip_control, truncate
+from afs_core.formatting import one_line, event_fields, headline, strip_control, truncate
 
 TITLE_LIMIT = 100
 BODY_LIMIT = 300
@@ -32,7 +32,7 @@ def compose(event: NotificationEvent, app_name: str = "AFS", sound: bool = True)
     detail = strip_control(" · ".join(key[:3]), keep="")
     body = "\n".join([*lines, detail] if detail else lines)
     return DesktopMessage(
-        title=truncate(strip_control(headline(event), keep=""), TITLE_LIMIT),
+        title=one_line(headline(event), TITLE_LIMIT),
         body=truncate(body, BODY_LIMIT),
         level=event.level,
         app_name=app_name,

@@ -12,9 +12,9 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-from afs_core import Channel, SendsDirectly, EventType, NotificationEvent, NotificationLevel
-from afs_core.config import env_bool
-from afs_core.formatting import strip_control, truncate
+from afs_core import Channel, EventType, NotificationEvent, NotificationLevel, SendsDirectly
+from afs_core.channels import Setting, boolean, read_settings
+from afs_core.formatting import one_line, strip_control, truncate
 from afs_desktop.backends import Backend
 from afs_desktop.message import BODY_LIMIT, TITLE_LIMIT, DesktopMessage, compose
 
@@ -47,11 +47,14 @@ class DesktopNotifier(SendsDirectly, Channel):
     """Desktop channel. Settings: ``DESKTOP_NOTIFICATIONS_ENABLED``, ``DESKTOP_NOTIFICATIONS_SOUND``."""
 
     name = "desktop"
-    required_settings = ("DESKTOP_NOTIFICATIONS_ENABLED",)
+    settings = (
+        Setting("DESKTOP_NOTIFICATIONS_ENABLED", "enabled", parse=boolean, required=True),
+        Setting("DESKTOP_NOTIFICATIONS_SOUND", "enable_sound", parse=boolean),
+    )
 
     def __init__(self, enable_sound: bool = True, app_name: str = "AFS", backend: Backend | None = None) -> None:
         self.enable_sound = enable_sound
-        self.app_name = truncate(strip_control(app_name, keep=""), 64) or "AFS"
+        self.app_name = one_line(app_name, 64) or "AFS"
         self._backend = backend
 
     @property
@@ -62,9 +65,10 @@ class DesktopNotifier(SendsDirectly, Channel):
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> DesktopNotifier | None:
-        if not env_bool(env, "DESKTOP_NOTIFICATIONS_ENABLED", False):
+        values = read_settings(cls.settings, env)
+        if not values or not values.pop("enabled"):
             return None
-        notifier = cls(enable_sound=env_bool(env, "DESKTOP_NOTIFICATIONS_SOUND", True))
+        notifier = cls(**values)
         reason = notifier.backend.unavailable_reason()
         if reason is not None:
             logger.warning("afs: desktop notifications are enabled but unavailable here: %s", reason)
@@ -78,7 +82,7 @@ class DesktopNotifier(SendsDirectly, Channel):
         if not isinstance(message, DesktopMessage):  # a plugin's formatter returned text
             lines = str(message).strip().splitlines() or ["AFS"]
             message = DesktopMessage(
-                truncate(strip_control(lines[0], keep=""), TITLE_LIMIT),
+                one_line(lines[0], TITLE_LIMIT),
                 truncate(strip_control("\n".join(lines[1:3])), BODY_LIMIT),
                 NotificationLevel.INFO, self.app_name, self.enable_sound,
             )

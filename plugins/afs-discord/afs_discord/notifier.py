@@ -1,92 +1,36 @@
 """``DiscordNotifier``: posts events to a Discord webhook as colour-coded embeds.
 
-Rendering and limits live in :mod:`afs_discord.embeds`; this module validates the
-webhook URL, follows Discord's rate-limit headers (per webhook, and the global
-pause), packs batches of embeds, and turns answers into typed delivery errors.
+Rendering and limits live in :mod:`afs_discord.embeds`; posting and deadlines come
+from :class:`~afs_core.channels.webhook.WebhookChannel`. This module says what
+Discord's answers mean: its rate-limit headers and fractional, possibly global
+429s, its error words, a deleted webhook; and it packs batches of embeds.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import threading
-import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, SendsDirectly, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
-from afs_core.config import check_timeout, env_float, load_env
+from afs_core import PermanentDeliveryError, SendsDirectly
+from afs_core.channels import HOLDS, Setting, WebhookChannel, seconds
+from afs_core.channels.webhook import parse_retry_after, validate_webhook_url
 from afs_core.delivery.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
 from afs_core.events import NotificationEvent
-from afs_core.formatting import strip_control, truncate
-from afs_core.redaction import redact_url, url_secrets
-from afs_core.channels.webhook import MAX_RETRY_AFTER, classify_status, parse_retry_after, validate_webhook_url
+from afs_core.formatting import one_line
 from afs_discord.embeds import EMBEDS_PER_MESSAGE, EMBEDS_TOTAL, NO_MENTIONS, embed_size, fit_payload, render
 
 if TYPE_CHECKING:
-    from afs_core.channels.http import WebhookSession
+    from afs_core.channels.http import HttpAnswer
 
 DISCORD_HOSTS = ("discord.com", "discordapp.com", "ptb.discord.com", "canary.discord.com",
                  "ptb.discordapp.com", "canary.discordapp.com")
 _WEBHOOK_PATH = re.compile(r"^/api(/v\d+)?/webhooks/\d+/[A-Za-z0-9_.-]+/?$")
-DEFAULT_TIMEOUT = 10.0
 UNKNOWN_WEBHOOK = 10015
+GLOBAL_HOLD = "discord:global"  # a global 429 holds every Discord webhook of the process
 _ALONE = object()
-
-
-class _RateLimits:
-    """What Discord's headers said: per-webhook buckets and the process-wide pause.
-
-    A send takes its slot from the bucket before it goes out, so threads sharing a
-    webhook cannot all fire into its last slot.
-    """
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.buckets: dict[str, tuple[int, float]] = {}  # webhook -> (remaining, resets at)
-        self.global_until = 0.0
-
-    def reserve(self, webhook: str, now: float) -> float:
-        """Seconds to wait before sending (0: go now, and the slot is taken)."""
-        with self.lock:
-            wait = self.global_until - now
-            remaining, resets_at = self.buckets.get(webhook, (1, 0.0))
-            if resets_at <= now:
-                remaining = max(remaining, 1)  # the window is over: at least one slot again
-            if remaining <= 0:
-                wait = max(wait, resets_at - now)
-            if wait > 0:
-                return wait
-            self.buckets[webhook] = (remaining - 1, resets_at)
-            return 0.0
-
-    def learn(self, webhook: str, headers: Mapping[str, str], now: float) -> None:
-        remaining = headers.get("X-RateLimit-Remaining")
-        reset_after = parse_retry_after(headers.get("X-RateLimit-Reset-After"))
-        if remaining is None or reset_after is None:
-            return
-        try:
-            count = int(float(remaining))
-        except ValueError:
-            return
-        with self.lock:
-            known, known_reset = self.buckets.get(webhook, (count, 0.0))
-            if known_reset > now and abs(known_reset - (now + reset_after)) < 1.0:
-                count = min(count, known)  # an older answer arriving late cannot refill the bucket
-            self.buckets[webhook] = (count, now + reset_after)
-
-    def exhaust(self, webhook: str, seconds: float, now: float) -> None:
-        with self.lock:
-            self.buckets[webhook] = (0, now + seconds)
-
-    def pause_everything(self, seconds: float, now: float) -> None:
-        with self.lock:
-            self.global_until = max(self.global_until, now + seconds)
-
-
-#: Shared by every Discord channel in the process: a global 429 pauses them all.
-RATE_LIMITS = _RateLimits()
 
 
 def normalise_url(url: str) -> str:
@@ -101,7 +45,7 @@ def normalise_url(url: str) -> str:
     return urllib.parse.urlunsplit((parts.scheme, host, parts.path, urllib.parse.urlencode(query), ""))
 
 
-class DiscordNotifier(SendsDirectly, Channel):
+class DiscordNotifier(SendsDirectly, WebhookChannel):
     """Discord webhook channel.
 
     Settings: ``DISCORD_WEBHOOK_URL``, ``DISCORD_USERNAME``, ``DISCORD_AVATAR_URL``,
@@ -109,7 +53,16 @@ class DiscordNotifier(SendsDirectly, Channel):
     """
 
     name = "discord"
-    required_settings = ("DISCORD_WEBHOOK_URL",)
+    settings = (
+        Setting("DISCORD_WEBHOOK_URL", "webhook_url", required=True, secret=True),
+        Setting("DISCORD_USERNAME", "username"),
+        Setting("DISCORD_AVATAR_URL", "avatar_url"),
+        Setting("DISCORD_TIMEOUT", "timeout", parse=seconds),
+    )
+    hosts = DISCORD_HOSTS
+    url_path = _WEBHOOK_PATH
+    url_hint = "/api/webhooks/ID/TOKEN"
+    user_agent = "afs-discord"
 
     def __init__(
         self,
@@ -120,105 +73,79 @@ class DiscordNotifier(SendsDirectly, Channel):
         *,
         allow_any_host: bool = False,
     ) -> None:
-        if webhook_url is None:
-            env = load_env()
-            webhook_url = env.get("DISCORD_WEBHOOK_URL", "").strip()
-            if not webhook_url:
-                raise ConfigurationError("DISCORD_WEBHOOK_URL is not set (in the environment or .env)")
-            username = username or env.get("DISCORD_USERNAME") or None
-            avatar_url = avatar_url or env.get("DISCORD_AVATAR_URL") or None
-            if timeout is None:
-                timeout = env_float(env, "DISCORD_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1)
-        validate_webhook_url(
-            webhook_url, setting="DISCORD_WEBHOOK_URL", hosts=DISCORD_HOSTS, allow_any_host=allow_any_host,
-            path_check=_WEBHOOK_PATH.match, path_hint="/api/webhooks/ID/TOKEN",
-        )
+        if webhook_url is None:  # DiscordNotifier(), as before: from .env and the environment
+            given = self.settings_from_env({"username": username, "avatar_url": avatar_url, "timeout": timeout})
+            webhook_url, username, avatar_url = given["webhook_url"], given.get("username"), given.get("avatar_url")
+            timeout = given.get("timeout")
+        super().__init__(webhook_url, timeout=timeout, allow_any_host=allow_any_host)
         if avatar_url is not None:
             validate_webhook_url(avatar_url, setting="DISCORD_AVATAR_URL", hosts=(), allow_any_host=True)
-        self.webhook_url = normalise_url(webhook_url)
-        self.username = username
-        self.avatar_url = avatar_url
-        self.timeout = DEFAULT_TIMEOUT if timeout is None else check_timeout(timeout, "DISCORD_TIMEOUT")
-        path = urllib.parse.urlsplit(self.webhook_url).path
-        self._bucket_key = path
-        segments = [s for s in path.split("/") if s]
-        # Up to ".../webhooks" is public; the id and token after it are not (all of a relay's path is).
-        self._public_segments = segments.index("webhooks") + 1 if "webhooks" in segments else 0
-        self._session: WebhookSession | None = None
+        self.username = username or None
+        self.avatar_url = avatar_url or None
+        self._bucket = urllib.parse.urlsplit(self.webhook_url).path
         self._gone: str | None = None
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> DiscordNotifier | None:
-        url = env.get("DISCORD_WEBHOOK_URL", "").strip()
-        if not url:
-            return None
-        return cls(
-            webhook_url=url,
-            username=env.get("DISCORD_USERNAME") or None,
-            avatar_url=env.get("DISCORD_AVATAR_URL") or None,
-            timeout=env_float(env, "DISCORD_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1),
-        )
+    def normalise_url(self, url: str) -> str:
+        return normalise_url(url)
+
+    def public_segments(self, path: str) -> int:
+        # Up to ".../webhooks" is public; the id and token after it are not (all of a relay's path is).
+        segments = [s for s in path.split("/") if s]
+        return segments.index("webhooks") + 1 if "webhooks" in segments else 0
 
     # -- rendering ------------------------------------------------------------------
 
     def format(self, event: NotificationEvent) -> dict[str, Any]:
         payload: dict[str, Any] = {"embeds": [render(event)], "allowed_mentions": NO_MENTIONS}
         if self.username:
-            payload["username"] = truncate(strip_control(self.username, keep=""), 80)
+            payload["username"] = one_line(self.username, 80)
         if self.avatar_url:
             payload["avatar_url"] = self.avatar_url
         return fit_payload(payload)
 
-    # -- sending --------------------------------------------------------------------
+    # -- what Discord says ----------------------------------------------------------
 
-    def deliver(self, message: Any) -> dict[str, Any]:
-        if not isinstance(message, Mapping):
-            raise PermanentDeliveryError(f"a Discord message must be a JSON object, got {type(message).__name__}")
-        if self._gone is not None:  # Discord said this webhook no longer exists: stop calling it
-            raise PermanentDeliveryError(self._gone)
-        payload = fit_payload(message)
-        deadline = time.monotonic() + self.timeout
-        self._wait_for_rate_limit(deadline)
-        if self._session is None:
-            from afs_core.channels.http import WebhookSession  # requests loads on first send only
+    def hold_keys(self) -> tuple[str, ...]:
+        return (self._bucket, GLOBAL_HOLD)
 
-            self._session = WebhookSession(user_agent="afs-discord", secrets=self.secrets())
-        remaining = max(deadline - time.monotonic(), 0.1)
-        answer = self._session.post_json(self.webhook_url, payload, timeout=remaining)
-        now = time.monotonic()
-        RATE_LIMITS.learn(self._bucket_key, answer.headers, now)
+    def learn(self, answer: HttpAnswer) -> None:
+        """How many sends the webhook's bucket has left, and for how long: an empty
+        bucket is waited for instead of provoking a 429."""
+        remaining = answer.headers.get("X-RateLimit-Remaining")
+        reset_after = parse_retry_after(answer.headers.get("X-RateLimit-Reset-After"))
+        if remaining is None or reset_after is None:
+            return
+        try:
+            HOLDS.limit(self._bucket, int(float(remaining)), reset_after)
+        except ValueError:
+            pass
+
+    def rate_limited(self, answer: HttpAnswer) -> tuple[float | None, str, str]:
         body = _json_object(answer.text)
-        if answer.status == 429:
-            retry_after = parse_retry_after(body.get("retry_after"))
-            if retry_after is None:
-                retry_after = parse_retry_after(answer.headers.get("Retry-After"))
-            wait = 1.0 if retry_after is None else retry_after
-            if body.get("global") is True:
-                RATE_LIMITS.pause_everything(wait, now)
-            else:
-                RATE_LIMITS.exhaust(self._bucket_key, wait, now)
-            raise TransientDeliveryError("HTTP 429: rate limited" + (" (global)" if body.get("global") else ""),
-                                         retry_after=retry_after)
-        said = _discord_words(body, answer.text)
+        wait = parse_retry_after(body.get("retry_after"))  # fractional seconds, unlike the header
+        if wait is None:
+            wait = parse_retry_after(answer.headers.get("Retry-After"))
+        if body.get("global") is True:  # every webhook of this process waits
+            return wait, GLOBAL_HOLD, "rate limited (global)"
+        return wait, self._bucket, "rate limited"
+
+    def words(self, answer: HttpAnswer) -> str:
+        return _discord_words(_json_object(answer.text), answer.text)
+
+    def read_answer(self, answer: HttpAnswer) -> Any:
+        body = _json_object(answer.text)
         if answer.status == 404 and body.get("code") == UNKNOWN_WEBHOOK:
             self._gone = "HTTP 404: Unknown Webhook (deleted in Discord? create a new one)"
             raise PermanentDeliveryError(self._gone)
-        error = classify_status(answer.status, said, retry_after=parse_retry_after(answer.headers.get("Retry-After")))
-        if error is not None:
-            raise error
+        super().read_answer(answer)
         return body
 
-    def _wait_for_rate_limit(self, deadline: float) -> None:
-        """Sleep until a slot is free, if that fits the deadline; else report the wait.
-        Asked again after each sleep: a global pause may have begun meanwhile."""
-        while True:
-            now = time.monotonic()
-            wait = RATE_LIMITS.reserve(self._bucket_key, now)
-            if wait <= 0:
-                return
-            if now + wait >= deadline:
-                raise TransientDeliveryError(f"rate limited for {wait:.2f} s more", retry_after=min(wait, MAX_RETRY_AFTER))
-            time.sleep(wait)
+    def deliver(self, message: Any) -> Any:
+        if self._gone is not None:  # Discord said this webhook no longer exists: stop calling it
+            raise PermanentDeliveryError(self._gone)
+        if not isinstance(message, Mapping):
+            raise PermanentDeliveryError(f"a Discord message must be a JSON object, got {type(message).__name__}")
+        return super().deliver(fit_payload(message))
 
     def send_batch(self, events: Iterable[NotificationEvent]) -> int:
         """Send events packed up to 10 embeds and 6000 characters a request; returns
@@ -276,18 +203,6 @@ class DiscordNotifier(SendsDirectly, Channel):
                 payload.pop("_size", None)
         return messages
 
-    # -- status -----------------------------------------------------------------------
-
-    def describe(self) -> str:
-        return "discord " + redact_url(self.webhook_url, keep_path_segments=self._public_segments)
-
-    def secrets(self) -> Iterable[str]:
-        return url_secrets(self.webhook_url, public_segments=self._public_segments)
-
-    def close(self) -> None:
-        if self._session is not None:
-            self._session.close()
-
 
 def _json_object(text: str) -> dict[str, Any]:
     try:
@@ -303,4 +218,4 @@ def _discord_words(body: Mapping[str, Any], text: str) -> str:
         said = str(body["message"]) + (f" (code {body['code']})" if "code" in body else "")
     else:
         said = text.strip() or "no body"
-    return truncate(strip_control(said, keep=""), 300)
+    return one_line(said, 300)

@@ -11,16 +11,11 @@ import pytest
 from afs_core import EventType, NotificationManager, PermanentDeliveryError, TransientDeliveryError
 from afs_core.testing import Scripted, assert_matches_snapshot, sample_events
 from afs_discord import DiscordNotifier
-from afs_discord import notifier as notifier_module
+from afs_core.channels import HOLDS
 from afs_discord.embeds import embed_size
 
 TOKEN = "sekr1t-T0KEN_part"
 STORED = json.dumps({"id": "1", "type": 0})
-
-
-@pytest.fixture(autouse=True)
-def fresh_rate_limits(monkeypatch):
-    monkeypatch.setattr(notifier_module, "RATE_LIMITS", notifier_module._RateLimits())
 
 
 @pytest.fixture
@@ -228,7 +223,7 @@ def test_threads_sharing_a_webhook_cannot_all_take_its_last_slot(webhook_server,
     import threading
 
     notifier = DiscordNotifier(webhook_url=f"{webhook_server.url}/api/webhooks/7/t", timeout=5)
-    notifier_module.RATE_LIMITS.learn(notifier._bucket_key, {"X-RateLimit-Remaining": "1", "X-RateLimit-Reset-After": "0.5"}, time.monotonic())
+    HOLDS.limit(notifier._bucket, 1, 0.5)
     webhook_server.default = Scripted(body=STORED, headers={"X-RateLimit-Remaining": "1", "X-RateLimit-Reset-After": "0.5"})
     threads = [threading.Thread(target=notifier.send, args=(make_event(),)) for _ in range(3)]
     for thread in threads:

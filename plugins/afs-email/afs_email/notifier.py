@@ -12,12 +12,13 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core import Channel, SendsDirectly, ConfigurationError, PermanentDeliveryError, TransientDeliveryError
-from afs_core.config import check_timeout, env_float, env_int, env_list, load_env
+from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
+from afs_core.channels import Setting, seconds, text_list, whole_number
+from afs_core.config import check_timeout
 from afs_core.channels.deadline import Deadline
 from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
-from afs_core.formatting import strip_control, truncate
+from afs_core.formatting import one_line, strip_control
 from afs_core.redaction import Secret
 from afs_email.report import EmailReport
 
@@ -59,7 +60,7 @@ def _address(value: str, setting: str) -> str:
 
 def _reply(exc: Any) -> str:
     text = exc.smtp_error.decode("utf-8", "replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
-    return truncate(strip_control(text, keep=""), 200)
+    return one_line(text, 200)
 
 
 class _Batch:
@@ -79,6 +80,18 @@ class EmailNotifier(SendsDirectly, Channel):
     ``implicit`` or ``off``; default from the port), ``SMTP_CA_FILE``."""
 
     name = "email"
+    settings = (
+        Setting("SMTP_HOST", "smtp_host", required=True),
+        Setting("SMTP_PORT", "smtp_port", parse=whole_number),
+        Setting("SMTP_USER", "smtp_user", configures=True),
+        Setting("SMTP_PASSWORD", "smtp_password", secret=True, configures=True),
+        Setting("FROM_EMAIL", "from_email", configures=True),
+        Setting("TO_EMAILS", "to_emails", parse=text_list, configures=True),
+        Setting("SMTP_TIMEOUT", "timeout", parse=seconds),
+        Setting("SMTP_TLS", "tls"),
+        Setting("SMTP_CA_FILE", "ca_file"),
+    )
+    # The sender and recipients are checked by the constructor (FROM_EMAIL may be SMTP_USER).
     required_settings = ("SMTP_HOST", "FROM_EMAIL", "TO_EMAILS")
 
     def __init__(
@@ -95,19 +108,13 @@ class EmailNotifier(SendsDirectly, Channel):
         ca_file: str | None = None,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        if smtp_host is None:
-            env = load_env()
-            smtp_host = env.get("SMTP_HOST", "").strip()
-            if not smtp_host:
-                raise ConfigurationError("SMTP_HOST is not set (in the environment or .env)")
-            smtp_port = smtp_port if smtp_port is not None else env_int(env, "SMTP_PORT", 587, minimum=1)
-            smtp_user = smtp_user or env.get("SMTP_USER") or None
-            smtp_password = smtp_password or env.get("SMTP_PASSWORD") or None
-            from_email = from_email or env.get("FROM_EMAIL") or None
-            to_emails = to_emails if to_emails is not None else env_list(env, "TO_EMAILS")
-            timeout = timeout if timeout is not None else env_float(env, "SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1)
-            tls = tls or env.get("SMTP_TLS") or None
-            ca_file = ca_file or env.get("SMTP_CA_FILE") or None
+        if smtp_host is None:  # EmailNotifier(), as before: from .env and the environment
+            given = self.settings_from_env({
+                "smtp_port": smtp_port, "smtp_user": smtp_user, "smtp_password": smtp_password,
+                "from_email": from_email, "to_emails": to_emails, "timeout": timeout, "tls": tls, "ca_file": ca_file})
+            smtp_host, smtp_port, smtp_user = given["smtp_host"], given.get("smtp_port"), given.get("smtp_user")
+            smtp_password, from_email, to_emails = given.get("smtp_password"), given.get("from_email"), given.get("to_emails")
+            timeout, tls, ca_file = given.get("timeout"), given.get("tls"), given.get("ca_file")
         if not isinstance(smtp_host, str) or not smtp_host.strip() or any(c in smtp_host for c in " \r\n/"):
             raise ConfigurationError(f"SMTP_HOST must be a host name, got {smtp_host!r}")
         self.smtp_host = smtp_host.strip()
@@ -120,7 +127,7 @@ class EmailNotifier(SendsDirectly, Channel):
             # smtplib sends AUTH as ASCII: such a password could never log in.
             raise ConfigurationError("SMTP_PASSWORD has non-ASCII characters, which SMTP AUTH cannot send")
         self.smtp_user = smtp_user
-        self._smtp_password = Secret(smtp_password) if smtp_password else None
+        self.smtp_password = Secret(smtp_password) if smtp_password else None
         sender = from_email or smtp_user
         if not sender:
             raise ConfigurationError("FROM_EMAIL is not set (and there is no SMTP_USER to send as)")
@@ -142,27 +149,6 @@ class EmailNotifier(SendsDirectly, Channel):
                 raise ConfigurationError(f"SMTP_CA_FILE {ca_file!r} cannot be used: {exc}") from None
         self._ssl_context = ssl_context
         self._local = threading.local()
-
-    @classmethod
-    def from_env(cls, env: Mapping[str, str]) -> EmailNotifier | None:
-        host = env.get("SMTP_HOST", "").strip()
-        if not host:
-            partial = [k for k in ("SMTP_USER", "SMTP_PASSWORD", "FROM_EMAIL", "TO_EMAILS") if env.get(k, "").strip()]
-            if partial:
-                verb = "is" if len(partial) == 1 else "are"
-                raise ConfigurationError(f"SMTP_HOST is missing, but {', '.join(partial)} {verb} set")
-            return None
-        return cls(
-            smtp_host=host,
-            smtp_port=env_int(env, "SMTP_PORT", 587, minimum=1),
-            smtp_user=env.get("SMTP_USER") or None,
-            smtp_password=env.get("SMTP_PASSWORD") or None,
-            from_email=env.get("FROM_EMAIL") or None,
-            to_emails=env_list(env, "TO_EMAILS"),
-            timeout=env_float(env, "SMTP_TIMEOUT", DEFAULT_TIMEOUT, minimum=0.1),
-            tls=env.get("SMTP_TLS") or None,
-            ca_file=env.get("SMTP_CA_FILE") or None,
-        )
 
     # -- rendering --------------------------------------------------------------------
 
@@ -285,7 +271,7 @@ class EmailNotifier(SendsDirectly, Channel):
                 deadline.attach(smtp)
                 self._in_time(deadline)
                 smtp.ehlo()
-            if self.smtp_user and self._smtp_password:
+            if self.smtp_user and self.smtp_password:
                 self._login(smtp)
             self._in_time(deadline)
         except BaseException:
@@ -304,7 +290,7 @@ class EmailNotifier(SendsDirectly, Channel):
                 break
         else:
             raise smtplib.SMTPNotSupportedError("the server offers no AUTH mechanism this client speaks")
-        smtp.user, smtp.password = self.smtp_user, self._smtp_password.reveal()  # type: ignore[union-attr]
+        smtp.user, smtp.password = self.smtp_user, self.smtp_password.reveal()  # type: ignore[union-attr]
         method = {"PLAIN": smtp.auth_plain, "LOGIN": smtp.auth_login, "CRAM-MD5": smtp.auth_cram_md5}[mechanism]
         try:
             smtp.auth(mechanism, method, initial_response_ok=mechanism != "CRAM-MD5")
@@ -321,7 +307,7 @@ class EmailNotifier(SendsDirectly, Channel):
     def _transmit(self, smtp: smtplib.SMTP, message: EmailMessage) -> None:
         refused = smtp.send_message(message, from_addr=self.from_email, to_addrs=self.to_emails)
         if refused:
-            named = {addr: f"{code} {truncate(strip_control(text.decode('utf-8', 'replace'), keep=''), 100)}"
+            named = {addr: f"{code} {one_line(text.decode('utf-8', 'replace'), 100)}"
                      for addr, (code, text) in refused.items()}
             raise PartialDeliveryError(
                 f"delivered to {len(self.to_emails) - len(named)} of {len(self.to_emails)} recipients; refused: "
@@ -377,9 +363,6 @@ class EmailNotifier(SendsDirectly, Channel):
     def describe(self) -> str:
         login = f"{self.smtp_user}@" if self.smtp_user else ""
         return f"email smtp://{login}{self.smtp_host}:{self.smtp_port} ({self.tls}) -> {', '.join(self.to_emails)}"
-
-    def secrets(self) -> Iterable[str]:
-        return [self._smtp_password.reveal()] if self._smtp_password else []
 
 
 def _still_usable(exc: BaseException) -> bool:

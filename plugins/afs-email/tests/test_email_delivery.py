@@ -5,7 +5,7 @@ import time
 
 import pytest
 
-from afs_core import EventType, NotificationManager, PermanentDeliveryError, TransientDeliveryError
+from afs_core import EventType, NotificationManager
 from afs_email import EmailNotifier
 from afs_email.notifier import PartialDeliveryError
 

@@ -1,0 +1,115 @@
+"""The WebhookChannel base and declared settings, through a channel written as a
+plugin author would: its settings, its hosts, its payload; nothing else."""
+
+import json
+import time
+
+import pytest
+
+from afs_core import (
+    ConfigurationError,
+    NotificationManager,
+    PermanentDeliveryError,
+    Setting,
+    TransientDeliveryError,
+    WebhookChannel,
+    send_now,
+)
+from afs_core.channels import HOLDS, seconds
+from afs_core.testing import Scripted
+
+TOKEN = "s3cret-T0KEN"
+
+
+class Acme(WebhookChannel):
+    name = "acme"
+    settings = (
+        Setting("ACME_WEBHOOK_URL", "webhook_url", required=True, secret=True),
+        Setting("ACME_TIMEOUT", "timeout", parse=seconds),
+    )
+    hosts = ("hooks.acme.example",)
+    user_agent = "acme-afs"
+
+    def format(self, event):
+        return {"title": event.title, "text": event.message, "level": event.level.value}
+
+
+@pytest.fixture
+def acme(webhook_server):
+    channel = Acme.from_env({"ACME_WEBHOOK_URL": f"{webhook_server.url}/hook/{TOKEN}", "ACME_TIMEOUT": "2"})
+    yield channel
+    channel.close()
+
+
+def test_settings_are_read_from_the_declaration():
+    assert Acme.from_env({}) is None  # not configured: not an error
+    assert Acme.required_settings == ("ACME_WEBHOOK_URL",)
+    channel = Acme.from_env({"ACME_WEBHOOK_URL": "https://hooks.acme.example/T/x", "ACME_TIMEOUT": "3"})
+    assert channel.timeout == 3.0 and channel.webhook_url == "https://hooks.acme.example/T/x"
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"ACME_WEBHOOK_URL": "https://evil.example/T/x"}, "must point at hooks.acme.example"),
+    ({"ACME_WEBHOOK_URL": "http://hooks.acme.example/T/x"}, "must use https://"),
+    ({"ACME_WEBHOOK_URL": "https://hooks.acme.example/T/x", "ACME_TIMEOUT": "soon"},
+     "ACME_TIMEOUT must be a number of seconds, got 'soon'"),
+    ({"ACME_TIMEOUT": "3"}, None),
+])
+def test_wrong_settings_are_clear_errors_that_never_show_the_url(env, message):
+    if message is None:
+        assert Acme.from_env(env) is None  # a timeout alone does not configure the channel
+        return
+    with pytest.raises(ConfigurationError, match=message) as info:
+        Acme.from_env(env)
+    assert "/T/x" not in str(info.value)
+
+
+def test_the_payload_is_posted_as_json_and_the_answer_is_the_receipt(acme, webhook_server, make_event, afs_plugins):
+    webhook_server.respond(status=200, body="accepted")
+    outcome = send_now(acme, make_event())
+    assert outcome.delivered and outcome.receipt == "accepted"
+    request = webhook_server.received[0]
+    assert request.path == f"/hook/{TOKEN}" and request.headers["User-Agent"] == "acme-afs"
+    assert request.json == {"title": "Training completed: tiny-model", "text": "Run run-1 finished.",
+                            "level": "success"}
+
+
+@pytest.mark.parametrize(("status", "kind"), [(500, TransientDeliveryError), (408, TransientDeliveryError),
+                                              (400, PermanentDeliveryError), (404, PermanentDeliveryError)])
+def test_statuses_are_transient_or_permanent_with_the_services_words(acme, webhook_server, make_event, status, kind):
+    webhook_server.respond(status=status, body="no such hook\x1b[2J")
+    with pytest.raises(kind, match=f"HTTP {status}: no such hook\\[2J$"):
+        acme.deliver(acme.format(make_event()))
+
+
+def test_a_429_holds_every_channel_posting_to_that_webhook(acme, webhook_server, make_event, afs_plugins):
+    webhook_server.respond(status=429, body="slow down", headers={"Retry-After": "0.5"})
+    twin = Acme(f"{webhook_server.url}/hook/{TOKEN}", timeout=2)
+    first = send_now(acme, make_event())
+    assert not first.delivered and not first.permanent and first.retry_after == 0.5
+    assert send_now(twin, make_event()).delivered  # waited out within its deadline, not hammered
+    assert webhook_server.received[1].at - webhook_server.received[0].at >= 0.5
+
+
+def test_a_wait_longer_than_the_deadline_is_reported_to_the_engine_not_slept(acme, webhook_server, make_event):
+    HOLDS.hold(acme.webhook_url, 60)
+    started = time.monotonic()
+    with pytest.raises(TransientDeliveryError) as info:
+        acme.deliver(acme.format(make_event()))
+    assert time.monotonic() - started < 1 and 59 <= info.value.retry_after <= 60
+    assert webhook_server.received == []
+
+
+def test_secrets_come_from_the_declaration_and_never_show(acme, webhook_server, make_event, afs_plugins, caplog):
+    assert TOKEN in list(acme.secrets())
+    assert TOKEN not in acme.describe() and TOKEN not in repr(acme)
+    webhook_server.respond(status=401, body=json.dumps({"error": f"bad token {TOKEN}"}))
+    manager = NotificationManager(plugins=afs_plugins, background=False)
+    manager.register_handler("acme", acme)
+    result = manager.notify("t", "m")
+    assert TOKEN not in result.failed["acme"] and TOKEN not in caplog.text
+
+
+def test_a_message_that_is_not_a_json_object_fails_for_good(acme):
+    with pytest.raises(PermanentDeliveryError, match="must be a JSON object"):
+        acme.deliver("plain text from a formatter plugin")
