@@ -190,3 +190,28 @@ def test_flush_reads_what_a_stopped_process_left_in_its_journal(manager, tmp_pat
     assert manager.flush(timeout=10) is True
     assert [m.splitlines()[0] for m in channel.messages] == ["✅ left behind"]
     assert not list(journal.glob("*-999999-*"))
+
+
+def test_leases_on_everything_claimed_are_renewed_before_any_runs_out(afs_plugins, store, manual_clock, monkeypatch):
+    import afs_core.delivery.engine as engine_module
+
+    monkeypatch.setattr(engine_module, "LEASE_SECONDS", 0.6)
+    expired_while_held = []
+
+    class Quick(Channel):
+        def deliver(self, message):
+            manual_clock.advance(0.15)  # each send takes a quarter of the lease
+            with store._read() as db:
+                expired_while_held.extend(db.execute(
+                    "SELECT id FROM deliveries WHERE status = 'pending' AND lease_owner IS NOT NULL"
+                    " AND lease_until <= ?", (manual_clock.time(),)).fetchall())
+
+    for i in range(8):
+        store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, f"event {i}", "m"), ["quick"])
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    manager.register_handler("quick", Quick())
+    try:
+        assert manager.flush(timeout=30) is True
+    finally:
+        manager.close(timeout=1)
+    assert expired_while_held == []  # no other process could have taken one mid-batch

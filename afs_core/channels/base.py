@@ -8,7 +8,7 @@ delivery layer; a channel never reaches up to it.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 
 import attrs
@@ -39,6 +39,8 @@ class Channel:
     name: ClassVar[str] = ""
     #: How fast the engine may send through this channel (None: no limit of ours).
     rate_limit: ClassVar[RateLimit | None] = None
+    #: How many due messages the engine may hand to :meth:`deliver_batch` at once.
+    batch_size: ClassVar[int] = 1
     #: Seconds in which repeats of a repetitive event are held back (0: never).
     throttle_seconds: ClassVar[float] = 600.0
     #: The settings this channel reads; ``from_env``, ``afs status`` and ``secrets()``
@@ -65,6 +67,18 @@ class Channel:
         May block for up to the channel's timeout. Returns an optional receipt.
         """
         raise NotImplementedError(f"{type(self).__name__} does not implement deliver()")
+
+    def deliver_batch(self, messages: Sequence[Any]) -> list[Any]:
+        """Send several rendered messages at once (set ``batch_size`` above one to be
+        given them); one entry per message, in order: its receipt, or the
+        :class:`~afs_core.errors.DeliveryError` it met. By default, one ``deliver`` each."""
+        results: list[Any] = []
+        for message in messages:
+            try:
+                results.append(self.deliver(message))
+            except Exception as exc:  # classified by the core, as from deliver()
+                results.append(exc)
+        return results
 
     @classmethod
     def from_env(cls: type[_C], env: Mapping[str, str]) -> _C | None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from afs_core.delivery.dispatch import deliver_event, enrich_event
+from afs_core.delivery.dispatch import deliver_event, deliver_events, enrich_event
 from afs_core.events import NotificationEvent
 from afs_core.results import ChannelOutcome
 
@@ -35,10 +35,12 @@ def send_now(channel: Channel, event: NotificationEvent, *, plugins: PluginHost 
 
 
 def send_many_now(channel: Channel, events: Iterable[NotificationEvent], *,
-                  plugins: PluginHost | None = None) -> list[ChannelOutcome]:
-    """:func:`send_now` for each event, in order."""
+                  plugins: PluginHost | None = None, name: str | None = None) -> list[ChannelOutcome]:
+    """Several events now, one outcome each, through the batch path the engine uses
+    (one connection and login for email, packed embeds for Discord)."""
     host = _host(plugins)
-    return [send_now(channel, event, plugins=host) for event in events]
+    enriched = [enrich_event(host, event) for event in events]
+    return deliver_events(host, name or channel.name or type(channel).__name__, channel, enriched)
 
 
 class SendsDirectly:

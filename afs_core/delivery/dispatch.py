@@ -90,26 +90,70 @@ def deliver_event(
     ``report=False`` leaves calling ``afs_delivery_failed`` to the caller (the engine
     calls it once, when it gives up, not for every failed attempt).
     """
-    if not isinstance(event, NotificationEvent):
-        logger.error("afs: %r was given %s, not a NotificationEvent; nothing sent", name, type(event).__name__)
-        return ChannelOutcome(
-            name, DeliveryStatus.FAILED, error=f"not a NotificationEvent: {type(event).__name__}", permanent=True
-        )
+    return deliver_events(plugins, name, channel, [event], report=report)[0]
+
+
+def deliver_events(
+    plugins: PluginHost, name: str, channel: Channel, events: Sequence[NotificationEvent], *, report: bool = True
+) -> list[ChannelOutcome]:
+    """:func:`deliver_event` for several events, one outcome each, in order.
+
+    A channel with ``batch_size`` above one gets the rendered messages in one
+    ``deliver_batch`` call (one connection and login for email, ten embeds to a
+    request for Discord) unless a plugin implements ``afs_deliver``: then every
+    message goes through that hook, one at a time, as it would alone.
+    """
+    outcomes: list[ChannelOutcome | None] = [None] * len(events)
+    ready: list[tuple[int, Any, NotificationEvent]] = []
+    for index, event in enumerate(events):
+        if not isinstance(event, NotificationEvent):
+            logger.error("afs: %r was given %s, not a NotificationEvent; nothing sent", name, type(event).__name__)
+            outcomes[index] = ChannelOutcome(
+                name, DeliveryStatus.FAILED, error=f"not a NotificationEvent: {type(event).__name__}", permanent=True
+            )
+            continue
+        try:
+            ready.append((index, render_message(plugins, channel, event), event))
+        except Filtered:
+            outcomes[index] = ChannelOutcome(name, DeliveryStatus.FILTERED)
+        except (Exception, SystemExit) as exc:
+            outcomes[index] = _failed(plugins, name, channel, [event], exc, report)
+    if len(ready) > 1 and channel.batch_size > 1 and not _delivery_hooked(plugins):
+        for (index, _, event), result in zip(ready, _batch(channel, [message for _, message, _ in ready])):
+            if isinstance(result, BaseException):
+                outcomes[index] = _failed(plugins, name, channel, [event], result, report)
+            else:
+                outcomes[index] = ChannelOutcome(name, DeliveryStatus.DELIVERED, receipt=result)
+    else:
+        for index, message, event in ready:
+            outcomes[index] = deliver_message(plugins, name, channel, message, [event], report=report)
+    return [outcome for outcome in outcomes if outcome is not None]
+
+
+def _batch(channel: Channel, messages: list[Any]) -> list[Any]:
+    """``channel.deliver_batch``: one result per message, or the call's own failure for each."""
     try:
-        message = render_message(plugins, channel, event)
-    except Filtered:
-        return ChannelOutcome(name, DeliveryStatus.FILTERED)
+        results = list(channel.deliver_batch(messages))
     except (Exception, SystemExit) as exc:
-        return _failed(plugins, name, channel, [event], exc, report)
-    return deliver_message(plugins, name, channel, message, [event], report=report)
+        return [exc] * len(messages)
+    if len(results) != len(messages):
+        broken = PermanentDeliveryError(f"deliver_batch returned {len(results)} results for {len(messages)} messages")
+        return [broken] * len(messages)
+    return results
+
+
+def _delivery_hooked(plugins: PluginHost) -> bool:
+    """Whether a plugin (not the core's own default) implements ``afs_deliver``."""
+    from afs_core.plugins import BUILTIN_PLUGINS
+
+    return any(impl.plugin_name not in BUILTIN_PLUGINS for impl in plugins.hook.afs_deliver.get_hookimpls())
 
 
 def deliver_message(
     plugins: PluginHost, name: str, channel: Channel, message: Any, events: Sequence[NotificationEvent],
     *, report: bool = True,
 ) -> ChannelOutcome:
-    """Deliver one rendered message carrying ``events`` (one, or a batch) through the
-    ``afs_deliver`` hook; the hook sees the first event of a batch."""
+    """Deliver one rendered message carrying ``events`` through the ``afs_deliver`` hook."""
     try:
         receipt = plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
     except (Exception, SystemExit) as exc:  # never into the caller's training loop

@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core.clock import Clock
-from afs_core.delivery.dispatch import deliver_event, report_failure
+from afs_core.delivery.dispatch import deliver_events, report_failure
 from afs_core.errors import PermanentDeliveryError
 from afs_core.delivery import ranks
 from afs_core.events import NotificationEvent
@@ -130,23 +130,33 @@ class _Worker(threading.Thread):
             return []
 
     def _deliver(self, store: Store, claimed: list[Claimed]) -> None:
-        claimed_at = self.clock.time()
-        for index, item in enumerate(claimed):
+        """Deliver what was claimed, ``batch_size`` deliveries at a time."""
+        size = max(1, int(getattr(self.channel, "batch_size", 1) or 1))
+        renewed_at = self.clock.time()
+        lost: set[int] = set()
+        for start in range(0, len(claimed), size):
             if self.stopping.is_set():
-                for rest in claimed[index:]:
+                for rest in claimed[start:]:
                     self._release(store, rest)
                 return
+            chunk: list[Claimed] = []
             try:
-                # Slow sends can outlast the lease on the rest of the batch: renew it
-                # before it runs low, and skip what another process has taken meanwhile.
-                if self.clock.time() - claimed_at > LEASE_SECONDS / 3:
-                    if not store.extend(item.delivery_id, self.owner, LEASE_SECONDS):
-                        continue
-                    claimed_at = self.clock.time()
-                self._handle(store, item)
+                # Slow sends can outlast the leases on the rest of what was claimed, and on
+                # what was sent but is not written down yet: renew them all before they run
+                # low, and skip what another process took meanwhile.
+                if self.clock.time() - renewed_at > LEASE_SECONDS / 3:
+                    rest = [item.delivery_id for item in claimed[start:] if item.delivery_id not in lost]
+                    lost.update(set(rest) - store.extend(rest, self.owner, LEASE_SECONDS))
+                    store.extend([d[1] for d in self._done if d[0] is store], self.owner, LEASE_SECONDS)
+                    renewed_at = self.clock.time()
+                chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
+                self._send(store, chunk)
             except Exception:  # a bug or a store error here must not end the worker
-                logger.exception("afs: delivery %s to %r could not be handled", item.delivery_id, self.channel_name)
-                self._release(store, item)
+                logger.exception("afs: deliveries to %r could not be handled", self.channel_name)
+                settled = {d[1] for d in self._done if d[0] is store}
+                for item in chunk:
+                    if item.delivery_id not in settled:
+                        self._release(store, item)
             if len(self._done) >= 16 or time.monotonic() - self._done_since > 0.2:
                 self._record()
 
@@ -205,28 +215,41 @@ class _Worker(threading.Thread):
             if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _handle(self, store: Store, item: Claimed) -> None:
+    def _send(self, store: Store, chunk: list[Claimed]) -> None:
+        sending: list[tuple[Claimed, NotificationEvent]] = []
+        for item in chunk:
+            event = self._admit(store, item)
+            if event is not None:
+                sending.append((item, event))
+        if not sending:
+            return
+        if not self._pace():
+            for item, _ in sending:
+                self._release(store, item)
+            return
+        outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
+                                  report=False)
+        for (item, event), outcome in zip(sending, outcomes):
+            if outcome.status is DeliveryStatus.DELIVERED:
+                self._finish(store, item, DELIVERED, None, outcome)
+            elif outcome.status is DeliveryStatus.FILTERED:
+                self._finish(store, item, FILTERED, "held back by a plugin's afs_filter_event", outcome)
+            else:
+                self._failed(store, item, event, outcome)
+
+    def _admit(self, store: Store, item: Claimed) -> NotificationEvent | None:
+        """The event to send for ``item``, or None when this channel's quiet policy held
+        it back (then it is finished as filtered)."""
         event = item.event
         if not self.policy.admits(event):
             self._finish(store, item, FILTERED, "held back by this channel's level or event-type settings")
-            return
+            return None
         # Only a first attempt is judged: a retry is the same event, not a repeat of it.
         send, digest = self.throttle.check(event, self.clock.monotonic()) if item.attempts == 0 else (True, None)
         if not send:
             self._finish(store, item, FILTERED, "throttled: a repeat within the window")
-            return
-        if digest:
-            event = event.evolve(context={**event.context, "held_back": digest})
-        if not self._pace():
-            self._release(store, item)
-            return
-        outcome = deliver_event(self.engine.plugins, self.channel_name, self.channel, event, report=False)
-        if outcome.status is DeliveryStatus.DELIVERED:
-            self._finish(store, item, DELIVERED, None, outcome)
-        elif outcome.status is DeliveryStatus.FILTERED:
-            self._finish(store, item, FILTERED, "held back by a plugin's afs_filter_event", outcome)
-        else:
-            self._failed(store, item, event, outcome)
+            return None
+        return event.evolve(context={**event.context, "held_back": digest}) if digest else event
 
     def _failed(self, store: Store, item: Claimed, event: NotificationEvent, outcome: ChannelOutcome) -> None:
         attempts = item.attempts + 1

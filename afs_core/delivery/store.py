@@ -596,15 +596,20 @@ class Store:
         return done
 
     @_survives_damage
-    def extend(self, delivery_id: int, owner: str, lease: float) -> bool:
-        """Renew this owner's lease; False when it was lost (someone else may send it)."""
+    def extend(self, delivery_ids: Sequence[int], owner: str, lease: float) -> set[int]:
+        """Renew this owner's leases; returns the ids still held (a lost one may be
+        sent by someone else)."""
         now = self.clock.time()
+        held = set()
         with self._transaction() as db:
-            cursor = db.execute(
-                "UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ?",
-                (now + lease, delivery_id, owner, PENDING),
-            )
-            return cursor.rowcount == 1
+            for delivery_id in delivery_ids:
+                cursor = db.execute(
+                    "UPDATE deliveries SET lease_until = ? WHERE id = ? AND lease_owner = ? AND status = ?",
+                    (now + lease, delivery_id, owner, PENDING),
+                )
+                if cursor.rowcount == 1:
+                    held.add(delivery_id)
+        return held
 
     @_survives_damage
     def make_due(self, channels: Sequence[str]) -> int:

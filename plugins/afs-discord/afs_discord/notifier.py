@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import re
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core import PermanentDeliveryError, SendsDirectly
 from afs_core.channels import HOLDS, Setting, WebhookChannel, seconds
 from afs_core.channels.webhook import parse_retry_after, validate_webhook_url
-from afs_core.delivery.dispatch import Filtered, deliver_event, deliver_message, enrich_event, render_message
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line
 from afs_discord.embeds import EMBEDS_PER_MESSAGE, EMBEDS_TOTAL, NO_MENTIONS, embed_size, fit_payload, render
@@ -30,7 +29,6 @@ DISCORD_HOSTS = ("discord.com", "discordapp.com", "ptb.discord.com", "canary.dis
 _WEBHOOK_PATH = re.compile(r"^/api(/v\d+)?/webhooks/\d+/[A-Za-z0-9_.-]+/?$")
 UNKNOWN_WEBHOOK = 10015
 GLOBAL_HOLD = "discord:global"  # a global 429 holds every Discord webhook of the process
-_ALONE = object()
 
 
 def normalise_url(url: str) -> str:
@@ -147,61 +145,53 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
             raise PermanentDeliveryError(f"a Discord message must be a JSON object, got {type(message).__name__}")
         return super().deliver(fit_payload(message))
 
-    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
-        """Send events packed up to 10 embeds and 6000 characters a request; returns
-        how many were delivered."""
-        from afs_core.plugins import get_plugins
+    # -- batches --------------------------------------------------------------------
 
-        plugins = get_plugins()
-        delivered = 0
-        for message, group in self._pack(plugins, events):
-            if message is _ALONE:  # its formatter failed: send alone so the failure is reported
-                outcome = deliver_event(plugins, self.name, self, group[0])
-            else:
-                outcome = deliver_message(plugins, self.name, self, message, group)
-            if outcome.delivered:
-                delivered += len(group)
-        return delivered
+    batch_size = 30  # the engine hands over up to this many due messages at once
 
-    def _pack(self, plugins: Any, events: Iterable[NotificationEvent]) -> list[tuple[Any, list[NotificationEvent]]]:
-        messages: list[tuple[Any, list[NotificationEvent]]] = []
-        open_payload: dict[str, Any] | None = None
-        for event in events:
-            if not isinstance(event, NotificationEvent):
-                continue
+    def deliver_batch(self, messages: Sequence[Any]) -> list[Any]:
+        """Several messages packed up to 10 embeds and 6000 characters a request; each
+        message gets the result of the request that carried it."""
+        results: list[Any] = [None] * len(messages)
+        for payload, carried in _pack(messages):
             try:
-                message = render_message(plugins, self, enrich_event(plugins, event))
-            except Filtered:
-                continue
-            except Exception:
-                messages.append((_ALONE, [event]))
-                open_payload = None
-                continue
-            embeds = message.get("embeds") if isinstance(message, Mapping) else None
-            batchable = (
-                isinstance(embeds, list) and len(embeds) == 1 and isinstance(embeds[0], Mapping)
-                and set(message) <= {"embeds", "allowed_mentions", "username", "avatar_url"}
-            )
-            if not batchable:
-                messages.append((message, [event]))  # a custom payload travels on its own
-                open_payload = None
-                continue
-            size = embed_size(embeds[0])
-            if (
-                open_payload is not None
-                and len(open_payload["embeds"]) < EMBEDS_PER_MESSAGE
-                and open_payload["_size"] + size <= EMBEDS_TOTAL
-            ):
-                open_payload["embeds"].append(embeds[0])
-                open_payload["_size"] += size
-                messages[-1][1].append(event)
-                continue
-            open_payload = {**message, "embeds": [embeds[0]], "_size": size}
-            messages.append((open_payload, [event]))
-        for payload, _ in messages:
-            if isinstance(payload, dict):
-                payload.pop("_size", None)
-        return messages
+                receipt: Any = self.deliver(payload)
+            except Exception as exc:  # classified by the core, as from deliver()
+                receipt = exc
+            for index in carried:
+                results[index] = receipt
+        return results
+
+
+def _pack(messages: Sequence[Any]) -> list[tuple[Any, list[int]]]:
+    """(payload, indexes of the messages it carries): single-embed messages that look
+    alike share a request; anything else (a custom payload, text) travels alone."""
+    packed: list[tuple[Any, list[int]]] = []
+    open_payload: dict[str, Any] | None = None
+    size = 0
+    for index, message in enumerate(messages):
+        embeds = message.get("embeds") if isinstance(message, Mapping) else None
+        batchable = (
+            isinstance(embeds, list) and len(embeds) == 1 and isinstance(embeds[0], Mapping)
+            and set(message) <= {"embeds", "allowed_mentions", "username", "avatar_url"}
+        )
+        if not batchable:
+            packed.append((message, [index]))
+            open_payload = None
+            continue
+        embed_chars = embed_size(embeds[0])
+        same_sender = open_payload is not None and all(
+            open_payload.get(key) == message.get(key) for key in ("username", "avatar_url"))
+        if (open_payload is not None and same_sender and len(open_payload["embeds"]) < EMBEDS_PER_MESSAGE
+                and size + embed_chars <= EMBEDS_TOTAL):
+            open_payload["embeds"].append(embeds[0])
+            size += embed_chars
+            packed[-1][1].append(index)
+            continue
+        open_payload = {**message, "embeds": [embeds[0]]}
+        size = embed_chars
+        packed.append((open_payload, [index]))
+    return packed
 
 
 def _json_object(text: str) -> dict[str, Any]:

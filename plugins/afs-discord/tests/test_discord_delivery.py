@@ -151,6 +151,39 @@ def test_send_batch_packs_ten_embeds_a_request(discord, webhook_server, make_eve
     assert len({r.client_port for r in webhook_server.received}) == 1
 
 
+def test_the_engine_packs_a_burst_ten_embeds_a_request(discord, webhook_server, afs_plugins, make_event, tmp_path):
+    from afs_core.delivery.store import Store
+
+    store = Store(tmp_path / "afs.db")
+    for i in range(23):  # a burst already waiting when the worker starts
+        store.enqueue(make_event(title=f"event {i}"), ["discord"])
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    manager.register_handler("discord", discord)
+    try:
+        assert manager.flush(timeout=30) is True
+    finally:
+        manager.close(timeout=5)
+    assert [len(r.json["embeds"]) for r in webhook_server.received] == [10, 10, 3]
+    titles = [e["title"] for r in webhook_server.received for e in r.json["embeds"]]
+    assert titles == [f"✅ event {i}" for i in range(23)]
+
+
+def test_a_plugin_that_wraps_delivery_sees_every_message_alone(discord, webhook_server, afs_plugins, make_event):
+    from afs_core import hookimpl
+
+    seen = []
+
+    class Watcher:
+        @hookimpl(wrapper=True)
+        def afs_deliver(self, message, channel, event):
+            seen.append(event.title)
+            return (yield)
+
+    afs_plugins.register(Watcher(), name="watcher")
+    assert discord.send_batch([make_event(title=f"event {i}") for i in range(3)]) == 3
+    assert seen == ["event 0", "event 1", "event 2"] and len(webhook_server.received) == 3
+
+
 def test_send_batch_keeps_each_request_within_6000_characters(discord, webhook_server, make_event):
     events = [make_event(message="m" * 2500) for _ in range(5)]
     assert discord.send_batch(events) == 5

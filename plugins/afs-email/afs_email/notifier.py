@@ -9,7 +9,7 @@ typed delivery errors.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
@@ -209,17 +209,26 @@ class EmailNotifier(SendsDirectly, Channel):
                     batch.smtp = None
                 raise self._classify(exc, deadline) from None
 
-    def send_batch(self, events: Iterable[NotificationEvent]) -> int:
-        """Send each event as its own email over one connection with one login."""
+    batch_size = 20  # the engine hands over up to this many due messages at once
+
+    def deliver_batch(self, messages: Sequence[Any]) -> list[Any]:
+        """Each message its own email, over one connection with one login (and at most
+        one reconnect when the server drops it midway)."""
         self._local.batch = batch = _Batch()
+        results: list[Any] = []
         try:
-            return super().send_batch(events)
+            for message in messages:
+                try:
+                    results.append(self.deliver(message))
+                except Exception as exc:  # classified by the core, as from deliver()
+                    results.append(exc)
         finally:
             self._local.batch = None
             if batch.smtp is not None:
                 with Deadline(min(self.timeout, 5.0)) as deadline:
                     deadline.attach(batch.smtp)
                     self._quit(batch.smtp)
+        return results
 
     def _reopen(self, batch: _Batch, deadline: Deadline) -> smtplib.SMTP:
         """The batch's connection: the first one, then at most one more."""

@@ -141,6 +141,24 @@ def test_a_batch_of_100_uses_one_connection_and_one_login(starttls_server, certi
     assert len(recorder.messages) == 100 and recorder.logins == [USER] and len(recorder.peers) == 1
 
 
+def test_the_engine_hands_a_burst_over_as_one_batch_one_connection_one_login(
+        starttls_server, certificates, afs_plugins, make_event, tmp_path):
+    from afs_core.delivery.store import Store
+
+    store = Store(tmp_path / "afs.db")
+    for i in range(12):  # a burst already waiting when the worker starts, as after a restart
+        store.enqueue(make_event(title=f"event {i}"), ["email"])
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    manager.register_handler("email", notifier_for(starttls_server, certificates))
+    try:
+        assert manager.flush(timeout=30) is True
+    finally:
+        manager.close(timeout=5)
+    recorder = starttls_server.recorder
+    assert len(recorder.messages) == 12 and recorder.logins == [USER] and len(recorder.peers) == 1
+    assert all(e.deliveries[0].status == "delivered" for e in store.history(limit=20))
+
+
 def test_a_batch_reconnects_once_when_the_server_drops_it(starttls_server, certificates, afs_plugins, make_event):
     starttls_server.recorder.drop_after = 4
     notifier = notifier_for(starttls_server, certificates)
