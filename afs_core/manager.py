@@ -124,7 +124,7 @@ class NotificationManager:
         retention: tuple[float, int] = (30 * 86400.0, 10_000),
     ) -> None:
         self._plugins = plugins
-        self._handlers: dict[str, Channel] = {}
+        self._channels: dict[str, Channel] = {}
         self._policies: dict[str, ChannelPolicy] = {}
         self._lock = threading.Lock()
         self._warned_empty = False
@@ -173,9 +173,9 @@ class NotificationManager:
                 logger.warning("afs: %s channel could not read its settings: %r; skipped", spec.name, exc)
                 continue
             if channel is not None:
-                manager.register_handler(spec.name, channel)
-        if not manager._handlers and env_bool(env, "AFS_CONSOLE", True) and "console" in plugins.channels:
-            manager.register_handler("console", plugins.channels["console"].channel_class())
+                manager.register_channel(spec.name, channel)
+        if not manager._channels and env_bool(env, "AFS_CONSOLE", True) and "console" in plugins.channels:
+            manager.register_channel("console", plugins.channels["console"].channel_class())
         return manager
 
     @property
@@ -185,23 +185,26 @@ class NotificationManager:
         return self._plugins
 
     @property
-    def handlers(self) -> Mapping[str, Channel]:
-        """The registered channels by name (read-only view): ``manager.handlers.get("email")``."""
-        return MappingProxyType(self._handlers)
+    def channels(self) -> Mapping[str, Channel]:
+        """The registered channels by name (read-only view): ``manager.channels.get("email")``.
+        ``handlers`` is the same, by its seed-era name."""
+        return MappingProxyType(self._channels)
 
-    def register_handler(self, name: str, handler: Channel, *, policy: ChannelPolicy | None = None) -> None:
-        """Send future events to ``handler`` under ``name``; replaces a handler of that name.
+    handlers = channels
+
+    def register_channel(self, name: str, channel: Channel, *, policy: ChannelPolicy | None = None) -> None:
+        """Send future events to ``channel`` under ``name``; replaces a channel of that name.
 
         ``policy`` (minimum level, event types, throttling) defaults to the
-        ``AFS_<NAME>_...`` settings.
+        ``AFS_<NAME>_...`` settings. ``register_handler`` is the seed-era name.
         """
         if not isinstance(name, str) or not name.strip():
-            raise ValueError(f"handler name must be a non-empty string, got {name!r}")
-        channel = _as_channel(handler)
+            raise ValueError(f"channel name must be a non-empty string, got {name!r}")
+        channel = _as_channel(channel)
         settings = self._settings if self._settings is not None else os.environ
         policy = policy or ChannelPolicy.from_env(settings, name, getattr(channel, "throttle_seconds", 600.0))
         with self._lock:
-            self._handlers = {**self._handlers, name: channel}
+            self._channels = {**self._channels, name: channel}
             self._policies = {**self._policies, name: policy}
             if self._engine is not None:
                 self._engine.attach(name, channel, policy)
@@ -210,14 +213,21 @@ class NotificationManager:
             # for this channel is delivered even if this one never sends anything.
             self._get_engine()
 
-    def unregister_handler(self, name: str) -> Channel | None:
+    def unregister_channel(self, name: str) -> Channel | None:
+        """Stop sending to ``name``; returns the channel (``unregister_handler``: seed-era name)."""
         with self._lock:
-            handlers = dict(self._handlers)
-            removed = handlers.pop(name, None)
-            self._handlers = handlers
+            channels = dict(self._channels)
+            removed = channels.pop(name, None)
+            self._channels = channels
             if self._engine is not None:
                 self._engine.detach(name)
         return removed
+
+    def register_handler(self, name: str, handler: Channel, *, policy: ChannelPolicy | None = None) -> None:
+        """:meth:`register_channel` by its seed-era name (and keyword)."""
+        self.register_channel(name, handler, policy=policy)
+
+    unregister_handler = unregister_channel
 
     # -- the engine -----------------------------------------------------------------------
 
@@ -232,7 +242,7 @@ class NotificationManager:
             if self._engine is None:
                 self._engine = DeliveryEngine(self.store, self.plugins, retry=self._retry,
                                               flush_timeout=self._flush_timeout, retention=self._retention)
-                for name, channel in self._handlers.items():
+                for name, channel in self._channels.items():
                     self._engine.attach(name, channel, self._policies[name])
             return self._engine
 
@@ -285,14 +295,14 @@ class NotificationManager:
         return {
             "store": None if store is None or store.path is None else str(store.path),
             "not_durable": self.not_durable,
-            "registered_handlers": list(self._handlers),
+            "registered_handlers": list(self._channels),
             "channel_status": {
                 name: {
                     "configured": channel.is_configured(),
                     "handler_type": type(channel).__name__,
                     "target": channel.describe(),
                 }
-                for name, channel in self._handlers.items()
+                for name, channel in self._channels.items()
             },
         }
 
@@ -309,16 +319,16 @@ class NotificationManager:
         if not isinstance(event, NotificationEvent):
             raise TypeError(f"send_event() needs a NotificationEvent, got {type(event).__name__}")
         event = enrich_event(self.plugins, event)
-        handlers, policies = self._handlers, self._policies  # replaced, never mutated: a snapshot
-        if not handlers and not self._warned_empty:
+        channels, policies = self._channels, self._policies  # replaced, never mutated: a snapshot
+        if not channels and not self._warned_empty:
             self._warned_empty = True
             logger.warning("afs: no notification channel is registered; events go nowhere")
         held = ranks.held_back(event, self.all_ranks)
         if held is not None:
-            return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=held) for n in handlers})
+            return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=held) for n in channels})
         if not self.background:
-            return NotifyResult(event, {n: self._deliver_now(n, ch, policies[n], event) for n, ch in handlers.items()})
-        return self._get_engine().accept(event, list(handlers))
+            return NotifyResult(event, {n: self._deliver_now(n, ch, policies[n], event) for n, ch in channels.items()})
+        return self._get_engine().accept(event, list(channels))
 
     def _deliver_now(self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent) -> ChannelOutcome:
         if not policy.admits(event):

@@ -168,7 +168,7 @@ def main() -> None:
         burst_costs.append((time.perf_counter() - started) * 1e6)
     dead.flush(timeout=5)
     after = rss_kib()
-    pending = dead.store.counts().get("dead", {}).get("pending", 0)
+    pending = dead.store.pending(["dead"]).total
     print(f"burst of 10,000 to a dead channel: caller median {statistics.median(burst_costs):.1f} us, "
           f"p99 {percentile(burst_costs, 0.99):.1f} us; RSS +{(after - before) / 1024:.1f} MiB; "
           f"{pending} pending in the store, none lost")

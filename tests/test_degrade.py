@@ -17,6 +17,7 @@ import pytest
 
 from afs_core import Channel, EventType, NotificationEvent, NotificationManager, PermanentDeliveryError
 from afs_core.delivery.repeats import RepeatedLog
+from afs_core.results import DeliveryStatus
 from afs_core.source import host_name
 from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
@@ -115,7 +116,7 @@ def test_a_store_cut_short_by_a_crash_is_replaced_and_what_was_pending_still_goe
         store.enqueue(event, ["hook"])
     owner = "gone:1:1"
     done_before = [c for c in store.claim("hook", owner, limit=300) if int(c.event.run_id[4:]) >= 60]
-    store.finish_many([(c.delivery_id, "delivered", None, None) for c in done_before], owner)
+    store.finish_many([(c.delivery_id, DeliveryStatus.DELIVERED, None, None) for c in done_before], owner)
     with store._read() as db:
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()

@@ -21,6 +21,7 @@ from afs_core import (
     hookimpl,
 )
 from afs_core.delivery.policy import ChannelPolicy
+from afs_core.results import DeliveryStatus
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.source import forget_current_source
 from afs_core.delivery.store import Store
@@ -117,7 +118,7 @@ def test_permanent_failures_are_not_retried_and_reported_once(manager, failures)
     assert result.wait(5)
     assert len(channel.attempts) == 1 and failures == ["invalid_token"]
     assert result.failed == {"broken": "invalid_token"}
-    assert manager.store.counts()["broken"]["dead"] == 1
+    assert manager.store.counts()["broken"].dead == 1
 
 
 def test_retries_end_in_a_dead_letter_with_the_reason(manager, failures):
@@ -128,7 +129,7 @@ def test_retries_end_in_a_dead_letter_with_the_reason(manager, failures):
     assert len(channel.attempts) == 3
     assert result.failed == {"down": "gave up after 3 attempts: HTTP 500"} and len(failures) == 1
     (entry,) = manager.store.history(limit=1)
-    assert entry.deliveries[0].status == "dead" and entry.deliveries[0].attempts == 3
+    assert entry.deliveries[0].status is DeliveryStatus.FAILED and entry.deliveries[0].attempts == 3
 
 
 def test_flush_waits_for_due_deliveries_and_close_stops(manager):
@@ -217,7 +218,7 @@ def test_the_store_is_private_and_history_is_bounded(manager, tmp_path):
     assert oct(os.stat(tmp_path / "afs.db").st_mode & 0o777) == "0o600"
     history = manager.store.history(run_id="run-1", limit=100)
     assert len(history) == 30 and history[0].title == "event 29"
-    assert all(e.deliveries[0].status == "delivered" for e in history)
+    assert all(e.deliveries[0].status is DeliveryStatus.DELIVERED for e in history)
     assert manager.store.prune(max_events=10) == 20
     assert len(manager.store.history(limit=100)) == 10
 
@@ -293,7 +294,7 @@ def test_exit_flush_gives_up_at_its_timeout_and_leaves_the_rest_pending(tmp_path
     assert child.wait(timeout=30) == 0
     assert time.monotonic() - started < 8
     counts = Store(tmp_path / "afs.db").counts()
-    assert counts["slow"]["pending"] == 3
+    assert counts["slow"].pending == 3
 
 
 def test_two_processes_sharing_a_store_deliver_each_event_once(tmp_path):
@@ -347,7 +348,7 @@ def test_a_stored_event_that_cannot_be_read_does_not_block_its_channel(manager):
     result = manager.notify("after it", "m")
     assert result.wait(5) and result.delivered == ["r"]
     dead = manager.store.outbox()
-    assert dead[0].status == "dead" and "could not be read" in dead[0].last_error
+    assert dead[0].status is DeliveryStatus.FAILED and "could not be read" in dead[0].last_error
 
 
 def test_slow_sends_keep_their_leases_so_no_second_process_sends_them(afs_plugins, tmp_path, monkeypatch):
@@ -375,7 +376,7 @@ def test_slow_sends_keep_their_leases_so_no_second_process_sends_them(afs_plugin
     for index, each in enumerate(managers):
         each.register_handler("slow", Slow(index))
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and Store(store_path).counts().get("slow", {}).get("pending", 0):
+    while time.monotonic() < deadline and Store(store_path).pending(["slow"]).total:
         time.sleep(0.05)
     for each in managers:
         each.close(timeout=2)

@@ -19,6 +19,7 @@ from afs_core import (
     TransientDeliveryError,
 )
 from afs_core.delivery.retry import RetryPolicy
+from afs_core.results import DeliveryStatus
 from afs_core.source import forget_current_source
 from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
@@ -174,7 +175,7 @@ def test_a_lease_held_by_another_host_is_taken_over_only_once_it_expires(store, 
     manual_clock.advance(2)
     (taken,) = store.claim("slack", "this-host:1:1")
     assert taken.delivery_id == held.delivery_id
-    assert store.finish_many([(held.delivery_id, "delivered", None, None)], "other-host:4242:1") == [False]
+    assert store.finish_many([(held.delivery_id, DeliveryStatus.DELIVERED, None, None)], "other-host:4242:1") == [False]
 
 
 def test_flush_reads_what_a_stopped_process_left_in_its_journal(manager, tmp_path, manual_clock):

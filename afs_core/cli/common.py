@@ -28,13 +28,13 @@ def open_manager(args: argparse.Namespace) -> NotificationManager:
 
     manager = NotificationManager.from_env(args.env_file)
     if args.channel:
-        unknown = [name for name in args.channel if name not in manager.handlers]
+        unknown = [name for name in args.channel if name not in manager.channels]
         if unknown:
             manager.close(timeout=0)
-            raise UsageError(f"--channel {unknown[0]}: not configured (configured: {', '.join(manager.handlers) or 'none'})")
-        for name in list(manager.handlers):
+            raise UsageError(f"--channel {unknown[0]}: not configured (configured: {', '.join(manager.channels) or 'none'})")
+        for name in list(manager.channels):
             if name not in args.channel:
-                manager.unregister_handler(name)
+                manager.unregister_channel(name)
     return manager
 
 

@@ -12,6 +12,8 @@ from typing import Any
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, open_manager, open_store_taking_journals, wait_timeout
 from afs_core.formatting import format_duration
+from afs_core.delivery.store import status_name
+from afs_core.results import DeliveryStatus
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -20,13 +22,13 @@ def cmd_history(args: argparse.Namespace) -> int:
         print(json.dumps([{
             **e.event, "event_id": e.event_id, "created": e.created, "run_id": e.run_id, "event_type": e.event_type,
             "level": e.level, "title": e.title, "model_name": e.model_name,
-            "deliveries": {d.channel: {"status": d.status, "attempts": d.attempts, "error": d.last_error,
+            "deliveries": {d.channel: {"status": status_name(d.status), "attempts": d.attempts, "error": d.last_error,
                                        "next_attempt": d.next_attempt} for d in e.deliveries},
         } for e in entries], default=str))
         return OK
     for entry in entries:
         when = dt.datetime.fromtimestamp(entry.created).strftime("%Y-%m-%d %H:%M:%S")
-        deliveries = ", ".join(f"{d.channel}={d.status}" for d in entry.deliveries) or "no channel"
+        deliveries = ", ".join(f"{d.channel}={status_name(d.status)}" for d in entry.deliveries) or "no channel"
         run = "".join(f"  {label} {value}" for label, value in (("run", entry.run_id), ("model", entry.model_name))
                       if value)
         print(f"{when}  {entry.level:<8} {entry.title}{run}  [{deliveries}]")
@@ -34,7 +36,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    from afs_core.delivery.store import DEAD
 
     store = open_store_taking_journals(args)
     if args.action == "retry":
@@ -47,35 +48,35 @@ def cmd_outbox(args: argparse.Namespace) -> int:
         return _flush_outbox(args, store)
     rows = store.outbox()
     if args.json:
-        print(json.dumps([{"id": r.delivery_id, "channel": r.channel, "status": r.status, "title": r.title,
+        print(json.dumps([{"id": r.delivery_id, "channel": r.channel, "status": status_name(r.status), "title": r.title,
                            "run_id": r.run_id, "attempts": r.attempts, "error": r.last_error,
                            "next_attempt": r.next_attempt} for r in rows]))
     else:
         now = time.time()
         for r in rows:
             when = ""
-            if r.status != DEAD and r.next_attempt > now + 1:
+            if r.status is DeliveryStatus.PENDING and r.next_attempt > now + 1:
                 when = f", next try in {format_duration(r.next_attempt - now)}"
-            print(f"{r.delivery_id:>6}  {r.channel:<10} {r.status:<8} {r.attempts} tries{when}  {r.title}"
+            print(f"{r.delivery_id:>6}  {r.channel:<10} {status_name(r.status):<8} {r.attempts} tries{when}  {r.title}"
                   + (f"  ({r.last_error})" if r.last_error else ""))
         if not rows:
             print("the outbox is empty")
-    return DELIVERY_FAILED if any(r.status == DEAD for r in rows) else OK
+    return DELIVERY_FAILED if any(r.status is DeliveryStatus.FAILED for r in rows) else OK
 
 
 def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
-    from afs_core.delivery.store import DEAD, DELIVERED, FILTERED, PENDING
 
     manager = open_manager(args)  # its workers deliver what is pending for its channels
     try:
-        names = list(manager.handlers)
+        names = list(manager.channels)
         store.make_due(names)  # "now": not after a backoff or a Retry-After
-        wanted = [r.delivery_id for r in store.outbox(statuses=(PENDING,), limit=10**9) if r.channel in names]
+        wanted = [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
+                  if r.channel in names]
         total = len(wanted)
         show = total > 20 and not args.json and sys.stderr.isatty()
         deadline = time.monotonic() + wait_timeout(args)
         while True:
-            left = store.statuses(wanted).get(PENDING, 0) if wanted else 0
+            left = store.statuses(wanted).get(DeliveryStatus.PENDING, 0) if wanted else 0
             if show:
                 done = total - left
                 print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -87,7 +88,8 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
     finally:
         manager.close(timeout=1)
     now = store.statuses(wanted) if wanted else {}
-    went, dead = now.get(DELIVERED, 0) + now.get(FILTERED, 0), now.get(DEAD, 0)
+    went = now.get(DeliveryStatus.DELIVERED, 0) + now.get(DeliveryStatus.FILTERED, 0)
+    dead = now.get(DeliveryStatus.FAILED, 0)
     left = {n: store.pending([n]).total for n in names}
     left = {n: count for n, count in left.items() if count}
     if args.json:

@@ -9,6 +9,7 @@ from typing import Any
 
 from afs_core.cli.common import OK, open_store_taking_journals, settings, where
 from afs_core.config import parse_bool
+from afs_core.delivery.store import ChannelCounts
 from afs_core.errors import ConfigurationError
 
 
@@ -21,9 +22,9 @@ def cmd_status(args: argparse.Namespace) -> int:
     counts = store.counts()
     rows = []
     for name, spec in sorted(plugins.channels.items()):
+        queued = counts.get(name, ChannelCounts())
         row: dict[str, Any] = {"channel": name, "distribution": spec.distribution or "afs-core",
-                               "pending": counts.get(name, {}).get("pending", 0),
-                               "dead": counts.get(name, {}).get("dead", 0)}
+                               "pending": queued.pending, "dead": queued.dead}
         try:
             channel = spec.channel_class.from_env(env)
         except ConfigurationError as exc:

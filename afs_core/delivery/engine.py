@@ -38,7 +38,7 @@ from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 from afs_core.delivery.retry import RetryPolicy
-from afs_core.delivery.store import DEAD, DELIVERED, FILTERED, PENDING, Claimed, PendingSummary, Store, owner_id
+from afs_core.delivery.store import Claimed, PendingSummary, Store, owner_id
 
 if TYPE_CHECKING:
     from afs_core.channels.base import Channel
@@ -80,13 +80,13 @@ class Tracker:
         return self._done.wait(timeout)
 
 
-def _final_outcome(channel: str, status: str, reason: str | None) -> ChannelOutcome:
-    return ChannelOutcome(channel, DeliveryStatus.FILTERED if status == FILTERED else DeliveryStatus.FAILED, error=reason)
+def _final_outcome(channel: str, status: DeliveryStatus, reason: str | None) -> ChannelOutcome:
+    return ChannelOutcome(channel, status, error=reason)
 
 
 # What a worker has done and must still write down: (store, delivery id, status, error,
 # next attempt, outcome to report, event id, final?).
-_Done = tuple[Store, int, str, "str | None", "float | None", "ChannelOutcome | None", str, bool]
+_Done = tuple[Store, int, DeliveryStatus, "str | None", "float | None", "ChannelOutcome | None", str, bool]
 
 
 class _Worker(threading.Thread):
@@ -231,9 +231,9 @@ class _Worker(threading.Thread):
                                   report=False)
         for (item, event), outcome in zip(sending, outcomes):
             if outcome.status is DeliveryStatus.DELIVERED:
-                self._finish(store, item, DELIVERED, None, outcome)
+                self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
             elif outcome.status is DeliveryStatus.FILTERED:
-                self._finish(store, item, FILTERED, "held back by a plugin's afs_filter_event", outcome)
+                self._finish(store, item, DeliveryStatus.FILTERED, "held back by a plugin's afs_filter_event", outcome)
             else:
                 self._failed(store, item, event, outcome)
 
@@ -242,12 +242,12 @@ class _Worker(threading.Thread):
         it back (then it is finished as filtered)."""
         event = item.event
         if not self.policy.admits(event):
-            self._finish(store, item, FILTERED, "held back by this channel's level or event-type settings")
+            self._finish(store, item, DeliveryStatus.FILTERED, "held back by this channel's level or event-type settings")
             return None
         # Only a first attempt is judged: a retry is the same event, not a repeat of it.
         send, digest = self.throttle.check(event, self.clock.monotonic()) if item.attempts == 0 else (True, None)
         if not send:
-            self._finish(store, item, FILTERED, "throttled: a repeat within the window")
+            self._finish(store, item, DeliveryStatus.FILTERED, "throttled: a repeat within the window")
             return None
         return event.evolve(context={**event.context, "held_back": digest}) if digest else event
 
@@ -261,7 +261,7 @@ class _Worker(threading.Thread):
                 why = f"gave up after {attempts} attempts: {why}"
             self.engine.log.log(logging.WARNING, ("dead", self.channel_name, why),
                                 "afs: %s to %r failed for good: %s", event.event_type.value, self.channel_name, why)
-            self._finish(store, item, DEAD, why, ChannelOutcome(self.channel_name, DeliveryStatus.FAILED, error=why,
+            self._finish(store, item, DeliveryStatus.FAILED, why, ChannelOutcome(self.channel_name, DeliveryStatus.FAILED, error=why,
                                                                 permanent=True, retry_after=outcome.retry_after))
             report_failure(self.engine.plugins, event, self.channel,
                            PermanentDeliveryError(why, retry_after=outcome.retry_after))
@@ -269,17 +269,18 @@ class _Worker(threading.Thread):
         delay = retry.delay(attempts, outcome.retry_after)
         pending = ChannelOutcome(self.channel_name, DeliveryStatus.PENDING, error=outcome.error,
                                  retry_after=outcome.retry_after)
-        self._queue(store, item, PENDING, outcome.error, self.clock.time() + delay, pending, final=False)
+        self._queue(store, item, DeliveryStatus.PENDING, outcome.error, self.clock.time() + delay, pending, final=False)
         self.engine.log.log(logging.INFO, ("retry", self.channel_name, outcome.error),
                             "afs: %s to %r failed (%s); retrying in %.1f s (attempt %d)", event.event_type.value,
                             self.channel_name, outcome.error, delay, attempts)
 
-    def _finish(self, store: Store, item: Claimed, status: str, reason: str | None,
+    def _finish(self, store: Store, item: Claimed, status: DeliveryStatus, reason: str | None,
                 outcome: ChannelOutcome | None = None) -> None:
         self._queue(store, item, status, reason, None, outcome or _final_outcome(self.channel_name, status, reason),
                     final=True)
 
-    def _queue(self, store: Store, item: Claimed, status: str, error: str | None, next_attempt: float | None,
+    def _queue(self, store: Store, item: Claimed, status: DeliveryStatus, error: str | None,
+               next_attempt: float | None,
                outcome: ChannelOutcome, *, final: bool) -> None:
         if not self._done:
             self._done_since = time.monotonic()
@@ -603,7 +604,7 @@ class DeliveryEngine:
         lost = 0
         for store in self.stores():
             if not store.durable:
-                lost += sum(c.get(PENDING, 0) for c in store.counts().values())
+                lost += sum(c.pending for c in store.counts().values())
         if lost:
             logger.error("afs: %d notifications were accepted while nothing could be written to disk and could not "
                          "be delivered before the process ended; they are lost", lost)

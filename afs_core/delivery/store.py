@@ -28,12 +28,25 @@ import attrs
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.events import NotificationEvent
+from afs_core.results import DeliveryStatus
 from afs_core.delivery.location import StoreLocation
 
 logger = logging.getLogger("afs.store")
 
-PENDING, DELIVERED, FILTERED, DEAD = "pending", "delivered", "filtered", "dead"
-FINAL = (DELIVERED, FILTERED, DEAD)
+# How each status is written in the store ("dead": failed for good, a dead letter).
+_WORDS = {DeliveryStatus.PENDING: "pending", DeliveryStatus.DELIVERED: "delivered",
+          DeliveryStatus.FILTERED: "filtered", DeliveryStatus.FAILED: "dead"}
+_STATUSES = {word: status for status, word in _WORDS.items()}
+PENDING, DEAD = _WORDS[DeliveryStatus.PENDING], _WORDS[DeliveryStatus.FAILED]
+
+
+def status_name(status: DeliveryStatus) -> str:
+    """The word the store and the ``afs`` command use for ``status`` ("dead" for failed)."""
+    return _WORDS[status]
+
+
+def _status(word: str) -> DeliveryStatus:
+    return _STATUSES.get(word, DeliveryStatus.FAILED)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -154,7 +167,7 @@ class DeliveryRow:
     """What one channel did with one event."""
 
     channel: str
-    status: str
+    status: DeliveryStatus = attrs.field(converter=_status)
     attempts: int
     last_error: str | None
     next_attempt: float
@@ -181,12 +194,20 @@ class OutboxEntry:
 
     delivery_id: int
     channel: str
-    status: str
+    status: DeliveryStatus = attrs.field(converter=_status)
     title: str
     attempts: int
     last_error: str | None
     next_attempt: float
     run_id: str | None
+
+
+@attrs.frozen
+class ChannelCounts:
+    """Deliveries of one channel still in the outbox: pending, and dead (failed for good)."""
+
+    pending: int = 0
+    dead: int = 0
 
 
 @attrs.frozen
@@ -573,7 +594,8 @@ class Store:
             return claimed
 
     @_survives_damage
-    def finish_many(self, outcomes: Sequence[tuple[int, str, str | None, float | None]], owner: str) -> list[bool]:
+    def finish_many(self, outcomes: Sequence[tuple[int, DeliveryStatus, str | None, float | None]],
+                    owner: str) -> list[bool]:
         """Record attempts' outcomes in one transaction: (delivery id, status, error,
         next attempt) each; PENDING with a next attempt schedules a retry. True where
         the lease held (where it was lost, nothing is changed)."""
@@ -584,13 +606,13 @@ class Store:
                 cursor = db.execute(
                     "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?, last_error = ?,"
                     " lease_owner = NULL, lease_until = NULL, updated = ? WHERE id = ? AND lease_owner = ?",
-                    (status, next_attempt if next_attempt is not None else now, error, now, delivery_id, owner),
+                    (_WORDS[status], next_attempt if next_attempt is not None else now, error, now, delivery_id, owner),
                 )
                 held = cursor.rowcount == 1
                 if held:
                     db.execute(
                         "INSERT INTO attempts (delivery_id, at, outcome, error) VALUES (?, ?, ?, ?)",
-                        (delivery_id, now, status if status != PENDING else "retry", error),
+                        (delivery_id, now, "retry" if status is DeliveryStatus.PENDING else _WORDS[status], error),
                     )
                 done.append(held)
         return done
@@ -701,30 +723,30 @@ class Store:
         return PendingSummary(int(total), int(due), after)
 
     @_survives_damage
-    def statuses(self, delivery_ids: Sequence[int]) -> dict[str, int]:
+    def statuses(self, delivery_ids: Sequence[int]) -> dict[DeliveryStatus, int]:
         """How many of these deliveries are in each status now."""
-        found: dict[str, int] = {}
+        found: dict[DeliveryStatus, int] = {}
         with self._read() as db:
             for start in range(0, len(delivery_ids), 500):
                 chunk = delivery_ids[start : start + 500]
                 marks = ",".join("?" for _ in chunk)
-                for status, number in db.execute(
+                for word, number in db.execute(
                     f"SELECT status, COUNT(*) FROM deliveries WHERE id IN ({marks}) GROUP BY status", chunk
                 ).fetchall():
-                    found[status] = found.get(status, 0) + number
+                    found[_status(word)] = found.get(_status(word), 0) + number
         return found
 
     @_survives_damage
-    def counts(self) -> dict[str, dict[str, int]]:
+    def counts(self) -> dict[str, ChannelCounts]:
         """Per channel: how many deliveries are pending and dead."""
-        counts: dict[str, dict[str, int]] = {}
+        found: dict[str, dict[str, int]] = {}
         with self._read() as db:
-            for channel, status, number in db.execute(
+            for channel, word, number in db.execute(
                 "SELECT channel, status, COUNT(*) FROM deliveries WHERE status IN (?, ?) GROUP BY channel, status",
                 (PENDING, DEAD),
             ).fetchall():
-                counts.setdefault(channel, {PENDING: 0, DEAD: 0})[status] = number
-        return counts
+                found.setdefault(channel, {})[word] = number
+        return {channel: ChannelCounts(**numbers) for channel, numbers in found.items()}
 
     @_survives_damage
     def history(self, *, run_id: str | None = None, limit: int = 50) -> list[HistoryEntry]:
@@ -754,9 +776,10 @@ class Store:
         return entries
 
     @_survives_damage
-    def outbox(self, statuses: Iterable[str] = (PENDING, DEAD), limit: int = 200) -> list[OutboxEntry]:
+    def outbox(self, statuses: Iterable[DeliveryStatus] = (DeliveryStatus.PENDING, DeliveryStatus.FAILED),
+               limit: int = 200) -> list[OutboxEntry]:
         """Pending and dead deliveries, oldest first."""
-        wanted = tuple(statuses)
+        wanted = tuple(_WORDS[status] for status in statuses)
         marks = ",".join("?" for _ in wanted)
         with self._read() as db:
             rows = db.execute(

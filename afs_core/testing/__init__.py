@@ -241,7 +241,7 @@ def recording_channel() -> RecordingChannel:
 def afs_manager(afs_plugins: PluginHost, recording_channel: RecordingChannel) -> NotificationManager:
     """Delivers on the caller's thread, so a test sees the result at once."""
     manager = NotificationManager(plugins=afs_plugins, background=False)
-    manager.register_handler("recording", recording_channel)
+    manager.register_channel("recording", recording_channel)
     return manager
 
 

@@ -156,7 +156,7 @@ def test_the_engine_hands_a_burst_over_as_one_batch_one_connection_one_login(
         manager.close(timeout=5)
     recorder = starttls_server.recorder
     assert len(recorder.messages) == 12 and recorder.logins == [USER] and len(recorder.peers) == 1
-    assert all(e.deliveries[0].status == "delivered" for e in store.history(limit=20))
+    assert all(e.deliveries[0].status.value == "delivered" for e in store.history(limit=20))
 
 
 def test_a_batch_reconnects_once_when_the_server_drops_it(starttls_server, certificates, afs_plugins, make_event):
