@@ -63,7 +63,6 @@ if TYPE_CHECKING:
     from afs_core.channels.settings import Setting
     from afs_core.channels.webhook import WebhookChannel
     from afs_core.delivery.direct import SendsDirectly, send_now
-    from afs_core.integrations.decorator import notify_on_completion
     from afs_core.errors import (
         ConfigurationError,
         DeliveryError,
@@ -72,6 +71,7 @@ if TYPE_CHECKING:
     )
     from afs_core.events import EventCategory, EventType, NotificationEvent, NotificationLevel
     from afs_core.hookspecs import hookimpl
+    from afs_core.integrations.decorator import notify_on_completion
     from afs_core.manager import NotificationManager
     from afs_core.plugins import PluginHost
     from afs_core.results import ChannelOutcome, NotifyResult

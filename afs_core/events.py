@@ -14,13 +14,13 @@ import numbers
 import os
 import random
 from collections.abc import Iterable, Mapping
-from typing import Any, Union
+from typing import Any, TypeVar, Union, cast
 
 import attrs
 
 from afs_core.source import Source
 
-MetricValue = Union[int, float, str]
+MetricValue = Union[int, float, str]  # noqa: UP007 (a runtime alias: Python 3.10 has no "int | float" value)
 
 
 class _TextEnum(enum.Enum):
@@ -133,23 +133,31 @@ class EventType(_TextEnum):
 
 
 
-def _enum_converter(enum_cls: type[enum.Enum], field_name: str) -> Any:
-    def convert(value: object) -> Any:
-        if isinstance(value, enum_cls):
-            return value
-        if isinstance(value, str):
-            try:
-                return enum_cls(value)
-            except ValueError:
-                choices = ", ".join(m.name for m in enum_cls)
-                raise ValueError(
-                    f"{field_name}: unknown {enum_cls.__name__} {value!r}; expected one of {choices}"
-                ) from None
-        raise TypeError(
-            f"{field_name} must be a {enum_cls.__name__} or its name, got {type(value).__name__}"
-        )
+_E = TypeVar("_E", bound=enum.Enum)
 
-    return convert
+
+def _as_member(enum_cls: type[_E], field_name: str, value: object) -> _E:
+    if isinstance(value, enum_cls):
+        return value
+    if isinstance(value, str):
+        try:
+            return enum_cls(value)
+        except ValueError:
+            choices = ", ".join(m.name for m in enum_cls)
+            raise ValueError(
+                f"{field_name}: unknown {enum_cls.__name__} {value!r}; expected one of {choices}"
+            ) from None
+    raise TypeError(
+        f"{field_name} must be a {enum_cls.__name__} or its name, got {type(value).__name__}"
+    )
+
+
+def _to_event_type(value: object) -> EventType:
+    return _as_member(EventType, "event_type", value)
+
+
+def _to_level(value: object) -> NotificationLevel:
+    return _as_member(NotificationLevel, "level", value)
 
 
 def as_metric_value(key: str, value: object) -> MetricValue:
@@ -160,7 +168,7 @@ def as_metric_value(key: str, value: object) -> MetricValue:
     if isinstance(value, numbers.Real) or hasattr(value, "__float__"):
         # numpy and torch scalars arrive here; keep plain floats only.
         try:
-            return float(value)  # type: ignore[arg-type]
+            return float(value)
         except (TypeError, ValueError):
             pass
     raise TypeError(
@@ -219,7 +227,7 @@ def _convert_context(value: object) -> Mapping[str, Any]:
     for key in value:
         if not isinstance(key, str):
             raise TypeError(f"context keys must be strings, got {key!r}")
-    return _frozen(value)
+    return cast(Mapping[str, Any], _frozen(value))
 
 
 def _convert_tags(value: object) -> tuple[str, ...]:
@@ -239,7 +247,7 @@ def _of_type(kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     wanted = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
 
-    def check(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
         if not isinstance(value, kinds):
@@ -252,7 +260,7 @@ def _optional(kind: type | tuple[type, ...]) -> Any:
     return _of_type(kind, optional=True)
 
 
-def _finite_or_none(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+def _finite_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not math.isfinite(value):
         raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
 
@@ -291,7 +299,7 @@ def _new_id() -> str:
     return f"{_id_source[1].getrandbits(128):032x}"
 
 
-def _count(instance: object, attribute: attrs.Attribute, value: Any) -> None:
+def _count(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
@@ -308,11 +316,11 @@ class NotificationEvent:
     ``context`` are read-only mappings; use :meth:`evolve` for a changed copy.
     """
 
-    event_type: EventType = attrs.field(converter=_enum_converter(EventType, "event_type"))
+    event_type: EventType = attrs.field(converter=_to_event_type)
     title: str = attrs.field(validator=_of_type(str))
     message: str = attrs.field(default="", validator=_of_type(str))
     level: NotificationLevel = attrs.field(
-        kw_only=True, converter=_enum_converter(NotificationLevel, "level")
+        kw_only=True, converter=_to_level
     )
     model_name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
     run_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))

@@ -20,6 +20,7 @@ from typing import Any, Concatenate, ParamSpec
 
 from afs_core import builders
 from afs_core.channels.base import Channel
+from afs_core.channels.legacy import as_channel
 from afs_core.config import env_bool, env_float, env_int, load_env
 from afs_core.delivery import ranks
 from afs_core.delivery.dispatch import deliver_event, enrich_event
@@ -27,7 +28,7 @@ from afs_core.delivery.engine import DeliveryEngine
 from afs_core.delivery.policy import ChannelPolicy
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Store, open_store
-from afs_core.errors import ConfigurationError, TransientDeliveryError
+from afs_core.errors import ConfigurationError
 from afs_core.events import NotificationEvent
 from afs_core.plugins import PluginHost, get_plugins
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
@@ -62,33 +63,6 @@ def _sends(build: Callable[_P, NotificationEvent]) -> Callable[Concatenate[Notif
     notify.__signature__ = signature.replace(  # type: ignore[attr-defined]
         parameters=[self_parameter, *signature.parameters.values()], return_annotation="NotifyResult")
     return notify
-
-
-class _LegacyHandler(Channel):
-    """Adapts a handler that only has ``send(event) -> bool`` (the earlier handler API)."""
-
-    def __init__(self, handler: Any) -> None:
-        self.handler = handler
-
-    def format(self, event: NotificationEvent) -> NotificationEvent:
-        return event
-
-    def deliver(self, message: Any) -> None:
-        if not self.handler.send(message):
-            raise TransientDeliveryError(f"{type(self.handler).__name__}.send() reported failure")
-
-    def describe(self) -> str:
-        return type(self.handler).__name__
-
-
-def _as_channel(handler: Any) -> Channel:
-    if isinstance(handler, Channel):
-        if type(handler).deliver is Channel.deliver and callable(getattr(handler, "send", None)):
-            return _LegacyHandler(handler)  # a subclass that only overrides send()
-        return handler
-    if callable(getattr(handler, "send", None)):
-        return _LegacyHandler(handler)
-    raise TypeError(f"handler must be an afs_core.Channel or have send(event), got {type(handler).__name__}")
 
 
 class NotificationManager:
@@ -160,7 +134,8 @@ class NotificationManager:
             flush_timeout=env_float(env, "AFS_FLUSH_TIMEOUT", 10.0),
             all_ranks=env_bool(env, "AFS_ALL_RANKS", False),
             settings=env,
-            retention=(env_float(env, "AFS_HISTORY_DAYS", 30.0) * 86400, env_int(env, "AFS_HISTORY_MAX_EVENTS", 10_000)),
+            retention=(env_float(env, "AFS_HISTORY_DAYS", 30.0) * 86400,
+                       env_int(env, "AFS_HISTORY_MAX_EVENTS", 10_000)),
         )
         for spec in plugins.channels.values():
             try:
@@ -200,7 +175,7 @@ class NotificationManager:
         """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"channel name must be a non-empty string, got {name!r}")
-        channel = _as_channel(channel)
+        channel = as_channel(channel)
         settings = self._settings if self._settings is not None else os.environ
         policy = policy or ChannelPolicy.from_env(settings, name, getattr(channel, "throttle_seconds", 600.0))
         with self._lock:
@@ -330,7 +305,9 @@ class NotificationManager:
             return NotifyResult(event, {n: self._deliver_now(n, ch, policies[n], event) for n, ch in channels.items()})
         return self._get_engine().accept(event, list(channels))
 
-    def _deliver_now(self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent) -> ChannelOutcome:
+    def _deliver_now(
+        self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent
+    ) -> ChannelOutcome:
         if not policy.admits(event):
             return ChannelOutcome(name, DeliveryStatus.FILTERED, error="held back by this channel's settings")
         return deliver_event(self.plugins, name, channel, event)

@@ -197,7 +197,8 @@ class PluginHost:
             dist_name = self._distributions.get(plugin_name, (None, None))[0]
             offered: dict[str, ChannelSpec] = {}
 
-            def register(name: str, channel_class: type[Channel], *, _p=plugin_name, _d=dist_name, _o=offered) -> None:
+            def register(name: str, channel_class: type[Channel], *, _p: str = plugin_name, _d: str | None = dist_name,
+                         _o: dict[str, ChannelSpec] = offered) -> None:
                 self._check_channel(channels, _o, name, channel_class, _p, _d)
                 _o[name] = ChannelSpec(name, channel_class, _p, _d)
 

@@ -38,7 +38,8 @@ import asyncio, os, sys
 
 async def handle(reader, writer):
     body = sys.argv[1].encode()
-    answer = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n%s" % (len(body), body)
+    head = b"HTTP/1.1 200 OK\\r\\nContent-Type: application/json\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body)
+    answer = head + body
     try:
         while True:
             head = await reader.readuntil(b"\\r\\n\\r\\n")
@@ -89,9 +90,9 @@ def main() -> None:
     os.environ["AFS_LOAD_PLUGINS"] = "slack,discord"
 
     from afs_core import NotificationManager
-    from afs_core.plugins import get_plugins
     from afs_core.delivery.policy import ChannelPolicy
     from afs_core.delivery.store import Store
+    from afs_core.plugins import get_plugins
     from afs_discord import DiscordNotifier
     from afs_slack import SlackNotifier
 

@@ -16,7 +16,6 @@ import pytest
 
 import afs_core
 
-
 # The framework integrations need torch and friends; they have their own tox
 # environment, and are left out wherever those are not installed.
 collect_ignore = [] if importlib.util.find_spec("torch") else ["frameworks"]

@@ -50,7 +50,7 @@ def test_no_color_turns_colour_off(afs_plugins, monkeypatch):
 
 def test_hostile_text_cannot_drive_the_terminal(afs_plugins):
     stream = io.StringIO()
-    send_now(ConsoleChannel(stream=stream), 
+    send_now(ConsoleChannel(stream=stream),
         _event(title="x\x1b[2J\rfake line", message="a\x1b]0;title\x07b")
     )
     out = stream.getvalue()

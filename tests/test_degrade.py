@@ -17,9 +17,9 @@ import pytest
 
 from afs_core import Channel, EventType, NotificationEvent, NotificationManager, PermanentDeliveryError
 from afs_core.delivery.repeats import RepeatedLog
+from afs_core.delivery.store import Store
 from afs_core.results import DeliveryStatus
 from afs_core.source import host_name
-from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 TRAIN = """

@@ -19,9 +19,9 @@ from afs_core import (
     TransientDeliveryError,
 )
 from afs_core.delivery.retry import RetryPolicy
+from afs_core.delivery.store import Store
 from afs_core.results import DeliveryStatus
 from afs_core.source import forget_current_source
-from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 

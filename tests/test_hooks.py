@@ -13,8 +13,8 @@ from afs_core import (
     PermanentDeliveryError,
     TransientDeliveryError,
     hookimpl,
+    hookspecs,
 )
-from afs_core import hookspecs
 from afs_core.testing import RecordingChannel
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "plugins.md"

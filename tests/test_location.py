@@ -5,10 +5,10 @@ import sqlite3
 import pytest
 
 import afs_core.delivery.location as location_module
-from afs_core.errors import ConfigurationError
 from afs_core.delivery.location import filesystem_type, network_filesystem
-from afs_core.source import host_name
 from afs_core.delivery.store import open_store
+from afs_core.errors import ConfigurationError
+from afs_core.source import host_name
 
 # Lines as /proc/self/mountinfo shows them on cluster nodes and workstations.
 MOUNTINFO = r"""

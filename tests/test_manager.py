@@ -92,7 +92,9 @@ def test_convenience_method_sends_its_event_type(afs_manager, recording_channel,
 
 
 def test_promised_signatures():
-    sig = lambda name: list(inspect.signature(getattr(NotificationManager, name)).parameters)[1:]
+    def sig(name):
+        return list(inspect.signature(getattr(NotificationManager, name)).parameters)[1:]
+
     assert sig("notify_training_started") == ["model_name", "run_id", "epochs", "batch_size"]
     assert sig("notify_training_completed") == ["model_name", "run_id", "duration", "final_loss", "eval_metrics"]
     assert sig("notify_training_failed") == ["model_name", "run_id", "error"]
@@ -312,7 +314,7 @@ def test_handlers_written_for_the_earlier_api_still_work(afs_manager):
 def test_no_channels_warns_once_and_returns_empty_result(afs_plugins, caplog):
     manager = NotificationManager(plugins=afs_plugins, background=False)
     with caplog.at_level(logging.WARNING, logger="afs.manager"):
-        first, second = manager.notify("a", "b"), manager.notify("a", "b")
+        first, _ = manager.notify("a", "b"), manager.notify("a", "b")
     assert not first and len(first) == 0 and first.event is not None
     assert caplog.text.count("no notification channel") == 1
 

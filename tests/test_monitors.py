@@ -8,6 +8,7 @@ from collections import namedtuple
 import pytest
 
 from afs_core import EventType, NotificationLevel, NotificationManager
+from afs_core.delivery.store import Store
 from afs_core.errors import ConfigurationError
 from afs_core.monitors import (
     CostMonitor,
@@ -20,7 +21,6 @@ from afs_core.monitors import (
     report_exception,
     visible_devices,
 )
-from afs_core.delivery.store import Store
 from afs_core.testing import RecordingChannel
 
 
@@ -107,8 +107,10 @@ def test_fired_thresholds_and_elapsed_time_survive_a_resume(tmp_path):
     script = tmp_path / "resume.py"
     script.write_text(RESUME)
     db = str(tmp_path / "afs.db")
-    run = lambda hours: subprocess.run([sys.executable, str(script), db, str(hours)], capture_output=True,
-                                       text=True, timeout=60, env={**os.environ, "AFS_LOAD_PLUGINS": ""})
+    def run(hours):
+        return subprocess.run([sys.executable, str(script), db, str(hours)], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "AFS_LOAD_PLUGINS": ""})
+
     first = run(1.5)
     assert first.returncode == 0, first.stderr
     assert '"alerts": ["\\u26a0\\ufe0f Cost threshold exceeded"]' in first.stdout

@@ -18,6 +18,7 @@ import pytest
 
 from afs_core.testing.loopback import Scripted
 
+
 def dead_url():
     """A loopback port nothing listens on: the webhook is down."""
     with socket.socket() as probe:

@@ -16,7 +16,6 @@ from afs_core import (
     send_now,
 )
 from afs_core.channels import HOLDS, seconds
-from afs_core.testing import Scripted
 
 TOKEN = "s3cret-T0KEN"
 

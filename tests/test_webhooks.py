@@ -5,8 +5,14 @@ import email.utils
 import pytest
 
 from afs_core import PermanentDeliveryError, TransientDeliveryError
+from afs_core.channels.webhook import (
+    classify_status,
+    encode_json,
+    is_loopback_host,
+    parse_retry_after,
+    validate_webhook_url,
+)
 from afs_core.errors import ConfigurationError
-from afs_core.channels.webhook import classify_status, encode_json, is_loopback_host, parse_retry_after, validate_webhook_url
 
 
 def check(url, **options):

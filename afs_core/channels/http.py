@@ -21,9 +21,9 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from afs_core.channels.deadline import Deadline
+from afs_core.channels.webhook import encode_json
 from afs_core.errors import TransientDeliveryError
 from afs_core.redaction import scrub
-from afs_core.channels.webhook import encode_json
 
 _current = threading.local()
 

@@ -31,7 +31,8 @@ def open_manager(args: argparse.Namespace) -> NotificationManager:
         unknown = [name for name in args.channel if name not in manager.channels]
         if unknown:
             manager.close(timeout=0)
-            raise UsageError(f"--channel {unknown[0]}: not configured (configured: {', '.join(manager.channels) or 'none'})")
+            configured = ", ".join(manager.channels) or "none"
+            raise UsageError(f"--channel {unknown[0]}: not configured (configured: {configured})")
         for name in list(manager.channels):
             if name not in args.channel:
                 manager.unregister_channel(name)

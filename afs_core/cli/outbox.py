@@ -11,8 +11,8 @@ import time
 from typing import Any
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, open_manager, open_store_taking_journals, wait_timeout
-from afs_core.formatting import format_duration
 from afs_core.delivery.store import status_name
+from afs_core.formatting import format_duration
 from afs_core.results import DeliveryStatus
 
 

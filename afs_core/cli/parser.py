@@ -43,7 +43,7 @@ def _level(text: str) -> NotificationLevel:
         return NotificationLevel(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"unknown level {text!r} (choose from {', '.join(l.value for l in NotificationLevel)})"
+            f"unknown level {text!r} (choose from {', '.join(level.value for level in NotificationLevel)})"
         ) from None
 
 
@@ -66,7 +66,8 @@ def _non_negative(text: str) -> float:
 
 def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
-    common.add_argument("--env-file", metavar="PATH", help="read settings from this .env file (default: the nearest .env)")
+    common.add_argument("--env-file", metavar="PATH",
+                        help="read settings from this .env file (default: the nearest .env)")
     common.add_argument("--channel", action="append", metavar="NAME", help="only this channel (repeatable)")
     common.add_argument("--json", action="store_true", help="machine-readable output")
     common.add_argument("--timeout", type=_non_negative, metavar="SECONDS",
@@ -130,7 +131,8 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
     outbox_actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
     outbox_actions.add_parser("list", parents=[common], help="list them (the default)", epilog=OUTBOX_EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    outbox_actions.add_parser("flush", parents=[common], help="deliver what is pending for the configured channels, now",
+    outbox_actions.add_parser("flush", parents=[common],
+                              help="deliver what is pending for the configured channels, now",
                               epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     retry = outbox_actions.add_parser("retry", parents=[common], help="queue a dead delivery again",
                                       epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)

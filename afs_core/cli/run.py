@@ -119,7 +119,9 @@ def run_watched(command: Sequence[str]) -> RunOutcome:
             signal.signal(sig, handler)
 
 
-def _run(command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float) -> RunOutcome:
+def _run(
+    command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float
+) -> RunOutcome:
     child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None)
     children.append(child)
     for signum in early:

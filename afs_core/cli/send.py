@@ -18,13 +18,16 @@ def _report(args: argparse.Namespace, result: NotifyResult) -> int:
         print(f"afs: nothing sent: {result.rejected}", file=sys.stderr)
         return USAGE
     result.wait(wait_timeout(args))
-    rows = {name: {"status": o.status.value, "error": o.error} for name, o in result.outcomes.items()}
+    outcomes = result.outcomes
     if args.json:
+        rows = {name: {"status": o.status.value, "error": o.error} for name, o in outcomes.items()}
         print(json.dumps({"event_id": result.event.event_id if result.event else None, "channels": rows}))
     else:
-        for name, row in rows.items():
-            status = row["status"] + (" (stays in the outbox, will retry)" if row["status"] == "pending" else "")
-            print(f"{name}: {status}" + (f": {row['error']}" if row["error"] else ""))
+        for name, outcome in outcomes.items():
+            status = outcome.status.value
+            if outcome.status is DeliveryStatus.PENDING:
+                status += " (stays in the outbox, will retry)"
+            print(f"{name}: {status}" + (f": {outcome.error}" if outcome.error else ""))
     bad = [o for o in result.outcomes.values() if o.status in (DeliveryStatus.FAILED, DeliveryStatus.PENDING)]
     return DELIVERY_FAILED if bad else OK
 

@@ -68,7 +68,8 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         print(json.dumps({
             "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
                          "channels": list(p.channels), "hooks": list(p.hooks)} for p in infos],
-            "failures": [{"plugin": f.name, "distribution": f.distribution, "error": f.error} for f in plugins.failures],
+            "failures": [{"plugin": f.name, "distribution": f.distribution, "error": f.error}
+                         for f in plugins.failures],
         }))
         return OK
     for info in infos:

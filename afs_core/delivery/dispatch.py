@@ -119,7 +119,8 @@ def deliver_events(
         except (Exception, SystemExit) as exc:
             outcomes[index] = _failed(plugins, name, channel, [event], exc, report)
     if len(ready) > 1 and channel.batch_size > 1 and not _delivery_hooked(plugins):
-        for (index, _, event), result in zip(ready, _batch(channel, [message for _, message, _ in ready])):
+        results = _batch(channel, [message for _, message, _ in ready])
+        for (index, _, event), result in zip(ready, results, strict=True):
             if isinstance(result, BaseException):
                 outcomes[index] = _failed(plugins, name, channel, [event], result, report)
             else:

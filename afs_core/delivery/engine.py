@@ -27,18 +27,18 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core.clock import Clock
-from afs_core.delivery.dispatch import deliver_events, report_failure
-from afs_core.errors import PermanentDeliveryError
 from afs_core.delivery import ranks
-from afs_core.events import NotificationEvent
-from afs_core.formatting import format_duration
+from afs_core.delivery.dispatch import deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.pacing import Pacer
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
-from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Claimed, PendingSummary, Store, owner_id
+from afs_core.errors import PermanentDeliveryError
+from afs_core.events import NotificationEvent
+from afs_core.formatting import format_duration
+from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 
 if TYPE_CHECKING:
     from afs_core.channels.base import Channel
@@ -136,8 +136,8 @@ class _Worker(threading.Thread):
         lost: set[int] = set()
         for start in range(0, len(claimed), size):
             if self.stopping.is_set():
-                for rest in claimed[start:]:
-                    self._release(store, rest)
+                for item in claimed[start:]:
+                    self._release(store, item)
                 return
             chunk: list[Claimed] = []
             try:
@@ -182,7 +182,7 @@ class _Worker(threading.Thread):
                                           "store (%s); kept and written later", exc)
                 kept.extend(mine)
                 continue
-            for ok, (_, _, _, _, _, outcome, event_id, final) in zip(held, mine):
+            for ok, (_, _, _, _, _, outcome, event_id, final) in zip(held, mine, strict=True):
                 if ok and outcome is not None:
                     self.engine.track(event_id, outcome, final=final)
         self._done = kept + self._done
@@ -229,7 +229,7 @@ class _Worker(threading.Thread):
             return
         outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
                                   report=False)
-        for (item, event), outcome in zip(sending, outcomes):
+        for (item, event), outcome in zip(sending, outcomes, strict=True):
             if outcome.status is DeliveryStatus.DELIVERED:
                 self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
             elif outcome.status is DeliveryStatus.FILTERED:
@@ -242,7 +242,8 @@ class _Worker(threading.Thread):
         it back (then it is finished as filtered)."""
         event = item.event
         if not self.policy.admits(event):
-            self._finish(store, item, DeliveryStatus.FILTERED, "held back by this channel's level or event-type settings")
+            self._finish(store, item, DeliveryStatus.FILTERED,
+                         "held back by this channel's level or event-type settings")
             return None
         # Only a first attempt is judged: a retry is the same event, not a repeat of it.
         send, digest = self.throttle.check(event, self.clock.monotonic()) if item.attempts == 0 else (True, None)
@@ -261,8 +262,8 @@ class _Worker(threading.Thread):
                 why = f"gave up after {attempts} attempts: {why}"
             self.engine.log.log(logging.WARNING, ("dead", self.channel_name, why),
                                 "afs: %s to %r failed for good: %s", event.event_type.value, self.channel_name, why)
-            self._finish(store, item, DeliveryStatus.FAILED, why, ChannelOutcome(self.channel_name, DeliveryStatus.FAILED, error=why,
-                                                                permanent=True, retry_after=outcome.retry_after))
+            self._finish(store, item, DeliveryStatus.FAILED, why, ChannelOutcome(
+                self.channel_name, DeliveryStatus.FAILED, error=why, permanent=True, retry_after=outcome.retry_after))
             report_failure(self.engine.plugins, event, self.channel,
                            PermanentDeliveryError(why, retry_after=outcome.retry_after))
             return

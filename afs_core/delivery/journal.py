@@ -176,7 +176,9 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
-def _read_from(path: Path, offset: int, partial: bytes, strict: bool = False) -> tuple[list[dict[str, Any]], int, bytes]:
+def _read_from(
+    path: Path, offset: int, partial: bytes, strict: bool = False
+) -> tuple[list[dict[str, Any]], int, bytes]:
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)

@@ -27,9 +27,9 @@ from typing import Any, TypeVar
 import attrs
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
+from afs_core.delivery.location import StoreLocation
 from afs_core.events import NotificationEvent
 from afs_core.results import DeliveryStatus
-from afs_core.delivery.location import StoreLocation
 
 logger = logging.getLogger("afs.store")
 
@@ -97,23 +97,23 @@ def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CL
     it. Otherwise the first usable default place is taken, and with none at all the
     store lives in memory, with ``location.reason`` saying why it is not durable.
     """
-    from afs_core.errors import ConfigurationError
     from afs_core.delivery.location import data_directories, network_filesystem, private_temp_directory, store_file
+    from afs_core.errors import ConfigurationError
     from afs_core.source import host_name
 
     env = os.environ if env is None else env
     explicit = env.get("AFS_HOME", "").strip()
-    candidates: list[Callable[[], Path]] = []
+    candidates: list[Path | Callable[[], Path]] = []  # a function: worked out only when reached
     if explicit:
-        candidates.append(lambda: Path(explicit).expanduser())
+        candidates.append(Path(explicit).expanduser())
     else:
-        candidates.extend((lambda d=d: d) for d in data_directories(env))
+        candidates.extend(data_directories(env))
         candidates.append(private_temp_directory)
     problems = []
     for candidate in candidates:
         directory: Path | str = "the temporary directory"
         try:
-            directory = candidate()
+            directory = candidate if isinstance(candidate, Path) else candidate()
             directory.mkdir(parents=True, exist_ok=True, mode=0o700)
             network_fs = network_filesystem(directory)
             path = store_file(directory, host_name(), network_fs)
@@ -372,7 +372,7 @@ class Store:
     def _replaced(self) -> bool:
         assert self.path is not None
         try:
-            return os.stat(self.path).st_ino != self._local.inode
+            return bool(os.stat(self.path).st_ino != self._local.inode)
         except OSError:
             return True
 
@@ -483,7 +483,8 @@ class Store:
              dedup_key, ranks, data),
         )
         db.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, updated) VALUES (?, ?, ?, ?, ?)",
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, updated)"
+            " VALUES (?, ?, ?, ?, ?)",
             [(event["event_id"], channel, PENDING, not_before, updated) for channel in channels],
         )
 
@@ -583,7 +584,8 @@ class Store:
                     db.execute(
                         "UPDATE deliveries SET status = ?, last_error = ?, lease_owner = NULL, lease_until = NULL,"
                         " updated = ? WHERE id = ?",
-                        (DEAD, f"the stored event could not be read: {type(exc).__name__}: {exc}"[:500], now, delivery_id),
+                        (DEAD, f"the stored event could not be read: {type(exc).__name__}: {exc}"[:500], now,
+                         delivery_id),
                     )
                     continue
                 if ranks and "," in ranks:
@@ -640,7 +642,8 @@ class Store:
         marks = ",".join("?" for _ in channels)
         with self._transaction() as db:
             return db.execute(
-                f"UPDATE deliveries SET next_attempt = ? WHERE status = ? AND next_attempt > ? AND channel IN ({marks})",
+                "UPDATE deliveries SET next_attempt = ?"
+                f" WHERE status = ? AND next_attempt > ? AND channel IN ({marks})",
                 (now, PENDING, now, *channels),
             ).rowcount
 
@@ -659,7 +662,8 @@ class Store:
         now = self.clock.time()
         with self._transaction() as db:
             cursor = db.execute(
-                "UPDATE deliveries SET status = ?, next_attempt = ?, attempts = 0, updated = ? WHERE id = ? AND status = ?",
+                "UPDATE deliveries SET status = ?, next_attempt = ?, attempts = 0, updated = ?"
+                " WHERE id = ? AND status = ?",
                 (PENDING, now, now, delivery_id, DEAD),
             )
             return cursor.rowcount == 1
@@ -716,7 +720,8 @@ class Store:
         by = float("inf") if due_by is None else due_by
         with self._read() as db:
             total, due, after = db.execute(
-                "SELECT COUNT(*), COALESCE(SUM(next_attempt <= ?), 0), MIN(CASE WHEN next_attempt > ? THEN next_attempt END)"
+                "SELECT COUNT(*), COALESCE(SUM(next_attempt <= ?), 0),"
+                " MIN(CASE WHEN next_attempt > ? THEN next_attempt END)"
                 f" FROM deliveries WHERE status = ? AND channel IN ({marks})",
                 (by, by, PENDING, *channels),
             ).fetchone()

@@ -92,7 +92,8 @@ class RunReporter:
         if not self.is_main:
             return
         if resumed_from is not None:
-            self.manager.notify_training_resumed(self.model_name, self.run_id, checkpoint_path=str(resumed_from) or None)
+            self.manager.notify_training_resumed(self.model_name, self.run_id,
+                                                 checkpoint_path=str(resumed_from) or None)
             return
         epochs_n = _number(epochs)
         batch_n = _number(batch_size)

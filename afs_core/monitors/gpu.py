@@ -154,8 +154,11 @@ class GpuMonitor:
     ) -> None:
         env = load_env() if env is None else env
         self.manager = default_manager(manager)
-        self.memory_threshold = memory_threshold if memory_threshold is not None else env_float(env, "AFS_GPU_MEMORY_THRESHOLD", 0.95)
-        self.low_utilization = low_utilization if low_utilization is not None else env_float(env, "AFS_GPU_LOW_UTILIZATION", 0.10)
+        if memory_threshold is None:
+            memory_threshold = env_float(env, "AFS_GPU_MEMORY_THRESHOLD", 0.95)
+        if low_utilization is None:
+            low_utilization = env_float(env, "AFS_GPU_LOW_UTILIZATION", 0.10)
+        self.memory_threshold, self.low_utilization = memory_threshold, low_utilization
         self.sustain = int(sustain if sustain is not None else env_float(env, "AFS_GPU_SUSTAIN", 3, minimum=1))
         self.interval = interval if interval is not None else env_float(env, "AFS_GPU_INTERVAL", 15.0, minimum=0.01)
         for name, value in (("memory_threshold", self.memory_threshold), ("low_utilization", self.low_utilization)):

@@ -42,10 +42,10 @@ from afs_core.delivery.dispatch import Filtered, enrich_event, render_message
 from afs_core.errors import DeliveryError
 from afs_core.events import EventType, NotificationEvent
 from afs_core.hookspecs import hookimpl
-from afs_core.testing.loopback import Scripted, WebhookServer
 from afs_core.manager import NotificationManager
 from afs_core.plugins import PluginHost, get_plugins, use_plugins
 from afs_core.source import Source, forget_current_source
+from afs_core.testing.loopback import Scripted, WebhookServer
 
 __all__ = [
     "ManualClock",

@@ -9,7 +9,7 @@ from __future__ import annotations
 import attrs
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import one_line, event_fields, headline, strip_control, truncate
+from afs_core.formatting import event_fields, headline, one_line, strip_control, truncate
 
 TITLE_LIMIT = 100
 BODY_LIMIT = 300

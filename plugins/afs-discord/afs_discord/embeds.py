@@ -101,7 +101,8 @@ def fit_embed(embed: Mapping[str, Any], budget: int = EMBEDS_TOTAL) -> dict[str,
     if isinstance(fitted.get("author"), Mapping):
         fitted["author"] = {**fitted["author"], "name": _fit(str(fitted["author"].get("name", "")), AUTHOR_NAME)}
     fields = [
-        {**f, "name": _fit(str(f.get("name", "")), FIELD_NAME) or "-", "value": _fit(str(f.get("value", "")), FIELD_VALUE) or "-"}
+        {**f, "name": _fit(str(f.get("name", "")), FIELD_NAME) or "-",
+         "value": _fit(str(f.get("value", "")), FIELD_VALUE) or "-"}
         for f in fitted.get("fields") or []
     ]
     if len(fields) > FIELDS:

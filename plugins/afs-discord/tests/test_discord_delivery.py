@@ -1,17 +1,17 @@
 """DiscordNotifier against a real HTTP server on 127.0.0.1 with scripted answers."""
 
 import json
-import re
 import logging
+import re
 import time
 from pathlib import Path
 
 import pytest
 
 from afs_core import EventType, NotificationManager, PermanentDeliveryError, TransientDeliveryError
+from afs_core.channels import HOLDS
 from afs_core.testing import Scripted, assert_matches_snapshot, sample_events
 from afs_discord import DiscordNotifier
-from afs_core.channels import HOLDS
 from afs_discord.embeds import embed_size
 
 TOKEN = "sekr1t-T0KEN_part"

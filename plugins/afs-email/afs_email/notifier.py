@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
 from afs_core.channels import Setting, seconds, text_list, whole_number
-from afs_core.config import check_timeout
 from afs_core.channels.deadline import Deadline
+from afs_core.config import check_timeout
 from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line, strip_control
@@ -113,7 +113,8 @@ class EmailNotifier(SendsDirectly, Channel):
                 "smtp_port": smtp_port, "smtp_user": smtp_user, "smtp_password": smtp_password,
                 "from_email": from_email, "to_emails": to_emails, "timeout": timeout, "tls": tls, "ca_file": ca_file})
             smtp_host, smtp_port, smtp_user = given["smtp_host"], given.get("smtp_port"), given.get("smtp_user")
-            smtp_password, from_email, to_emails = given.get("smtp_password"), given.get("from_email"), given.get("to_emails")
+            smtp_password, from_email = given.get("smtp_password"), given.get("from_email")
+            to_emails = given.get("to_emails")
             timeout, tls, ca_file = given.get("timeout"), given.get("tls"), given.get("ca_file")
         if not isinstance(smtp_host, str) or not smtp_host.strip() or any(c in smtp_host for c in " \r\n/"):
             raise ConfigurationError(f"SMTP_HOST must be a host name, got {smtp_host!r}")
@@ -236,7 +237,8 @@ class EmailNotifier(SendsDirectly, Channel):
             raise batch.fatal  # a login that failed for good fails the same for the rest
         if batch.opened >= 1:
             if batch.reconnects >= 1:
-                raise TransientDeliveryError("the SMTP server dropped the batch's connection twice; the rest stays unsent")
+                raise TransientDeliveryError(
+                    "the SMTP server dropped the batch's connection twice; the rest stays unsent")
             batch.reconnects += 1
         batch.opened += 1
         try:
@@ -344,7 +346,8 @@ class EmailNotifier(SendsDirectly, Channel):
         if isinstance(exc, smtplib.SMTPAuthenticationError):
             if 400 <= exc.smtp_code < 500:  # 454: the server's trouble, not the password
                 return TransientDeliveryError(f"SMTP authentication failed for now ({exc.smtp_code} {_reply(exc)})")
-            return PermanentDeliveryError(f"SMTP authentication failed ({exc.smtp_code} {_reply(exc)}): {_APP_PASSWORD_HINT}")
+            return PermanentDeliveryError(
+                f"SMTP authentication failed ({exc.smtp_code} {_reply(exc)}): {_APP_PASSWORD_HINT}")
         if isinstance(exc, smtplib.SMTPRecipientsRefused):
             refused = ", ".join(f"{addr} ({code})" for addr, (code, _) in exc.recipients.items())
             if all(400 <= code < 500 for code, _ in exc.recipients.values()):  # greylisting, full mailbox

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import ELLIPSIS, defuse_fences, event_fields, headline, source_line, strip_control, trim_traceback, truncate
+from afs_core.formatting import (
+    ELLIPSIS,
+    defuse_fences,
+    event_fields,
+    headline,
+    source_line,
+    strip_control,
+    trim_traceback,
+    truncate,
+)
 
 # Block Kit limits (shared/reference/protocols.md).
 MAX_BLOCKS = 50
@@ -82,7 +91,8 @@ def render(event: NotificationEvent, channel: str | None = None) -> dict[str, An
     body.extend(_field_sections(event_fields(event), room))
     payload: dict[str, Any] = {
         "text": fallback_text(event),
-        "blocks": [{"type": "header", "text": {"type": "plain_text", "text": fit(headline(event), HEADER_TEXT), "emoji": True}}],
+        "blocks": [{"type": "header",
+                    "text": {"type": "plain_text", "text": fit(headline(event), HEADER_TEXT), "emoji": True}}],
         "attachments": [{"color": COLOURS[event.level], "blocks": [*body, *tail]}],
     }
     if channel:

@@ -63,7 +63,8 @@ def osascript_invocation(message: DesktopMessage) -> Invocation:
 
 
 def powershell_invocation(message: DesktopMessage) -> Invocation:
-    argv = ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass", "-Command", POWERSHELL_TOAST]
+    argv = ["powershell.exe", "-NoProfile", "-NonInteractive", "-ExecutionPolicy", "Bypass",
+            "-Command", POWERSHELL_TOAST]
     env = {"AFS_TOAST_TITLE": message.title, "AFS_TOAST_BODY": message.body,
            "AFS_TOAST_SILENT": "0" if message.sound else "1"}
     return Invocation(argv, env)
@@ -72,9 +73,7 @@ def powershell_invocation(message: DesktopMessage) -> Invocation:
 def notify_send_invocation(message: DesktopMessage) -> Invocation:
     from xml.sax.saxutils import escape
 
-    from afs_desktop.backends.freedesktop import URGENCY
-
-    from afs_desktop.backends.freedesktop import EXPIRE_NEVER
+    from afs_desktop.backends.freedesktop import EXPIRE_NEVER, URGENCY
 
     level = URGENCY[message.level]
     urgency = {0: "low", 1: "normal", 2: "critical"}[level]
@@ -97,7 +96,8 @@ def run(invocation: Invocation) -> None:
         raise TransientDeliveryError(f"{invocation.argv[0]} did not finish within {RUN_TIMEOUT:g} s") from None
     if done.returncode != 0:
         said = (done.stderr or done.stdout).strip().splitlines()
-        raise PermanentDeliveryError(f"{invocation.argv[0]} failed ({done.returncode}): {said[-1] if said else 'no output'}")
+        last = said[-1] if said else "no output"
+        raise PermanentDeliveryError(f"{invocation.argv[0]} failed ({done.returncode}): {last}")
 
 
 class CommandBackend:

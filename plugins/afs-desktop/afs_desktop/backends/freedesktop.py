@@ -88,7 +88,8 @@ class FreedesktopBackend:
         try:
             connection = open_dbus_connection(bus=self._bus(), auth_timeout=CALL_TIMEOUT)
         except (OSError, ValueError, KeyError) as exc:
-            raise PermanentDeliveryError(f"desktop notifications unavailable: cannot reach the session bus ({exc})") from None
+            raise PermanentDeliveryError(
+                f"desktop notifications unavailable: cannot reach the session bus ({exc})") from None
         try:
             call = new_method_call(target, method, signature, body) if signature else new_method_call(target, method)
             reply = connection.send_and_get_reply(call, timeout=CALL_TIMEOUT)
@@ -100,7 +101,8 @@ class FreedesktopBackend:
             connection.close()
         if reply.header.message_type == MessageType.error:
             detail = reply.body[0] if reply.body else reply.header.fields
-            raise PermanentDeliveryError(f"desktop notifications unavailable: no notification server on the bus ({detail})")
+            raise PermanentDeliveryError(
+                f"desktop notifications unavailable: no notification server on the bus ({detail})")
         return reply.body
 
     def unavailable_reason(self) -> str | None:
