@@ -22,8 +22,36 @@ def test_every_record_is_read_once_in_order_across_rotations(tmp_path, monkeypat
             seen += journal.read_new()
     seen += journal.read_new()
     assert [r["event"]["event_id"] for r in seen] == [f"e{i}" for i in range(60)]
+    assert len(list(tmp_path.glob("*.jsonl"))) > 1  # read, but not yet acknowledged as stored
+    journal.acknowledge()
     journal.close()
-    assert list(tmp_path.glob("*.jsonl")) == []  # rotated files are removed once read
+    assert list(tmp_path.glob("*.jsonl")) == []  # removed once read and stored for good
+
+
+def test_what_was_read_but_not_stored_for_good_stays_for_the_next_process(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    journal = Journal(tmp_path)
+    for i in range(20):
+        journal.append(record(i))
+        journal.read_new()  # the store could not take them: never acknowledged
+    journal.close()
+    left = sorted(r["event"]["event_id"] for path in tmp_path.glob("*.jsonl") for r in read_whole(path))
+    assert left == sorted(f"e{i}" for i in range(20))
+
+
+def test_a_live_writers_journal_is_not_taken_even_when_its_pid_looks_dead(tmp_path):
+    import fcntl
+
+    path = tmp_path / f"{host_name()}-999997-1.jsonl"  # a pid from another pid namespace, say
+    path.write_text(json.dumps(record(0)) + "\n")
+    writer = os.open(path, os.O_RDONLY)
+    fcntl.flock(writer, fcntl.LOCK_EX)  # its writer lives, and holds its lock
+    try:
+        assert list(take_orphans(tmp_path)) == [] and path.exists()
+    finally:
+        os.close(writer)
+    (found,) = take_orphans(tmp_path)  # gone: taken
+    assert found[0] == path
 
 
 def test_a_line_the_full_disk_cut_short_does_not_swallow_the_next(tmp_path, monkeypatch):

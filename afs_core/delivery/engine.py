@@ -101,8 +101,12 @@ class _Worker(threading.Thread):
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.owner = ""
+        # A lease must outlast the slowest sends of a whole batch, or another process
+        # could take a delivery while it is still being sent.
+        timeout = getattr(channel, "timeout", None)
+        per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
+        self.lease = max(LEASE_SECONDS, 3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
         self._done: list[_Done] = []
-        self._done_since = time.monotonic()
 
     def run(self) -> None:
         self.owner = owner_id()
@@ -123,7 +127,7 @@ class _Worker(threading.Thread):
         # Outcomes not yet written down stay leased to this worker: never claimed twice.
         unrecorded = [d[1] for d in self._done if d[0] is store]
         try:
-            return store.claim(self.channel_name, self.owner, limit=32, lease=LEASE_SECONDS, skip=unrecorded)
+            return store.claim(self.channel_name, self.owner, limit=32, lease=self.lease, skip=unrecorded)
         except STORE_ERRORS as exc:
             self.engine.store_trouble(("claim", self.channel_name), exc, "afs: %r could not take deliveries from "
                                       "the store (%s); it tries again shortly", self.channel_name, exc)
@@ -144,10 +148,10 @@ class _Worker(threading.Thread):
                 # Slow sends can outlast the leases on the rest of what was claimed, and on
                 # what was sent but is not written down yet: renew them all before they run
                 # low, and skip what another process took meanwhile.
-                if self.clock.time() - renewed_at > LEASE_SECONDS / 3:
+                if self.clock.time() - renewed_at > self.lease / 3:
                     rest = [item.delivery_id for item in claimed[start:] if item.delivery_id not in lost]
-                    lost.update(set(rest) - store.extend(rest, self.owner, LEASE_SECONDS))
-                    store.extend([d[1] for d in self._done if d[0] is store], self.owner, LEASE_SECONDS)
+                    lost.update(set(rest) - store.extend(rest, self.owner, self.lease))
+                    store.extend([d[1] for d in self._done if d[0] is store], self.owner, self.lease)
                     renewed_at = self.clock.time()
                 chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
                 self._send(store, chunk)
@@ -157,8 +161,7 @@ class _Worker(threading.Thread):
                 for item in chunk:
                     if item.delivery_id not in settled:
                         self._release(store, item)
-            if len(self._done) >= 16 or time.monotonic() - self._done_since > 0.2:
-                self._record()
+            self._record()  # at once: a delivery sent but not written down would be sent again
 
     def _release(self, store: Store, item: Claimed) -> None:
         try:
@@ -186,7 +189,6 @@ class _Worker(threading.Thread):
                 if ok and outcome is not None:
                     self.engine.track(event_id, outcome, final=final)
         self._done = kept + self._done
-        self._done_since = time.monotonic()
         self.engine.progress.set()
 
     def _sleep_until_due(self) -> None:
@@ -283,8 +285,6 @@ class _Worker(threading.Thread):
     def _queue(self, store: Store, item: Claimed, status: DeliveryStatus, error: str | None,
                next_attempt: float | None,
                outcome: ChannelOutcome, *, final: bool) -> None:
-        if not self._done:
-            self._done_since = time.monotonic()
         self._done.append((store, item.delivery_id, status, error, next_attempt, outcome, item.event.event_id, final))
 
 
@@ -319,6 +319,7 @@ class DeliveryEngine:
         self._stores: tuple[Store, ...] = (store,)
         self._unwritten_since: float | None = None
         self._unjournaled: collections.deque[dict[str, Any]] = collections.deque()
+        self._waiting: list[dict[str, Any]] = []  # read, not yet taken by a busy store
         self.journal: Journal | None = None
         if store.path is not None:
             try:
@@ -478,24 +479,37 @@ class DeliveryEngine:
             self._ingest_wake.wait(INGEST_SECONDS)
             self._ingest_wake.clear()
 
-    def ingest(self, orphans: bool = False) -> None:
+    def ingest(self, orphans: bool = False, *, wait: bool = True) -> bool:
         """Move accepted events into the store: this process's journal, what is held in
-        memory, and (when asked) the journals stopped processes left."""
-        with self._ingest_lock:
+        memory, and (when asked) the journals stopped processes left. With ``wait``
+        False it returns False at once when the ingest thread is at it."""
+        if not self._ingest_lock.acquire(blocking=wait):
+            return False
+        try:
             records = self.journal.read_new() if self.journal is not None else []
-            held = [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
+            held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
+            self._waiting = []
             if records or held:  # in the order they were accepted
                 self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records)
+            self._restore_from_memory()
             if orphans and self.journal is not None:
                 count, touched = take_stopped_journals(self.store)
                 if count:
                     self._wake(touched)
                     self.progress.set()
+        finally:
+            self._ingest_lock.release()
+        return True
 
     def _store(self, records: list[dict[str, Any]]) -> None:
         try:
             touched = self.store.ingest(records)
         except STORE_ERRORS as exc:
+            if _busy(exc):  # another process holds the store's lock: they wait in the journal, tried again
+                self._waiting = records
+                self.store_trouble("busy", exc, "afs: the store is busy (%s); accepted events wait in the journal "
+                                   "and go in when it is free", exc)
+                return
             touched = self._memory_store().ingest(records)
             if self._unwritten_since is None:
                 self._unwritten_since = self.clock.time()
@@ -505,8 +519,33 @@ class DeliveryEngine:
             if self._unwritten_since is not None and self.store.durable:
                 self._unwritten_since = None
                 logger.warning("afs: the store can be written again; new events are safe from a crash once more")
+            self._acknowledge()
         self._wake(touched)
         self.progress.set()
+
+    def _restore_from_memory(self) -> None:
+        """Once the store can be written again, what waits in memory moves back into it,
+        so it survives the process too."""
+        memory = self._memory
+        if memory is None or self._unwritten_since is not None or not self.store.durable:
+            return
+        records = memory.hand_over()
+        if not records:
+            return
+        try:
+            touched = self.store.ingest(records)
+        except STORE_ERRORS:
+            memory.ingest(records)  # still not writable: they stay where they were
+            return
+        logger.info("afs: %d notifications held in memory are in the store again", len(records))
+        self._acknowledge()
+        self._wake(touched)
+
+    def _acknowledge(self) -> None:
+        """The journal may let go of what it held once nothing of it lives only in memory."""
+        memory = self._memory
+        if self.journal is not None and (memory is None or not any(c.pending for c in memory.counts().values())):
+            self.journal.acknowledge()
 
     # -- flushing and closing ------------------------------------------------------------
 
@@ -535,24 +574,33 @@ class DeliveryEngine:
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
         due_by = None if timeout is None else clock.time() + timeout
-        self.ingest(orphans=True)
+        took_orphans = False
         while True:
             self.progress.clear()
-            try:
-                left = self.pending(due_by)
-            except STORE_ERRORS as exc:
-                logger.warning("afs: flush could not read the store: %s", exc)
-                return False
-            if left.total == 0:
-                return True
             remaining = None if deadline is None else deadline - clock.monotonic()
-            if left.due == 0 or (remaining is not None and remaining <= 0):
+            # On the caller's thread: never wait on a busy store beyond the deadline, nor
+            # on the ingest thread (it may be waiting on that store itself).
+            patience = 1.0 if remaining is None else min(max(remaining, 0.0), 1.0)
+            try:
+                with self.store.patience(patience):
+                    took_orphans = self.ingest(orphans=not took_orphans, wait=False) or took_orphans
+                    left = self.pending(due_by)
+            except STORE_ERRORS as exc:
+                if remaining is not None and remaining <= 0:
+                    logger.warning("afs: flush could not read the store in time: %s", exc)
+                    return False
+                clock.wait(self.progress, FLUSH_POLL_SECONDS)
+                continue
+            if left.total == 0 and took_orphans and not self._waiting:
+                return True
+            if left.total and (left.due == 0 or (remaining is not None and remaining <= 0)):
                 self._say_left(left, timed_out=left.due > 0)
                 return False
+            if remaining is not None and remaining <= 0:
+                return False  # what was accepted is not even in the store yet
             with self._lock:
                 self._wake(list(self._workers))
             clock.wait(self.progress, FLUSH_POLL_SECONDS if remaining is None else min(remaining, FLUSH_POLL_SECONDS))
-            self.ingest()
 
     def _say_left(self, left: PendingSummary, *, timed_out: bool) -> None:
         if timed_out:
@@ -591,7 +639,8 @@ class DeliveryEngine:
         for thread in [*workers, self._ingester]:
             thread.join(timeout=max(deadline - time.monotonic(), 0.05))
         try:
-            self.ingest()  # anything appended while stopping
+            with self.store.patience(max(deadline - time.monotonic(), 0.5)):
+                self.ingest()  # anything appended while stopping
         except Exception as exc:
             logger.warning("afs: events accepted while stopping could not be stored: %s", exc)
         self._say_lost()
@@ -640,6 +689,15 @@ class DeliveryEngine:
 
 
 _FULL_OR_READ_ONLY = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EIO})
+_SQLITE_BUSY, _SQLITE_LOCKED = 5, 6
+
+
+def _busy(exc: BaseException) -> bool:
+    """Whether ``exc`` says another connection holds the store's lock (it will pass)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None:
+        return code & 0xFF in (_SQLITE_BUSY, _SQLITE_LOCKED)
+    return isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc)
 _SQLITE_READONLY, _SQLITE_IOERR, _SQLITE_FULL = 8, 10, 13
 
 

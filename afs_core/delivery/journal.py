@@ -2,13 +2,17 @@
 
 One ``write()`` of a line is all ``notify()`` pays, and once it returned the line
 survives the process being killed. A background thread moves lines into the
-SQLite store; lines of a process that died are moved by whoever comes next.
-Moving is idempotent (events and deliveries are keyed), so a line read twice
-does no harm.
+SQLite store and acknowledges them once the store holds them durably; only then is
+a file let go. The writer holds a lock on its file for as long as it lives, so a
+journal whose lock can be taken belongs to a process that is gone (whatever its
+pid says inside another container), and whoever comes next moves its lines.
+Moving is idempotent (events and deliveries are keyed), so a line read twice does
+no harm.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +31,11 @@ UNREADABLE = ".unreadable"
 
 logger = logging.getLogger("afs.journal")
 
+try:
+    import fcntl
+except ImportError:  # Windows: liveness falls back to the pid in the file name
+    fcntl = None  # type: ignore[assignment]
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -35,6 +44,17 @@ def _pid_alive(pid: int) -> bool:
         return False
     except OSError:
         return True
+    return True
+
+
+def _lock(fd: int) -> bool:
+    """Take the file's lock without waiting; True when taken (or when locks do not exist here)."""
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
     return True
 
 
@@ -49,19 +69,23 @@ class Journal:
         self._pid = -1
         self._path: Path | None = None
         self._read_offset = 0
+        self._acked_offset = 0
         self._partial = b""
         # Rotated files still to be read to the end: (path, offset read, partial line).
         self._retired: list[tuple[Path, int, bytes]] = []
+        self._unacknowledged: list[Path] = []  # rotated files read whole, not yet stored for good
         self._torn = False  # the last line was cut short and its end not written
         _JOURNALS.add(self)
 
     def _open(self) -> None:
         name = f"{host_name()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         path = self.directory / name
-        self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        _lock(fd)  # held while this process lives: the file is not an orphan
+        self._fd = fd
         self._path = path
         self._pid = os.getpid()
-        self._read_offset = 0
+        self._read_offset = self._acked_offset = 0
         self._partial = b""
         self._torn = False
 
@@ -89,7 +113,8 @@ class Journal:
 
     def read_new(self) -> list[dict[str, Any]]:
         """Records appended since the last call, oldest first (rotating a large file on
-        the way: a new file is started before the full one is let go)."""
+        the way: a new file is started before the full one is let go). Files are only
+        removed by :meth:`acknowledge`, once the store holds what was read."""
         with self._lock:
             if self._path is None or self._pid != os.getpid():
                 return []
@@ -109,24 +134,35 @@ class Journal:
         for old_path, old_offset, old_partial in retired:  # the rest of rotated files first
             rest, _, _ = _read_from(old_path, old_offset, old_partial)
             records += rest
-            old_path.unlink(missing_ok=True)
+            self._unacknowledged.append(old_path)
         new, offset, partial = _read_from(path, offset, partial)
         with self._lock:
             if path == self._path:
                 self._read_offset, self._partial = offset, partial
         return records + new
 
+    def acknowledge(self) -> None:
+        """Everything read so far is in the store for good: rotated files may go, and
+        this file may go at close."""
+        done, self._unacknowledged = self._unacknowledged, []
+        for path in done:
+            path.unlink(missing_ok=True)
+        with self._lock:
+            self._acked_offset = self._read_offset
+
     def orphans(self) -> list[Path]:
         return orphans(self.directory)
 
     def close(self) -> None:
-        """Stop writing; the file is removed once everything in it was read."""
+        """Stop writing; the file is removed once everything in it was read and stored
+        for good (otherwise it stays, and the next process on this store takes it in)."""
         with self._lock:
             if self._fd >= 0 and self._pid == os.getpid():
-                os.close(self._fd)
                 size = self._path.stat().st_size if self._path and self._path.exists() else 0
-                if self._path is not None and self._read_offset >= size and not self._partial:
+                done = self._read_offset >= size and not self._partial and self._acked_offset >= self._read_offset
+                if self._path is not None and done and not self._unacknowledged:
                     self._path.unlink(missing_ok=True)
+                os.close(self._fd)  # the lock goes with it
             self._fd, self._pid = -1, -1
 
 
@@ -143,27 +179,38 @@ def orphans(directory: Path) -> list[Path]:
         if len(parts) != 3 or not parts[1].isdigit():
             continue
         host, pid = parts[0], int(parts[1])
-        if host == here and pid != os.getpid() and not _pid_alive(pid):
-            found.append(path)
+        if host != here:
+            continue  # another machine's; its own host takes it in
+        if fcntl is None and (pid == os.getpid() or _pid_alive(pid)):
+            continue
+        found.append(path)
     return sorted(found, key=lambda p: p.name.rsplit("-", 1)[-1])  # oldest file first
 
 
 def take_orphans(directory: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
-    """Each stopped process's journal with its records. The caller stores them and
-    then removes the file; a file that cannot be read is renamed ``.unreadable`` (kept
-    for a person to look at) so it is not tried again and again."""
+    """Each stopped process's journal with its records, locked while the caller stores
+    them and then removes the file (a live writer holds its lock, so its file is
+    skipped). A file that cannot be read is renamed ``.unreadable`` (kept for a
+    person to look at) so it is not tried again and again."""
     for path in orphans(directory):
         try:
-            records = read_whole(path, strict=True)
-        except OSError as exc:
-            logger.warning("afs: the journal %s a stopped process left cannot be read (%s); kept as %s%s",
-                           path.name, exc, path.name, UNREADABLE)
+            fd = os.open(path, os.O_RDONLY)
+        except OSError:
+            continue  # gone meanwhile: taken by another process
+        try:
+            if not _lock(fd):
+                continue  # its writer is alive (perhaps in another container) or another reader has it
             try:
-                path.rename(path.with_name(path.name + UNREADABLE))
-            except OSError:
-                pass
-            continue
-        yield path, records
+                records = read_whole(path, strict=True)
+            except OSError as exc:
+                logger.warning("afs: the journal %s a stopped process left cannot be read (%s); kept as %s%s",
+                               path.name, exc, path.name, UNREADABLE)
+                with contextlib.suppress(OSError):
+                    path.rename(path.with_name(path.name + UNREADABLE))
+                continue
+            yield path, records
+        finally:
+            os.close(fd)
 
 
 def _after_fork_in_child() -> None:

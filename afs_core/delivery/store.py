@@ -17,6 +17,7 @@ import functools
 import json
 import logging
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -220,11 +221,22 @@ class PendingSummary:
     next_after: float | None
 
 
+@functools.lru_cache(maxsize=1)
+def _pid_namespace() -> str:
+    """Which process-id space this process lives in (containers have their own)."""
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def owner_id() -> str:
-    """Who holds a lease: host and pid, so a dead owner on this host is recognised."""
+    """Who holds a lease: host, pid (and the pid namespace it means something in), thread,
+    so a dead owner on this host is recognised and a live one in another container is not
+    taken for dead."""
     from afs_core.source import host_name
 
-    return f"{host_name()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{host_name()}:{os.getpid()}:{threading.get_ident()}@{_pid_namespace()}"
 
 
 def _owner_is_dead(owner: str | None) -> bool:
@@ -232,10 +244,12 @@ def _owner_is_dead(owner: str | None) -> bool:
 
     if not owner:
         return True
-    host, _, rest = owner.partition(":")
+    who, marked, namespace = owner.partition("@")
+    host, _, rest = who.partition(":")
     pid_text = rest.partition(":")[0]
-    if host != host_name() or not pid_text.isdigit():
-        return False  # another machine's process: wait for its lease to expire
+    elsewhere = marked and namespace != _pid_namespace()  # (leases from before 0.2 carry none)
+    if host != host_name() or not pid_text.isdigit() or elsewhere:
+        return False  # another machine's (or container's) process: wait for its lease to expire
     pid = int(pid_text)
     if pid == os.getpid():
         return False
@@ -405,17 +419,22 @@ class Store:
                 raise
 
     @contextlib.contextmanager
-    def _quick(self) -> Iterator[None]:
-        """A short busy timeout, for calls made on training code's thread."""
+    def patience(self, seconds: float) -> Iterator[None]:
+        """Wait at most ``seconds`` for another process's lock on this thread's calls
+        inside the block (30 s otherwise): for calls on training code's thread."""
         if self._memory is not None:
             yield
             return
         db = self._db()
-        db.execute("PRAGMA busy_timeout = 500")
+        db.execute(f"PRAGMA busy_timeout = {max(int(seconds * 1000), 0)}")
         try:
             yield
         finally:
-            db.execute("PRAGMA busy_timeout = 30000")
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("PRAGMA busy_timeout = 30000")
+
+    def _quick(self) -> contextlib.AbstractContextManager[None]:
+        return self.patience(0.5)
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -446,27 +465,40 @@ class Store:
         return True
 
     def _recover(self, exc: BaseException, generation: int) -> None:
-        """Move the damaged file aside (never deleted), start a fresh store and copy
-        into it what can still be read."""
+        """Keep the damaged file aside (never deleted) and put in its place a fresh store
+        holding what could still be read from it, in one step: processes that have the
+        store open never see it empty or half made."""
         from afs_core.delivery.salvage import salvage
 
         assert self.path is not None
+        path = self.path
         with self._recover_lock:
             if self._generation != generation:
                 return  # another thread of this process already replaced it
             damaged_inode = getattr(self._local, "inode", None)
             self.close()
-            with _directory_lock(self.path.parent):
-                aside = _set_aside(self.path, damaged_inode, self.clock.time())
-                self._generation += 1
-                db = self._db()
-                db.executescript(_SCHEMA)
-                if aside is None:
+            with _directory_lock(path.parent):
+                try:
+                    current: int | None = os.stat(path).st_ino
+                except FileNotFoundError:
+                    current = None
+                if current is not None and damaged_inode is not None and current != damaged_inode:
+                    self._generation += 1
                     return  # another process found it first and replaced it
-                events, pending = salvage(aside, db)
+                fresh = path.with_name(f"{path.name}.new-{os.getpid()}")
+                for leftover in (fresh, Path(f"{fresh}-journal")):
+                    leftover.unlink(missing_ok=True)
+                os.close(os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600))
+                with contextlib.closing(sqlite3.connect(fresh, isolation_level=None)) as db:
+                    db.execute("PRAGMA journal_mode=DELETE")  # one file, no WAL to carry over
+                    db.executescript(_SCHEMA)
+                    events, pending = salvage(path, db) if current is not None else (0, 0)
+                aside = _keep_aside(path, self.clock.time())
+                os.replace(fresh, path)
+                self._generation += 1
         logger.warning(
             "afs: the store %s was damaged (%s); it was kept as %s and a fresh store started with what could be "
-            "read back: %d events, %d deliveries still pending", self.path, exc, aside.name, events, pending,
+            "read back: %d events, %d deliveries still pending", path, exc, aside.name, events, pending,
         )
 
     # -- writing -------------------------------------------------------------------
@@ -635,6 +667,25 @@ class Store:
                     held.add(delivery_id)
         return held
 
+    def hand_over(self) -> list[dict[str, Any]]:
+        """Take out the pending deliveries nobody is sending, as journal records, to move
+        them into another store (from memory back into the file, once it can be written)."""
+        with self._transaction() as db:
+            rows = db.execute(
+                "SELECT d.id, d.channel, d.next_attempt, e.event_id, e.created, e.data FROM deliveries d"
+                " JOIN events e ON e.event_id = d.event_id WHERE d.status = ? AND d.lease_owner IS NULL"
+                " ORDER BY d.id",
+                (PENDING,),
+            ).fetchall()
+            records: dict[str, dict[str, Any]] = {}
+            for delivery_id, channel, next_attempt, event_id, created, data in rows:
+                record = records.setdefault(event_id, {"event": json.loads(data), "channels": [], "at": created,
+                                                       "not_before": next_attempt})
+                record["channels"].append(channel)
+                record["not_before"] = min(record["not_before"], next_attempt)
+                db.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+        return list(records.values())
+
     @_survives_damage
     def make_due(self, channels: Sequence[str]) -> int:
         """Pending deliveries of these channels become due now (``afs outbox flush``)."""
@@ -796,25 +847,27 @@ class Store:
         return [OutboxEntry(*row) for row in rows]
 
 
-def _set_aside(path: Path, damaged_inode: int | None, now: float) -> Path | None:
-    """Rename the damaged store (and its -wal/-shm/-journal) to ``<name>.corrupt-<time>``;
-    None when the file there is no longer the damaged one."""
-    try:
-        current = os.stat(path).st_ino
-    except FileNotFoundError:
-        return None
-    if damaged_inode is not None and current != damaged_inode:
-        return None
+def _keep_aside(path: Path, now: float) -> Path:
+    """Keep the damaged store (and its -wal/-shm/-journal) as ``<name>.corrupt-<time>``,
+    still in place until a fresh one replaces it; the old -wal and -shm then go, so the
+    fresh file never meets them."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     number = 1
     while aside.exists():
         number += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
-    os.rename(path, aside)
-    for suffix in ("-wal", "-shm", "-journal"):
-        with contextlib.suppress(FileNotFoundError):
-            os.rename(f"{path}{suffix}", f"{aside}{suffix}")
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        source, target = f"{path}{suffix}", f"{aside}{suffix}"
+        if not os.path.exists(source):
+            continue
+        try:
+            os.link(source, target)
+        except OSError:  # a filesystem without hard links
+            shutil.copy2(source, target)
+        if suffix:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(source)
     return aside
 
 
