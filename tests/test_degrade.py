@@ -290,3 +290,39 @@ def test_a_repeated_failure_is_one_line_then_a_count():
     repeated.log(logging.ERROR, "journal", "afs: the journal cannot be written (%s)", "No space left on device")
     assert records[1] == ("afs: the journal cannot be written (No space left on device)"
                           " (and 2,681 more times in the last 60 s)")
+
+
+def test_what_waited_in_memory_goes_back_into_the_store_once_it_can_be_written(afs_plugins, tmp_path, monkeypatch,
+                                                                                caplog):
+    from afs_core import TransientDeliveryError
+    from afs_core.delivery.retry import RetryPolicy
+
+    class Down(Channel):
+        def deliver(self, message):
+            raise TransientDeliveryError("HTTP 503")
+
+    store = Store(tmp_path / "afs.db")
+    manager = NotificationManager(plugins=afs_plugins, store=store, retry=RetryPolicy(base=600, cap=600))
+    manager.register_channel("down", Down())
+    real_ingest = Store.ingest
+
+    def full(self, records):
+        if self is store:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_ingest(self, records)
+
+    monkeypatch.setattr(Store, "ingest", full)
+    for i in range(5):
+        manager.notify(f"while full {i}", "m")
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and sum(s.pending(["down"]).total for s in manager._engine.stores()) < 5:
+        time.sleep(0.01)
+    assert store.pending(["down"]).total == 0  # only in memory so far
+    monkeypatch.setattr(Store, "ingest", real_ingest)
+    manager.notify("room again", "m")
+    while time.monotonic() < deadline and store.pending(["down"]).total < 6:
+        time.sleep(0.01)
+    with caplog.at_level(logging.WARNING, logger="afs"):
+        manager.close(timeout=0)
+    assert store.pending(["down"]).total == 6 and "lost" not in caplog.text  # the next run delivers all six
+    assert sorted(e.title for e in Store(tmp_path / "afs.db").history())[:2] == ["room again", "while full 0"]

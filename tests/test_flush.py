@@ -216,3 +216,28 @@ def test_leases_on_everything_claimed_are_renewed_before_any_runs_out(afs_plugin
     finally:
         manager.close(timeout=1)
     assert expired_while_held == []  # no other process could have taken one mid-batch
+
+
+def test_a_lease_outlasts_the_slowest_sends_of_a_batch(afs_plugins, store, manual_clock):
+    started = threading.Event()
+    release = threading.Event()
+
+    class Slow(Channel):
+        timeout = 60.0  # each send may take a minute
+        batch_size = 20
+
+        def deliver(self, message):
+            started.set()
+            release.wait(10)
+
+    store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "t", "m"), ["slow"])
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    manager.register_handler("slow", Slow())
+    try:
+        assert started.wait(10)
+        with store._read() as db:
+            (lease_until,) = db.execute("SELECT lease_until FROM deliveries").fetchone()
+        assert lease_until >= manual_clock.time() + 3 * 60 * 20  # no other process takes it mid-send
+    finally:
+        release.set()
+        manager.close(timeout=5)

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -196,3 +197,104 @@ def test_a_recovered_store_of_1000_events_goes_out_with_one_afs_outbox_flush(run
     assert flushed.stdout.strip() == "1000 of 1000 pending deliveries went out"
     assert b"1000/1000" in progress and b"[" + b"#" * 30 + b"]" in progress
     assert sorted(ids(webhook_server)) == sorted(accepted) and len(set(ids(webhook_server))) == 1000  # no duplicate
+
+
+HOLD_THE_STORE = """
+import sqlite3, sys
+db = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=30)
+db.execute("BEGIN IMMEDIATE")  # another process writing, for as long as the test says
+print("holding", flush=True)
+sys.stdin.readline()
+db.execute("ROLLBACK")
+"""
+
+
+def hold_the_store(runs):
+    """A process that holds the store's write lock until it is told to let go."""
+    (runs.tmp_path / "hold.py").write_text(HOLD_THE_STORE)
+    holder = subprocess.Popen([sys.executable, str(runs.tmp_path / "hold.py"), str(runs.home / "afs.db")],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "holding"
+    return holder
+
+
+def let_go(holder):
+    holder.stdin.write("\n")
+    holder.stdin.flush()
+    holder.wait(timeout=30)
+
+
+DIE_RIGHT_AFTER_A_ROTATION = """
+import os, signal, time
+import afs_core.delivery.journal as journal
+journal.ROTATE_BYTES = 4096  # rotate every few events
+read_new = journal.Journal.read_new
+
+def read_then_die(self):  # killed in the worst moment: a file rotated away, its lines not yet stored
+    before = self._path
+    records = read_new(self)
+    if before is not None and self._path != before:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return records
+
+journal.Journal.read_new = read_then_die
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+for i in range(200):
+    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+    time.sleep(0.005)
+"""
+
+
+def test_a_kill_right_after_the_journal_rotated_loses_nothing(runs, webhook_server):
+    done = runs.python(DIE_RIGHT_AFTER_A_ROTATION, runs.env(dead_url()))
+    accepted = done.stdout.split()
+    assert done.returncode == -signal.SIGKILL and 5 < len(accepted) < 200
+    flushed = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
+    assert flushed.stdout.split()[0] == "True", flushed.stderr
+    assert sorted(ids(webhook_server)) == sorted(accepted)
+
+
+def test_a_store_locked_by_another_process_at_exit_costs_no_event_and_no_long_wait(runs, webhook_server):
+    runs.python("from afs_core import NotificationManager\nNotificationManager.from_env()\n", runs.env(dead_url()))
+    holder = hold_the_store(runs)
+    try:
+        done = runs.python(COMPLETE_AND_FLUSH.format(flush="t = time.monotonic(); print(manager.flush(timeout=2), "
+                                                           "round(time.monotonic() - t, 1))"),
+                           runs.env(webhook_server.url + "/hook", AFS_FLUSH_TIMEOUT="1"), timeout=60)
+    finally:
+        let_go(holder)
+    event_id, flushed, took = done.stdout.split()
+    assert flushed == "False" and float(took) < 4, done.stderr  # said, within its time
+    assert "lost" not in done.stderr
+    after = runs.python(FLUSH.format(timeout=30), runs.env(webhook_server.url + "/hook"))
+    assert after.stdout.split()[0] == "True"
+    assert ids(webhook_server).count(event_id) == 1  # delivered once, by whoever could
+
+
+SEND_SLOWLY_THEN_DIE = """
+import os, signal, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+for i in range(40):
+    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_killed_mid_burst_repeats_at_most_the_send_it_was_in(runs, webhook_server):
+    webhook_server.default = Scripted(delay=0.05)
+    sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE], env=runs.env(webhook_server.url + "/hook"),
+                              stdout=subprocess.PIPE, text=True, cwd=runs.tmp_path)
+    accepted = [sender.stdout.readline().strip() for _ in range(40)]
+    deadline = time.monotonic() + 30
+    while len(webhook_server.received) < 12 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sender.kill()
+    sender.wait(timeout=10)
+    webhook_server.default = Scripted()
+    after = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
+    assert after.stdout.split()[0] == "True"
+    sent = ids(webhook_server)
+    assert sorted(set(sent)) == sorted(accepted)
+    assert len(sent) - len(set(sent)) <= 1  # only a send the kill cut off may go twice

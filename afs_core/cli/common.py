@@ -51,8 +51,9 @@ def open_store_taking_journals(args: argparse.Namespace) -> Store:
     from afs_core.delivery.engine import take_stopped_journals
     from afs_core.delivery.store import open_store
 
-    store = open_store(settings(args))
-    take_stopped_journals(store)
+    store = open_store(settings(args), read_only_ok=True)
+    if not store.read_only:
+        take_stopped_journals(store)
     return store
 
 
@@ -60,4 +61,5 @@ def where(store: Store) -> dict[str, Any]:
     """Where the store is, for ``afs status``."""
     location = store.location
     return {"path": None if location.path is None else str(location.path), "durable": store.durable,
-            "not_durable": None if store.durable else location.reason, "network_filesystem": location.network_fs}
+            "not_durable": None if store.durable else location.reason, "network_filesystem": location.network_fs,
+            "read_only": location.reason if store.read_only else None}

@@ -48,7 +48,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if location["durable"]:
         shared = (f"  (on {location['network_filesystem']}, shared with other hosts: this host's own file, no WAL)"
                   if location["network_filesystem"] else "")
-        print(f"{'outbox':<10} {location['path']}{shared}")
+        read_only = f"  ({location['read_only']}; shown, not changed)" if location["read_only"] else ""
+        print(f"{'outbox':<10} {location['path']}{shared}{read_only}")
     else:
         print(f"{'outbox':<10} not durable: {location['not_durable']}")
     for row in rows:

@@ -91,12 +91,16 @@ CREATE TABLE IF NOT EXISTS run_state (
 """
 
 
-def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK) -> Store:
+def open_store(
+    env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK, read_only_ok: bool = False
+) -> Store:
     """The store where settings and this machine allow one (see :mod:`afs_core.delivery.location`).
 
     ``AFS_HOME`` that cannot hold a store is a ConfigurationError: the user asked for
     it. Otherwise the first usable default place is taken, and with none at all the
     store lives in memory, with ``location.reason`` saying why it is not durable.
+    ``read_only_ok``: a store that exists but cannot be written (a read-only mount)
+    is opened for reading, as ``afs history`` needs.
     """
     from afs_core.delivery.location import data_directories, network_filesystem, private_temp_directory, store_file
     from afs_core.errors import ConfigurationError
@@ -120,6 +124,9 @@ def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CL
             path = store_file(directory, host_name(), network_fs)
             store = Store(path, clock=clock, shared_filesystem=network_fs is not None)
         except (OSError, sqlite3.Error) as exc:
+            readable = _read_only(directory, clock, exc) if read_only_ok and isinstance(directory, Path) else None
+            if readable is not None:
+                return readable
             if explicit:
                 raise ConfigurationError(f"AFS_HOME {explicit!r} cannot hold the outbox: {exc}") from None
             problems.append(f"{directory}: {exc}")
@@ -131,6 +138,22 @@ def open_store(env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CL
     store = Store(None, clock=clock)
     store.location = StoreLocation(None, reason=reason)
     _tell(store.location, problems)
+    return store
+
+
+def _read_only(directory: Path, clock: Clock, why: BaseException) -> Store | None:
+    """The store in ``directory`` opened for reading only, or None when there is none."""
+    from afs_core.delivery.location import DB_NAME
+
+    path = directory / DB_NAME
+    if not path.is_file():
+        return None
+    try:
+        store = Store(path, clock=clock, read_only=True)
+        store.counts()  # it can be read
+    except (OSError, sqlite3.Error):
+        return None
+    store.location = StoreLocation(path, reason=f"read-only: {why}")
     return store
 
 
@@ -306,11 +329,15 @@ class Store:
     """
 
     def __init__(
-        self, path: str | os.PathLike[str] | None, *, clock: Clock = SYSTEM_CLOCK, shared_filesystem: bool = False
+        self, path: str | os.PathLike[str] | None, *, clock: Clock = SYSTEM_CLOCK, shared_filesystem: bool = False,
+        read_only: bool = False,
     ) -> None:
         self.path = None if path is None else Path(path)
         self.clock = clock
         self.shared_filesystem = shared_filesystem
+        #: Opened for reading only (a read-only mount): history and the outbox can be
+        #: looked at, nothing is written.
+        self.read_only = read_only and path is not None
         #: Where the store is and, for one in memory, why (``afs status`` shows it).
         self.location = StoreLocation(self.path, reason="" if self.path else "the store was opened in memory")
         self._local = threading.local()
@@ -335,6 +362,8 @@ class Store:
             self._memory.execute("PRAGMA foreign_keys=ON")
             self._memory.executescript(_SCHEMA)
             return
+        if self.read_only:
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         generation = self._generation
         try:
@@ -346,6 +375,8 @@ class Store:
 
     def _connect(self) -> sqlite3.Connection:
         assert self.path is not None
+        if self.read_only:
+            return self._connect_read_only()
         # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
         # database file's permissions.
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
@@ -366,6 +397,22 @@ class Store:
             db.close()
             raise
         return db
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        assert self.path is not None
+        self._local.inode = os.stat(self.path).st_ino
+        for mode in ("mode=ro", "immutable=1"):  # immutable: no -shm can be made beside it
+            db = sqlite3.connect(f"file:{self.path}?{mode}", uri=True, timeout=30.0, isolation_level=None,
+                                 check_same_thread=False)
+            try:
+                db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            except sqlite3.Error:
+                db.close()
+                if mode == "immutable=1":
+                    raise
+                continue
+            return db
+        raise AssertionError("unreachable")
 
     def _db(self) -> sqlite3.Connection:
         if self._memory is not None:

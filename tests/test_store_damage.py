@@ -1,0 +1,122 @@
+"""A damaged store is replaced in one step, keeping what can be read, under live users."""
+
+import os
+import sqlite3
+
+import pytest
+
+from afs_core import EventType, NotificationEvent
+from afs_core.delivery.salvage import salvage
+from afs_core.delivery.store import Store, _owner_is_dead, _pid_namespace, owner_id
+from afs_core.results import DeliveryStatus
+from afs_core.source import host_name
+
+
+def filled(path, count=400, pending_from=0):
+    """A store with ``count`` events for channel ``c``; those below ``pending_from`` delivered."""
+    store = Store(path)
+    for i in range(count):
+        store.enqueue(NotificationEvent(EventType.TRAINING_COMPLETED, f"event {i}", "m" * 200, run_id=f"r{i}"), ["c"])
+    owner = "tester:1:1"
+    done = [c for c in store.claim("c", owner, limit=count) if int(c.event.run_id[1:]) < pending_from]
+    store.finish_many([(c.delivery_id, DeliveryStatus.DELIVERED, None, None) for c in done], owner)
+    for claimed in store.claim("c", owner, limit=count):
+        store.release(claimed.delivery_id, owner)
+    with store._read() as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    return store
+
+
+def salvaged_from(damaged, tmp_path):
+    target = sqlite3.connect(tmp_path / "fresh.db", isolation_level=None)
+    from afs_core.delivery.store import _SCHEMA
+
+    target.executescript(_SCHEMA)
+    return salvage(damaged, target)
+
+
+def test_a_store_whose_header_was_zeroed_is_read_back_whole(tmp_path):
+    path = tmp_path / "afs.db"
+    filled(path)
+    with open(path, "r+b") as handle:
+        handle.write(b"\0" * 100)
+    events, pending = salvaged_from(path, tmp_path)
+    assert (events, pending) == (400, 400)
+
+
+def test_rows_around_a_damaged_run_of_pages_are_read_back(tmp_path):
+    path = tmp_path / "afs.db"
+    filled(path)
+    size = os.path.getsize(path)
+    page = 4096
+    with open(path, "r+b") as handle:  # the middle third of the file turns to zeros
+        start = (size // 3) // page * page
+        handle.seek(start)
+        handle.write(b"\0" * ((size // 3) // page * page))
+    events, pending = salvaged_from(path, tmp_path)
+    assert events >= 200 and pending >= 120  # before: the scan jumped over most of what was intact
+
+
+def test_a_live_process_keeps_working_while_another_replaces_the_damaged_store(tmp_path):
+    path = tmp_path / "afs.db"
+    filled(path, count=200, pending_from=100)
+    live = Store(path)  # a process that has the store open and a delivery in hand
+    (claimed,) = live.claim("c", owner_id(), limit=1)
+    with sqlite3.connect(path) as db:  # damage a page of old history, behind everybody's back
+        leaf = db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+                          " ORDER BY pageno LIMIT 1").fetchone()[0]
+    with open(path, "r+b") as handle:
+        handle.seek((leaf - 1) * 4096)
+        handle.write(os.urandom(4096))
+    finder = Store(path)  # another process starts, and its check finds the damage
+    assert finder.check() is False
+    asides = list(tmp_path.glob("afs.db.corrupt-*[0-9]"))
+    assert len(asides) == 1
+    # The live process is on the fresh store at its next call, its lease intact.
+    assert live.finish_many([(claimed.delivery_id, DeliveryStatus.DELIVERED, None, None)], owner_id()) == [True]
+    assert live.pending(["c"]).total == finder.pending(["c"]).total > 0
+    assert Store(path).check() is True  # replaced once: the fresh store is sound
+    assert len(list(tmp_path.glob("afs.db.corrupt-*[0-9]"))) == 1
+
+
+@pytest.mark.parametrize(("namespace", "dead"), [(None, True), ("same", True), ("pid:[1]", False)])
+def test_a_lease_owner_in_another_pid_namespace_is_not_taken_for_dead(namespace, dead):
+    owner = f"{host_name()}:999999:1"  # no such pid here
+    if namespace == "same":
+        owner += f"@{_pid_namespace()}"
+    elif namespace is not None:
+        owner += f"@{namespace}"  # a container's pid 999999 may well be alive
+    assert _owner_is_dead(owner) is dead
+
+
+@pytest.fixture
+def read_only_mount(tmp_path):
+    import shutil
+    import subprocess
+
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("a read-only bind mount needs root")
+    source, mount = tmp_path / "home", tmp_path / "read-only"
+    source.mkdir()
+    mount.mkdir()
+    yield source, mount
+    subprocess.run(["umount", "-l", str(mount)], capture_output=True)
+
+
+def test_a_store_on_a_read_only_mount_can_still_be_looked_at(read_only_mount, monkeypatch, runs):
+    import subprocess
+
+    source, mount = read_only_mount
+    filled(source / "afs.db", count=3)
+    for step in (["mount", "--bind", str(source), str(mount)], ["mount", "-o", "remount,ro,bind", str(mount)]):
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            pytest.skip("this machine does not let the tests make a read-only bind mount")
+    env = runs.env("http://127.0.0.1:9/hook", AFS_HOME=str(mount))
+    history = runs.afs(env, "history")
+    assert history.returncode == 0 and len(history.stdout.splitlines()) == 3
+    status = runs.afs(env, "status")
+    assert "read-only" in status.stdout.splitlines()[0] and "[3 pending, 0 dead]" not in status.stdout  # no hook row
+    assert runs.afs(env, "outbox").stdout.count(" pending ") == 3
+    sending = runs.afs(env, "complete", "--model", "m", "--run-id", "r", "--duration", "1")
+    assert sending.returncode == 2 and "cannot hold the outbox" in sending.stderr  # a store that cannot take it
