@@ -218,6 +218,19 @@ def test_a_disk_that_fills_up_during_a_burst_degrades_then_recovers(runs, webhoo
     assert set(phases["after"]) <= stored  # durable again once there was room
 
 
+def fill_up(store, monkeypatch):
+    """``store`` cannot be written (as on a full disk) until the returned function is called."""
+    real_ingest = Store.ingest
+
+    def full(self, records):
+        if self is store:
+            raise sqlite3.OperationalError("database or disk is full")
+        return real_ingest(self, records)
+
+    monkeypatch.setattr(Store, "ingest", full)
+    return lambda: monkeypatch.setattr(Store, "ingest", real_ingest)
+
+
 class Refusing(Channel):
     def deliver(self, message):
         raise PermanentDeliveryError("HTTP 403: invalid_token")
@@ -250,20 +263,13 @@ def test_while_the_store_cannot_be_written_events_go_out_from_memory_and_flush_t
 
     channel = Gated()
     manager.register_handler("r", channel)
-    real_ingest = Store.ingest
-
-    def full(self, records):
-        if self is store:
-            raise sqlite3.OperationalError("database or disk is full")
-        return real_ingest(self, records)
-
-    monkeypatch.setattr(Store, "ingest", full)
+    room_again = fill_up(store, monkeypatch)
     result = manager.notify("while full", "m")
     assert manager.flush(timeout=0.5) is False  # accepted, not delivered: not True
     assert "delivered from memory" in manager.not_durable
     gate.set()
     assert result.wait(10) and result.delivered == ["r"] and manager.flush(timeout=10) is True
-    monkeypatch.setattr(Store, "ingest", real_ingest)
+    room_again()
     later = manager.notify("after", "m")
     assert later.wait(10) and manager.not_durable is None
     assert [e.title for e in store.history()] == ["after"]  # durable again; the memory-only one is not
@@ -304,21 +310,14 @@ def test_what_waited_in_memory_goes_back_into_the_store_once_it_can_be_written(a
     store = Store(tmp_path / "afs.db")
     manager = NotificationManager(plugins=afs_plugins, store=store, retry=RetryPolicy(base=600, cap=600))
     manager.register_channel("down", Down())
-    real_ingest = Store.ingest
-
-    def full(self, records):
-        if self is store:
-            raise sqlite3.OperationalError("database or disk is full")
-        return real_ingest(self, records)
-
-    monkeypatch.setattr(Store, "ingest", full)
+    room_again = fill_up(store, monkeypatch)
     for i in range(5):
         manager.notify(f"while full {i}", "m")
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and sum(s.pending(["down"]).total for s in manager._engine.stores()) < 5:
         time.sleep(0.01)
     assert store.pending(["down"]).total == 0  # only in memory so far
-    monkeypatch.setattr(Store, "ingest", real_ingest)
+    room_again()
     manager.notify("room again", "m")
     while time.monotonic() < deadline and store.pending(["down"]).total < 6:
         time.sleep(0.01)
