@@ -152,14 +152,15 @@ from afs_core import NotificationManager
 manager = NotificationManager.from_env()
 filler = os.path.join(os.environ["MOUNT"], "filler")
 
-def fill():
-    with open(filler, "wb") as out:
-        try:
-            while True:
-                out.write(b"x" * 65536)
-                out.flush()
-        except OSError:
-            pass
+def fill():  # unbuffered: no write left over for close() to fail on
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"x" * 65536)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 phases = {"before": [], "full": [], "after": []}
 slowest, rejected, durability = 0.0, 0, {}
@@ -222,10 +223,10 @@ def fill_up(store, monkeypatch):
     """``store`` cannot be written (as on a full disk) until the returned function is called."""
     real_ingest = Store.ingest
 
-    def full(self, records):
+    def full(self, records, marks=None):
         if self is store:
             raise sqlite3.OperationalError("database or disk is full")
-        return real_ingest(self, records)
+        return real_ingest(self, records, marks)
 
     monkeypatch.setattr(Store, "ingest", full)
     return lambda: monkeypatch.setattr(Store, "ingest", real_ingest)

@@ -298,3 +298,29 @@ def test_a_run_killed_mid_burst_repeats_at_most_the_send_it_was_in(runs, webhook
     sent = ids(webhook_server)
     assert sorted(set(sent)) == sorted(accepted)
     assert len(sent) - len(set(sent)) <= 1  # only a send the kill cut off may go twice
+
+
+SEND_AND_LIVE_ON = """
+import time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+for i in range(300):
+    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+print("flushed", manager.flush(timeout=60), flush=True)
+time.sleep(60)
+"""
+
+
+def test_history_pruned_by_another_process_is_not_sent_again_after_a_kill(runs, webhook_server):
+    sender = subprocess.Popen([sys.executable, "-c", SEND_AND_LIVE_ON], env=runs.env(webhook_server.url + "/hook"),
+                              stdout=subprocess.PIPE, text=True, cwd=runs.tmp_path)
+    accepted = [sender.stdout.readline().strip() for _ in range(300)]
+    assert sender.stdout.readline().strip() == "flushed True"
+    pruner = runs.python("from afs_core.delivery.store import open_store\nprint(open_store().prune(max_events=10))\n",
+                         runs.env(webhook_server.url + "/hook"))
+    assert pruner.stdout.strip() == "290"  # another process pruned the 290 oldest, all delivered
+    sender.kill()
+    sender.wait(timeout=10)
+    after = runs.python(FLUSH.format(timeout=30), runs.env(webhook_server.url + "/hook"))
+    assert after.stdout.split()[0] == "True"
+    assert sorted(ids(webhook_server)) == sorted(accepted)  # the killed run's journal brought none back

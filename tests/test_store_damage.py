@@ -120,3 +120,66 @@ def test_a_store_on_a_read_only_mount_can_still_be_looked_at(read_only_mount, mo
     assert runs.afs(env, "outbox").stdout.count(" pending ") == 3
     sending = runs.afs(env, "complete", "--model", "m", "--run-id", "r", "--duration", "1")
     assert sending.returncode == 2 and "cannot hold the outbox" in sending.stderr  # a store that cannot take it
+
+
+def test_a_store_replaced_while_its_own_worker_sends_delivers_each_event_once(afs_plugins, tmp_path):
+    import threading
+    import time
+
+    from afs_core import Channel, NotificationManager
+
+    path = tmp_path / "afs.db"
+    filled(path, count=400, pending_from=100)  # 100 delivered long ago, 300 still to go
+    sent = []
+    first = threading.Event()
+
+    class Steady(Channel):
+        def deliver(self, message):
+            sent.append(message.splitlines()[0])
+            first.set()
+            time.sleep(0.002)
+
+    store = Store(path)
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    with sqlite3.connect(path) as db:
+        leaf = db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+                          " ORDER BY pageno LIMIT 1").fetchone()[0]
+    manager.register_channel("c", Steady())
+    assert first.wait(10)
+    with open(path, "r+b") as handle:  # old history goes bad while the worker is busy
+        handle.seek((leaf - 1) * 4096)
+        handle.write(os.urandom(4096))
+    assert Store(path).check() is False  # replaced under the running worker
+    try:
+        assert manager.flush(timeout=60) is True
+    finally:
+        manager.close(timeout=5)
+    assert len(sent) == len(set(sent)) == 300  # every pending event, once
+
+
+HOLD_A_FRESH_STORE = """
+import sqlite3, sys, time
+db = sqlite3.connect(sys.argv[1], isolation_level=None)
+db.execute("CREATE TABLE IF NOT EXISTS first (a)")  # the first rank, still setting the store up
+db.execute("BEGIN IMMEDIATE")
+db.execute("INSERT INTO first VALUES (1)")
+print("holding", flush=True)
+time.sleep(0.8)
+db.execute("COMMIT")
+"""
+
+
+def test_a_process_starting_while_another_sets_the_store_up_waits_for_it(tmp_path):
+    import subprocess
+    import sys
+
+    path = tmp_path / "afs.db"
+    first = subprocess.Popen([sys.executable, "-c", HOLD_A_FRESH_STORE, str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert first.stdout.readline().strip() == "holding"
+        store = Store(path)  # switching a fresh store to WAL needs the lock: SQLite says "locked" at once
+        assert store.counts() == {}
+        with sqlite3.connect(path) as db:
+            assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        first.wait(timeout=10)

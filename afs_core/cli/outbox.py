@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import json
+import sqlite3
 import sys
 import time
 from typing import Any
@@ -65,18 +66,22 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
-
+    deadline = time.monotonic() + wait_timeout(args)  # everything below keeps to it, a busy store included
     manager = open_manager(args)  # its workers deliver what is pending for its channels
+    names = list(manager.channels)
+    wanted: list[int] = []
+    total = 0
+    interrupted = False
     try:
-        names = list(manager.channels)
-        store.make_due(names)  # "now": not after a backoff or a Retry-After
-        wanted = [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
-                  if r.channel in names]
+        with store.patience(max(deadline - time.monotonic(), 0.1)):
+            store.make_due(names)  # "now": not after a backoff or a Retry-After
+            wanted = [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
+                      if r.channel in names]
         total = len(wanted)
         show = total > 20 and not args.json and sys.stderr.isatty()
-        deadline = time.monotonic() + wait_timeout(args)
         while True:
-            left = store.statuses(wanted).get(DeliveryStatus.PENDING, 0) if wanted else 0
+            with store.patience(max(min(deadline - time.monotonic(), 1.0), 0.1)):
+                left = store.statuses(wanted).get(DeliveryStatus.PENDING, 0) if wanted else 0
             if show:
                 done = total - left
                 print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -85,17 +90,25 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
             time.sleep(0.1)
         if show:
             print(file=sys.stderr)
+    except KeyboardInterrupt:
+        interrupted = True  # Ctrl-C: stop now; what did not go out stays pending
+    except sqlite3.OperationalError as exc:
+        print(f"afs: the store could not be read in time: {exc}", file=sys.stderr)
     finally:
-        manager.close(timeout=1)
-    now = store.statuses(wanted) if wanted else {}
+        manager.close(timeout=0 if interrupted else 1)
+    with store.patience(1.0):
+        now = store.statuses(wanted) if wanted else {}
+        left_by_channel = {n: store.pending([n]).total for n in names}
     went = now.get(DeliveryStatus.DELIVERED, 0) + now.get(DeliveryStatus.FILTERED, 0)
     dead = now.get(DeliveryStatus.FAILED, 0)
-    left = {n: store.pending([n]).total for n in names}
-    left = {n: count for n, count in left.items() if count}
+    pending = {n: count for n, count in left_by_channel.items() if count}
     if args.json:
-        print(json.dumps({"pending_before": total, "delivered": went, "dead": dead, "pending_after": left}))
+        print(json.dumps({"pending_before": total, "delivered": went, "dead": dead, "pending_after": pending}))
     else:
         print(f"{went} of {total} pending deliveries went out"
               + (f"; {dead} failed for good (afs outbox shows why)" if dead else "")
-              + (f"; still pending: {', '.join(f'{n} {c}' for n, c in left.items())}" if left else ""))
-    return OK if not left and not dead else DELIVERY_FAILED
+              + (f"; still pending: {', '.join(f'{n} {c}' for n, c in pending.items())}" if pending else "")
+              + ("; interrupted" if interrupted else ""))
+    if interrupted:
+        return 130
+    return OK if not pending and not dead else DELIVERY_FAILED

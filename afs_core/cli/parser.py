@@ -11,7 +11,7 @@ from afs_core.events import EventType, NotificationLevel
 
 OUTBOX_EXIT_CODES = """exit codes:
   list   0 nothing is dead (pending deliveries are fine), 1 some are dead
-  flush  0 everything pending went out, 1 some failed or are still pending
+  flush  0 everything pending went out, 1 some failed or are still pending, 130 stopped by Ctrl-C
   retry  0 the delivery is pending again, 1 it is not a dead delivery
   all    2 bad usage or configuration"""
 

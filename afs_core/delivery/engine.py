@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import atexit
 import collections
+import contextlib
 import datetime as dt
 import errno
 import logging
@@ -155,13 +156,22 @@ class _Worker(threading.Thread):
                     renewed_at = self.clock.time()
                 chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
                 self._send(store, chunk)
-            except Exception:  # a bug or a store error here must not end the worker
-                logger.exception("afs: deliveries to %r could not be handled", self.channel_name)
+            except Exception as exc:  # a bug or a store error here must not end the worker
+                if isinstance(exc, STORE_ERRORS):
+                    self.engine.store_trouble(("deliver", self.channel_name), exc, "afs: deliveries to %r wait: the "
+                                              "store could not be written (%s)", self.channel_name, exc)
+                else:
+                    logger.exception("afs: deliveries to %r could not be handled", self.channel_name)
                 settled = {d[1] for d in self._done if d[0] is store}
                 for item in chunk:
                     if item.delivery_id not in settled:
                         self._release(store, item)
             self._record()  # at once: a delivery sent but not written down would be sent again
+            if any(d[0] is store for d in self._done):
+                # Outcomes this store cannot take now: send no more from it until it can.
+                for item in claimed[start + size:]:
+                    self._release(store, item)
+                return
 
     def _release(self, store: Store, item: Claimed) -> None:
         try:
@@ -176,6 +186,7 @@ class _Worker(threading.Thread):
             return
         done, self._done = self._done, []
         kept: list[_Done] = []
+        recorded = False
         for store in {id(d[0]): d[0] for d in done}.values():
             mine = [d for d in done if d[0] is store]
             try:
@@ -185,11 +196,13 @@ class _Worker(threading.Thread):
                                           "store (%s); kept and written later", exc)
                 kept.extend(mine)
                 continue
+            recorded = True
             for ok, (_, _, _, _, _, outcome, event_id, final) in zip(held, mine, strict=True):
                 if ok and outcome is not None:
                     self.engine.track(event_id, outcome, final=final)
         self._done = kept + self._done
-        self.engine.progress.set()
+        if recorded:  # a flush looks again; not for a write that failed (it would spin)
+            self.engine.progress.set()
 
     def _sleep_until_due(self) -> None:
         due = None
@@ -503,7 +516,7 @@ class DeliveryEngine:
 
     def _store(self, records: list[dict[str, Any]]) -> None:
         try:
-            touched = self.store.ingest(records)
+            touched = self.store.ingest(records, marks=self._marks())
         except STORE_ERRORS as exc:
             if _busy(exc):  # another process holds the store's lock: they wait in the journal, tried again
                 self._waiting = records
@@ -533,7 +546,7 @@ class DeliveryEngine:
         if not records:
             return
         try:
-            touched = self.store.ingest(records)
+            touched = self.store.ingest(records, marks=self._marks())
         except STORE_ERRORS:
             memory.ingest(records)  # still not writable: they stay where they were
             return
@@ -541,11 +554,21 @@ class DeliveryEngine:
         self._acknowledge()
         self._wake(touched)
 
-    def _acknowledge(self) -> None:
-        """The journal may let go of what it held once nothing of it lives only in memory."""
+    def _journal_all_stored(self) -> bool:
+        """Whether all the journal lines read so far are in the store for good: none
+        waits for a busy store, none lives only in memory."""
         memory = self._memory
-        if self.journal is not None and (memory is None or not any(c.pending for c in memory.counts().values())):
-            self.journal.acknowledge()
+        return not self._waiting and (memory is None or not any(c.pending for c in memory.counts().values()))
+
+    def _marks(self) -> dict[str, int] | None:
+        """How far the store holds this process's journal, written with what it takes in."""
+        return self.journal.marks() if self.journal is not None and self._journal_all_stored() else None
+
+    def _acknowledge(self) -> None:
+        """The journal may let go of files once all it held is in the store for good."""
+        if self.journal is not None and self._journal_all_stored():
+            for name in self.journal.acknowledge():
+                self.store.forget_journal(name)
 
     # -- flushing and closing ------------------------------------------------------------
 
@@ -646,7 +669,10 @@ class DeliveryEngine:
         self._say_lost()
         self.log.summarize()
         if self.journal is not None:
-            self.journal.close()
+            removed = self.journal.close()
+            if removed is not None:
+                with contextlib.suppress(*STORE_ERRORS):
+                    self.store.forget_journal(removed)
         return flushed
 
     def _say_lost(self) -> None:
@@ -714,23 +740,26 @@ def _cannot_write(exc: BaseException) -> bool:
 
 def take_stopped_journals(store: Store) -> tuple[int, set[str]]:
     """Move into ``store`` what processes that stopped (exited, crashed, were killed)
-    left in their journals beside it, and remove those journals.
+    left in their journals beside it, from where the store's mark says it left off,
+    and remove those journals.
 
     Returns how many events were taken and the channels they are for. A journal the
     store cannot take now (a full disk) stays for the next try.
     """
-    if store.path is None:
+    if store.path is None or store.read_only:
         return 0, set()
     taken, touched = 0, set()
-    for path, records in take_orphans(store.path.parent / "journal"):
+    for path, records in take_orphans(store.path.parent / "journal", start=store.journal_mark):
+        try:
+            if records:
+                touched |= store.ingest(records, marks={path.name: path.stat().st_size})
+            path.unlink(missing_ok=True)
+            store.forget_journal(path.name)
+        except STORE_ERRORS:
+            break
         if records:
-            try:
-                touched |= store.ingest(records)
-            except STORE_ERRORS:
-                break
             taken += len(records)
             logger.info("afs: picked up %d events a stopped process left in %s", len(records), path.name)
-        path.unlink(missing_ok=True)
     return taken, touched
 
 

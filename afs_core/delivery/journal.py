@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -141,29 +141,43 @@ class Journal:
                 self._read_offset, self._partial = offset, partial
         return records + new
 
-    def acknowledge(self) -> None:
-        """Everything read so far is in the store for good: rotated files may go, and
-        this file may go at close."""
+    def marks(self) -> dict[str, int]:
+        """For each file read from: how many of its bytes were read as whole lines (what
+        the store holds once it took them in)."""
+        with self._lock:
+            found = {path.name: path.stat().st_size for path in self._unacknowledged if path.exists()}
+            if self._path is not None and self._pid == os.getpid():
+                found[self._path.name] = self._read_offset - len(self._partial)
+        return found
+
+    def acknowledge(self) -> list[str]:
+        """Everything read so far is in the store for good: rotated files may go (their
+        names are returned), and this file may go at close."""
         done, self._unacknowledged = self._unacknowledged, []
         for path in done:
             path.unlink(missing_ok=True)
         with self._lock:
             self._acked_offset = self._read_offset
+        return [path.name for path in done]
 
     def orphans(self) -> list[Path]:
         return orphans(self.directory)
 
-    def close(self) -> None:
+    def close(self) -> str | None:
         """Stop writing; the file is removed once everything in it was read and stored
-        for good (otherwise it stays, and the next process on this store takes it in)."""
+        for good (otherwise it stays, and the next process on this store takes it in).
+        Returns the name of the file removed."""
+        removed = None
         with self._lock:
             if self._fd >= 0 and self._pid == os.getpid():
                 size = self._path.stat().st_size if self._path and self._path.exists() else 0
                 done = self._read_offset >= size and not self._partial and self._acked_offset >= self._read_offset
                 if self._path is not None and done and not self._unacknowledged:
                     self._path.unlink(missing_ok=True)
+                    removed = self._path.name
                 os.close(self._fd)  # the lock goes with it
             self._fd, self._pid = -1, -1
+        return removed
 
 
 def orphans(directory: Path) -> list[Path]:
@@ -187,11 +201,13 @@ def orphans(directory: Path) -> list[Path]:
     return sorted(found, key=lambda p: p.name.rsplit("-", 1)[-1])  # oldest file first
 
 
-def take_orphans(directory: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
-    """Each stopped process's journal with its records, locked while the caller stores
-    them and then removes the file (a live writer holds its lock, so its file is
-    skipped). A file that cannot be read is renamed ``.unreadable`` (kept for a
-    person to look at) so it is not tried again and again."""
+def take_orphans(
+    directory: Path, start: Callable[[str], int] = lambda name: 0
+) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+    """Each stopped process's journal with its records from ``start(file name)`` on,
+    locked while the caller stores them and then removes the file (a live writer holds
+    its lock, so its file is skipped). A file that cannot be read is renamed
+    ``.unreadable`` (kept for a person to look at) so it is not tried again and again."""
     for path in orphans(directory):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -199,9 +215,9 @@ def take_orphans(directory: Path) -> Iterator[tuple[Path, list[dict[str, Any]]]]
             continue  # gone meanwhile: taken by another process
         try:
             if not _lock(fd):
-                continue  # its writer is alive (perhaps in another container) or another reader has it
+                continue  # its writer is alive (perhaps in another container), or another process takes it in
             try:
-                records = read_whole(path, strict=True)
+                records, _, _ = _read_from(path, start(path.name), b"", strict=True)
             except OSError as exc:
                 logger.warning("afs: the journal %s a stopped process left cannot be read (%s); kept as %s%s",
                                path.name, exc, path.name, UNREADABLE)

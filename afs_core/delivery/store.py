@@ -83,6 +83,11 @@ CREATE TABLE IF NOT EXISTS attempts (
     error TEXT
 );
 CREATE INDEX IF NOT EXISTS attempts_delivery ON attempts(delivery_id);
+CREATE TABLE IF NOT EXISTS journal_marks (
+    name TEXT PRIMARY KEY,
+    offset INTEGER NOT NULL,
+    updated REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS run_state (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL,
@@ -387,11 +392,15 @@ class Store:
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             if self.shared_filesystem:
-                db.execute("PRAGMA journal_mode=DELETE")
+                _journal_mode(db, "delete")
                 db.execute("PRAGMA synchronous=FULL")
             else:
-                db.execute("PRAGMA journal_mode=WAL")
+                _journal_mode(db, "wal")
                 db.execute("PRAGMA synchronous=NORMAL")
+                # A small WAL, checkpointed often: on a nearly full disk a large one could
+                # take the last space and never be checkpointed.
+                db.execute("PRAGMA wal_autocheckpoint=256")
+                db.execute("PRAGMA journal_size_limit=1048576")
             db.execute("PRAGMA foreign_keys=ON")
         except BaseException:
             db.close()
@@ -453,17 +462,26 @@ class Store:
         busy timeout wait for another writer, where a read-then-write transaction
         would fail at once with a stale snapshot.
         """
-        with self._read() as db:
-            db.execute("BEGIN IMMEDIATE")
-            try:
-                yield db
-                db.execute("COMMIT")
-            except BaseException:
-                # A failed COMMIT (a full disk) may leave the transaction open: end it,
-                # or every later BEGIN on this connection fails.
-                with contextlib.suppress(sqlite3.Error):
-                    db.execute("ROLLBACK")
-                raise
+        for _ in range(3):
+            with self._read() as db:
+                db.execute("BEGIN IMMEDIATE")
+                if self._memory is None and self._replaced():
+                    # The file was replaced (a damaged store) while this waited for its lock:
+                    # what it wrote would land in the one set aside. Again, on the new one.
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    continue
+                try:
+                    yield db
+                    db.execute("COMMIT")
+                except BaseException:
+                    # A failed COMMIT (a full disk) may leave the transaction open: end it,
+                    # or every later BEGIN on this connection fails.
+                    with contextlib.suppress(sqlite3.Error):
+                        db.execute("ROLLBACK")
+                    raise
+                return
+        raise sqlite3.OperationalError("the store was replaced again and again while waiting for it")
 
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
@@ -532,16 +550,20 @@ class Store:
                 if current is not None and damaged_inode is not None and current != damaged_inode:
                     self._generation += 1
                     return  # another process found it first and replaced it
-                fresh = path.with_name(f"{path.name}.new-{os.getpid()}")
-                for leftover in (fresh, Path(f"{fresh}-journal")):
+                for leftover in path.parent.glob(f"{path.name}.new-*"):  # of a recovery that was killed
                     leftover.unlink(missing_ok=True)
+                fresh = path.with_name(f"{path.name}.new-{os.getpid()}")
                 os.close(os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600))
-                with contextlib.closing(sqlite3.connect(fresh, isolation_level=None)) as db:
+                with _holding_write_lock(path) as _, contextlib.closing(
+                        sqlite3.connect(fresh, isolation_level=None)) as db:
+                    # Writers elsewhere wait for the lock, then find the file replaced and
+                    # write to the fresh one; nothing lands after the salvage read it.
                     db.execute("PRAGMA journal_mode=DELETE")  # one file, no WAL to carry over
                     db.executescript(_SCHEMA)
                     events, pending = salvage(path, db) if current is not None else (0, 0)
-                aside = _keep_aside(path, self.clock.time())
-                os.replace(fresh, path)
+                    db.close()
+                    aside = _keep_aside(path, self.clock.time())
+                    os.replace(fresh, path)
                 self._generation += 1
         logger.warning(
             "afs: the store %s was damaged (%s); it was kept as %s and a fresh store started with what could be "
@@ -584,11 +606,21 @@ class Store:
                       dedup_key=dedup_key, ranks=ranks)
 
     @_survives_damage
-    def ingest(self, records: Sequence[Mapping[str, Any]]) -> set[str]:
-        """Move journal records into the store (idempotent); returns the channels touched."""
+    def ingest(self, records: Sequence[Mapping[str, Any]], marks: Mapping[str, int] | None = None) -> set[str]:
+        """Move journal records into the store (idempotent); returns the channels touched.
+
+        ``marks`` (journal file name: bytes of it now stored) are written in the same
+        transaction, so whoever takes in a stopped process's journal starts where the
+        store left off: an event stored, delivered and since pruned is never stored again.
+        """
         now = self.clock.time()
         touched: set[str] = set()
         with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO journal_marks (name, offset, updated) VALUES (?, ?, ?)"
+                " ON CONFLICT(name) DO UPDATE SET offset = MAX(offset, excluded.offset), updated = excluded.updated",
+                [(name, offset, now) for name, offset in (marks or {}).items()],
+            )
             for record in records:
                 event = record.get("event") or {}
                 channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
@@ -793,6 +825,19 @@ class Store:
             )
 
     @_survives_damage
+    def journal_mark(self, name: str) -> int:
+        """How many bytes of the journal file ``name`` are already in the store."""
+        with self._read() as db:
+            row = db.execute("SELECT offset FROM journal_marks WHERE name = ?", (name,)).fetchone()
+        return int(row[0]) if row else 0
+
+    @_survives_damage
+    def forget_journal(self, name: str) -> None:
+        """The journal file ``name`` is gone: its mark goes too."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM journal_marks WHERE name = ?", (name,))
+
+    @_survives_damage
     def get_state(self, key: str) -> str | None:
         with self._read() as db:
             row = db.execute("SELECT value FROM run_state WHERE key = ?", (key,)).fetchone()
@@ -894,6 +939,21 @@ class Store:
         return [OutboxEntry(*row) for row in rows]
 
 
+def _journal_mode(db: sqlite3.Connection, mode: str) -> None:
+    """Set the journal mode, waiting (bounded) while processes starting together hold
+    the lock the change needs: SQLite answers 'locked' at once there, without waiting."""
+    deadline = time.monotonic() + 10.0
+    while True:
+        try:
+            if db.execute("PRAGMA journal_mode").fetchone()[0] != mode:
+                db.execute(f"PRAGMA journal_mode={mode}")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _keep_aside(path: Path, now: float) -> Path:
     """Keep the damaged store (and its -wal/-shm/-journal) as ``<name>.corrupt-<time>``,
     still in place until a fresh one replaces it; the old -wal and -shm then go, so the
@@ -916,6 +976,26 @@ def _keep_aside(path: Path, now: float) -> Path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(source)
     return aside
+
+
+@contextlib.contextmanager
+def _holding_write_lock(path: Path) -> Iterator[None]:
+    """Hold the store's write lock (when the damaged file still allows one)."""
+    try:
+        db = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+    except sqlite3.Error:
+        yield
+        return
+    try:
+        try:
+            db.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:
+            pass  # too damaged to lock: too damaged for anyone to write to as well
+        yield
+    finally:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+        db.close()
 
 
 @contextlib.contextmanager
