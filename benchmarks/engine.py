@@ -91,7 +91,7 @@ def main() -> None:
 
     from afs_core import NotificationManager
     from afs_core.delivery.policy import ChannelPolicy
-    from afs_core.delivery.store import Store
+    from afs_core.delivery.store import open_store
     from afs_core.plugins import get_plugins
     from afs_discord import DiscordNotifier
     from afs_slack import SlackNotifier
@@ -102,7 +102,7 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; store in {os.environ['AFS_HOME']}")
 
     # 1. Caller-side cost of notify() with four channels and the durable store.
-    manager = NotificationManager(plugins=plugins, store=Store.default())
+    manager = NotificationManager(plugins=plugins, store=open_store())
     for index, (_, url) in enumerate(servers):
         channel = (SlackNotifier(webhook_url=f"{url}/services/T/B/{index}") if index < 2
                    else DiscordNotifier(webhook_url=f"{url}/api/webhooks/{index}/token"))
@@ -126,7 +126,7 @@ def main() -> None:
         sync.notify_epoch_completed("bench", "run-1", step)
         sync_costs.append((time.perf_counter() - started) * 1e6)
     print(f"synchronous send to a 200 ms webhook: median {statistics.median(sync_costs) / 1000:.1f} ms per call")
-    background = NotificationManager(plugins=plugins, store=Store.default())
+    background = NotificationManager(plugins=plugins, store=open_store())
     background.register_handler("slow", SlackNotifier(webhook_url=f"{slow_url}/services/T/B/slow2"), policy=loud)
     bg_costs = []
     for step in range(10):
@@ -140,7 +140,7 @@ def main() -> None:
     quick, quick_url = start_server('{"id": "1"}', fast=True)
     servers.append((quick, quick_url))
     fast = DiscordNotifier(webhook_url=f"{quick_url}/api/webhooks/9/throughput")
-    throughput = NotificationManager(plugins=plugins, store=Store.default())
+    throughput = NotificationManager(plugins=plugins, store=open_store())
     throughput.register_handler("fast", fast, policy=loud)
     count = 3000
     started = time.perf_counter()
@@ -158,7 +158,7 @@ def main() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         dead_port = probe.getsockname()[1]
-    dead = NotificationManager(plugins=plugins, store=Store.default())
+    dead = NotificationManager(plugins=plugins, store=open_store())
     dead.register_handler("dead", SlackNotifier(webhook_url=f"http://127.0.0.1:{dead_port}/services/T/B/dead",
                                                 timeout=1), policy=loud)
     before = rss_kib()

@@ -13,7 +13,6 @@ from __future__ import annotations
 import os
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -141,6 +140,8 @@ def data_directories(env: Mapping[str, str]) -> list[Path]:
 
 def private_temp_directory() -> Path:
     """``<tmp>/afs-<uid>``, created 0700; refused when someone else owns it."""
+    import tempfile  # only when no per-user data directory could be used
+
     uid = os.getuid() if hasattr(os, "getuid") else None
     directory = Path(tempfile.gettempdir()) / f"afs-{uid if uid is not None else os.getlogin()}"
     try:

@@ -17,15 +17,12 @@ import functools
 import json
 import logging
 import os
-import shutil
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
-
-import attrs
+from typing import Any, NamedTuple, TypeVar
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.delivery.location import StoreLocation
@@ -180,8 +177,10 @@ def _tell(location: StoreLocation, problems: list[str]) -> None:
     logger.info("afs: the outbox and history are in %s%s%s", location.path, why, shared)
 
 
-@attrs.frozen
-class Claimed:
+# Records the store returns: named tuples (cheap to define at import, unlike attrs classes).
+
+
+class Claimed(NamedTuple):
     """A delivery this process now holds the lease on."""
 
     delivery_id: int
@@ -191,19 +190,17 @@ class Claimed:
     event: NotificationEvent
 
 
-@attrs.frozen
-class DeliveryRow:
+class DeliveryRow(NamedTuple):
     """What one channel did with one event."""
 
     channel: str
-    status: DeliveryStatus = attrs.field(converter=_status)
+    status: DeliveryStatus
     attempts: int
     last_error: str | None
     next_attempt: float
 
 
-@attrs.frozen
-class HistoryEntry:
+class HistoryEntry(NamedTuple):
     """One stored event, its deliveries, and the event itself as plain data."""
 
     event_id: str
@@ -213,17 +210,16 @@ class HistoryEntry:
     level: str
     title: str
     deliveries: tuple[DeliveryRow, ...]
-    model_name: str | None = None
-    event: Mapping[str, Any] = attrs.field(factory=dict)
+    model_name: str | None
+    event: Mapping[str, Any]
 
 
-@attrs.frozen
-class OutboxEntry:
+class OutboxEntry(NamedTuple):
     """A delivery that has not been delivered: pending, or dead with its reason."""
 
     delivery_id: int
     channel: str
-    status: DeliveryStatus = attrs.field(converter=_status)
+    status: DeliveryStatus
     title: str
     attempts: int
     last_error: str | None
@@ -231,16 +227,14 @@ class OutboxEntry:
     run_id: str | None
 
 
-@attrs.frozen
-class ChannelCounts:
+class ChannelCounts(NamedTuple):
     """Deliveries of one channel still in the outbox: pending, and dead (failed for good)."""
 
     pending: int = 0
     dead: int = 0
 
 
-@attrs.frozen
-class PendingSummary:
+class PendingSummary(NamedTuple):
     """Pending deliveries of some channels: how many, how many are due by a time,
     and when the first of the others is due."""
 
@@ -919,8 +913,9 @@ class Store:
                 except ValueError:
                     event = {}
                 event = event if isinstance(event, dict) else {}
-                entries.append(HistoryEntry(event_id, created, run, event_type, level, title,
-                                            tuple(DeliveryRow(*r) for r in rows), event.get("model_name"), event))
+                deliveries = tuple(DeliveryRow(c, _status(st), a, e, n) for c, st, a, e, n in rows)
+                entries.append(HistoryEntry(event_id, created, run, event_type, level, title, deliveries,
+                                            event.get("model_name"), event))
         return entries
 
     @_survives_damage
@@ -936,7 +931,7 @@ class Store:
                 " ORDER BY d.id LIMIT ?",
                 (*wanted, limit),
             ).fetchall()
-        return [OutboxEntry(*row) for row in rows]
+        return [OutboxEntry(d, c, _status(st), t, a, e, n, r) for d, c, st, t, a, e, n, r in rows]
 
 
 def _journal_mode(db: sqlite3.Connection, mode: str) -> None:
@@ -971,6 +966,8 @@ def _keep_aside(path: Path, now: float) -> Path:
         try:
             os.link(source, target)
         except OSError:  # a filesystem without hard links
+            import shutil
+
             shutil.copy2(source, target)
         if suffix:
             with contextlib.suppress(FileNotFoundError):
