@@ -20,7 +20,6 @@ from typing import Any, Concatenate, ParamSpec
 
 from afs_core import builders
 from afs_core.channels.base import Channel
-from afs_core.channels.legacy import as_channel
 from afs_core.config import env_bool, env_float, env_int, load_env
 from afs_core.delivery import ranks
 from afs_core.delivery.dispatch import deliver_event, enrich_event
@@ -175,6 +174,8 @@ class NotificationManager:
         """
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"channel name must be a non-empty string, got {name!r}")
+        from afs_core.channels.legacy import as_channel  # seed-era handlers: rare, loaded when met
+
         channel = as_channel(channel)
         settings = self._settings if self._settings is not None else os.environ
         policy = policy or ChannelPolicy.from_env(settings, name, getattr(channel, "throttle_seconds", 600.0))

@@ -9,9 +9,7 @@ delivery layer; a channel never reaches up to it.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, ClassVar, TypeVar
-
-import attrs
+from typing import Any, ClassVar, NamedTuple, TypeVar
 
 from afs_core.channels.settings import Setting, read_settings
 from afs_core.events import NotificationEvent
@@ -20,8 +18,7 @@ from afs_core.redaction import Secret
 _C = TypeVar("_C", bound="Channel")
 
 
-@attrs.frozen
-class RateLimit:
+class RateLimit(NamedTuple):
     """How fast a channel may send: ``per_second`` sustained, ``burst`` at once."""
 
     per_second: float

@@ -8,16 +8,13 @@ so no channel parses its environment by hand or twice.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from afs_core.config import MAX_TIMEOUT, parse_bool
 from afs_core.errors import ConfigurationError
 
 
-@attrs.frozen
-class Setting:
+class Setting(NamedTuple):
     """One setting: ``env`` is its name in the environment and ``.env``, ``param`` the
     channel's constructor keyword it fills.
 

@@ -15,8 +15,7 @@ import stat
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-
-import attrs
+from typing import NamedTuple
 
 DB_NAME = "afs.db"
 MOUNT_TABLE = "/proc/self/mountinfo"
@@ -30,8 +29,7 @@ NETWORK_FILESYSTEMS = frozenset({
 })
 
 
-@attrs.frozen
-class StoreLocation:
+class StoreLocation(NamedTuple):
     """Where the store goes, and what a person should be told about it.
 
     ``path`` is None when no place could hold one; ``reason`` then says why.
