@@ -272,6 +272,26 @@ def test_a_store_locked_by_another_process_at_exit_costs_no_event_and_no_long_wa
     assert ids(webhook_server).count(event_id) == 1  # delivered once, by whoever could
 
 
+
+def test_ctrl_c_stops_afs_outbox_flush_while_another_process_holds_the_store(runs, webhook_server):
+    runs.python("from afs_core import NotificationManager\nNotificationManager.from_env()\n", runs.env(dead_url()))
+    holder = hold_the_store(runs)
+    try:
+        flush = subprocess.Popen([sys.executable, "-m", "afs_core", "outbox", "flush", "--timeout", "60"],
+                                 env=runs.env(webhook_server.url + "/hook"), stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True, cwd=runs.tmp_path)
+        time.sleep(2)  # waiting on the lock by now
+        asked = time.monotonic()
+        flush.send_signal(signal.SIGINT)
+        out, err = flush.communicate(timeout=60)
+        took = time.monotonic() - asked
+    finally:
+        let_go(holder)
+    assert flush.returncode == 130, err
+    assert took < 5  # not after the 60 s it was given, nor after SQLite's own 30 s wait
+    assert "interrupted" in out and "Traceback" not in err
+
+
 SEND_SLOWLY_THEN_DIE = """
 import os, signal, time
 from afs_core import NotificationManager

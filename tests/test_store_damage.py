@@ -2,6 +2,8 @@
 
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -26,6 +28,16 @@ def filled(path, count=400, pending_from=0):
         db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
     store.close()
     return store
+
+
+def first_leaf(path):
+    """The page number of the first leaf of old history (events)."""
+    db = sqlite3.connect(path)  # closed at once: a connection left open would hold the file
+    try:
+        return db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+                          " ORDER BY pageno LIMIT 1").fetchone()[0]
+    finally:
+        db.close()
 
 
 def salvaged_from(damaged, tmp_path):
@@ -63,9 +75,7 @@ def test_a_live_process_keeps_working_while_another_replaces_the_damaged_store(t
     filled(path, count=200, pending_from=100)
     live = Store(path)  # a process that has the store open and a delivery in hand
     (claimed,) = live.claim("c", owner_id(), limit=1)
-    with sqlite3.connect(path) as db:  # damage a page of old history, behind everybody's back
-        leaf = db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
-                          " ORDER BY pageno LIMIT 1").fetchone()[0]
+    leaf = first_leaf(path)  # damage a page of old history, behind everybody's back
     with open(path, "r+b") as handle:
         handle.seek((leaf - 1) * 4096)
         handle.write(os.urandom(4096))
@@ -141,9 +151,7 @@ def test_a_store_replaced_while_its_own_worker_sends_delivers_each_event_once(af
 
     store = Store(path)
     manager = NotificationManager(plugins=afs_plugins, store=store)
-    with sqlite3.connect(path) as db:
-        leaf = db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
-                          " ORDER BY pageno LIMIT 1").fetchone()[0]
+    leaf = first_leaf(path)
     manager.register_channel("c", Steady())
     assert first.wait(10)
     with open(path, "r+b") as handle:  # old history goes bad while the worker is busy
@@ -183,3 +191,115 @@ def test_a_process_starting_while_another_sets_the_store_up_waits_for_it(tmp_pat
             assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     finally:
         first.wait(timeout=10)
+
+
+
+
+TITLES = "import sqlite3, sys; print([r[0] for r in sqlite3.connect(sys.argv[1]).execute('SELECT title FROM events')])"
+
+DELIVER_SOME_THEN_WAIT = """
+import sys
+from afs_core.delivery.store import Store
+from afs_core.results import DeliveryStatus
+store = Store(sys.argv[1])
+owner = "tester:1:1"
+done = [c for c in store.claim("c", owner, limit=1000) if int(c.event.run_id[1:]) >= 40]
+store.finish_many([(c.delivery_id, DeliveryStatus.DELIVERED, None, None) for c in done], owner)
+with store._read() as db:
+    print(db.execute("SELECT pageno FROM dbstat WHERE name = 'events' AND pagetype = 'leaf'"
+                     " ORDER BY pageno LIMIT 1").fetchone()[0], flush=True)
+sys.stdin.readline()  # killed here: what it wrote is in the WAL only
+"""
+
+RECOVER_AND_DIE_BEFORE_THE_SWAP = """
+import os, sys
+from afs_core.delivery.store import Store
+store = Store(sys.argv[1])
+os.replace = lambda *args: os._exit(9)  # killed as the fresh store is about to take the name
+store.check()
+"""
+
+
+def test_a_recovery_killed_before_the_swap_leaves_the_damaged_store_whole(tmp_path):
+    path = tmp_path / "afs.db"
+    filled(path, count=60, pending_from=0)  # checkpointed: all 60 pending in the main file
+    writer = subprocess.Popen([sys.executable, "-c", DELIVER_SOME_THEN_WAIT, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        leaf = int(writer.stdout.readline())
+        # damage a page of the main file, under the WAL's deliveries (opening the store
+        # here to find the page would checkpoint the WAL into it first)
+        with open(path, "r+b") as handle:
+            handle.seek((leaf - 1) * 4096)
+            handle.write(os.urandom(4096))
+        # the writer still has the store open, so nobody checkpoints its WAL meanwhile
+        died = subprocess.run([sys.executable, "-c", RECOVER_AND_DIE_BEFORE_THE_SWAP, str(path)], timeout=60,
+                              capture_output=True)
+        assert died.returncode == 9
+    finally:
+        writer.kill()  # and then the writer dies too
+        writer.wait(timeout=10)
+    store = Store(path)
+    store.check()
+    pending = {entry.run_id for entry in store.outbox()}
+    assert len(pending) >= 30 and not pending & {f"r{i}" for i in range(40, 60)}  # delivered stays delivered
+
+
+TWO_THREADS_THEN_WAIT = """
+import sys, threading
+from afs_core.delivery.store import Store
+from afs_core import EventType, NotificationEvent
+store = Store(sys.argv[1])
+def enqueue(title):
+    store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, title, "m"), ["c"])
+enqueue("from the main thread")
+worker = threading.Thread(target=enqueue, args=("from a second thread",))
+worker.start(); worker.join()
+print("ready", flush=True)
+sys.stdin.readline()
+enqueue("after the other process left")
+print("written", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_second_threads_connection_keeps_the_processs_hold_on_the_store(tmp_path):
+    """Another process that opens and closes the store meanwhile must see that this one
+    still uses it, and leave its WAL alone."""
+    path = tmp_path / "afs.db"
+    made = Store(path)
+    made.close()
+    writer = subprocess.Popen([sys.executable, "-c", TWO_THREADS_THEN_WAIT, str(path)], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline().strip() == "ready"
+        subprocess.run([sys.executable, "-c", TITLES, str(path)], timeout=30, check=True, capture_output=True)
+        assert os.path.exists(f"{path}-wal")
+        writer.stdin.write("\n")
+        writer.stdin.flush()
+        assert writer.stdout.readline().strip() == "written"
+        seen = subprocess.run([sys.executable, "-c", TITLES, str(path)], capture_output=True, text=True,
+                              timeout=30, check=True).stdout
+        assert "after the other process left" in seen
+    finally:
+        writer.stdin.close()
+        writer.wait(timeout=10)
+
+
+def test_where_no_link_can_be_made_the_fresh_store_takes_the_name_itself(tmp_path, monkeypatch):
+    path = tmp_path / "afs.db"
+    filled(path, count=200, pending_from=100)
+    leaf = first_leaf(path)
+    with open(path, "r+b") as handle:
+        handle.seek((leaf - 1) * 4096)
+        handle.write(os.urandom(4096))
+
+    def no_links(*args, **kwargs):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(os, "symlink", no_links)
+    store = Store(path)
+    assert store.check() is False
+    assert not path.is_symlink() and Store(path).check() is True
+    assert 90 <= store.pending(["c"]).total <= 100
+    assert not list(tmp_path.glob("afs.db.r*")) and not list(tmp_path.glob("afs.db.link-*"))

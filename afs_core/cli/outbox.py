@@ -9,12 +9,15 @@ import json
 import sqlite3
 import sys
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, open_manager, open_store_taking_journals, wait_timeout
 from afs_core.delivery.store import status_name
 from afs_core.formatting import format_duration
 from afs_core.results import DeliveryStatus
+
+_T = TypeVar("_T")
 
 
 def cmd_history(args: argparse.Namespace) -> int:
@@ -69,19 +72,22 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
     deadline = time.monotonic() + wait_timeout(args)  # everything below keeps to it, a busy store included
     manager = open_manager(args)  # its workers deliver what is pending for its channels
     names = list(manager.channels)
-    wanted: list[int] = []
+    wanted: list[int] | None = None
     total = 0
     interrupted = False
+
+    def pending_now() -> list[int]:
+        store.make_due(names)  # "now": not after a backoff or a Retry-After
+        return [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
+                if r.channel in names]
+
     try:
-        with store.patience(max(deadline - time.monotonic(), 0.1)):
-            store.make_due(names)  # "now": not after a backoff or a Retry-After
-            wanted = [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
-                      if r.channel in names]
+        wanted = _patiently(store, deadline, pending_now)
         total = len(wanted)
         show = total > 20 and not args.json and sys.stderr.isatty()
         while True:
-            with store.patience(max(min(deadline - time.monotonic(), 1.0), 0.1)):
-                left = store.statuses(wanted).get(DeliveryStatus.PENDING, 0) if wanted else 0
+            left = _patiently(store, deadline, lambda: store.statuses(wanted).get(DeliveryStatus.PENDING, 0)) \
+                if wanted else 0
             if show:
                 done = total - left
                 print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
@@ -96,14 +102,21 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
         print(f"afs: the store could not be read in time: {exc}", file=sys.stderr)
     finally:
         manager.close(timeout=0 if interrupted else 1)
-    with store.patience(1.0):
-        now = store.statuses(wanted) if wanted else {}
-        left_by_channel = {n: store.pending([n]).total for n in names}
+    try:
+        with store.patience(1.0):
+            now = store.statuses(wanted) if wanted else {}
+            left_by_channel = {n: store.pending([n]).total for n in names}
+    except sqlite3.OperationalError as exc:
+        print(f"afs: the store is busy; afs outbox shows what is left ({exc})", file=sys.stderr)
+        return 130 if interrupted else DELIVERY_FAILED
     went = now.get(DeliveryStatus.DELIVERED, 0) + now.get(DeliveryStatus.FILTERED, 0)
     dead = now.get(DeliveryStatus.FAILED, 0)
     pending = {n: count for n, count in left_by_channel.items() if count}
     if args.json:
         print(json.dumps({"pending_before": total, "delivered": went, "dead": dead, "pending_after": pending}))
+    elif wanted is None:
+        print(("interrupted before the outbox could be read" if interrupted else "the outbox could not be read")
+              + (f"; pending: {', '.join(f'{n} {c}' for n, c in pending.items())}" if pending else ""))
     else:
         print(f"{went} of {total} pending deliveries went out"
               + (f"; {dead} failed for good (afs outbox shows why)" if dead else "")
@@ -111,4 +124,16 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
               + ("; interrupted" if interrupted else ""))
     if interrupted:
         return 130
-    return OK if not pending and not dead else DELIVERY_FAILED
+    return OK if not pending and not dead and wanted is not None else DELIVERY_FAILED
+
+
+def _patiently(store: Any, deadline: float, read: Callable[[], _T]) -> _T:
+    """``read()``, waiting for another process's lock on the store until ``deadline`` in
+    short slices: SQLite's own wait cannot be interrupted, so Ctrl-C is heard between them."""
+    while True:
+        try:
+            with store.patience(0.2):
+                return read()
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc) or time.monotonic() >= deadline:
+                raise

@@ -25,6 +25,7 @@ _TABLES = (
                     "last_error", "updated")),
     ("attempts", ("delivery_id", "at", "outcome", "error")),
     ("run_state", ("key", "value", "updated")),
+    ("journal_marks", ("name", "offset", "updated")),
 )
 MAX_SKIPS = 400  # read failures tolerated per table before giving up on the rest of it
 MAX_STEP = 4096  # rowids stepped over at once through a damaged run
@@ -83,6 +84,12 @@ def _openable(damaged: Path) -> Path:
     """``damaged``, or a copy with a rebuilt header when its first bytes were lost (the
     tables behind them are often whole): the page size that divides the file and
     lets SQLite read the schema is the one it had."""
+    try:  # asked of SQLite first: closing a descriptor of our own would drop its locks on the file
+        with contextlib.closing(sqlite3.connect(f"file:{damaged}?mode=ro", uri=True, timeout=1.0)) as probe:
+            probe.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        return damaged
+    except sqlite3.Error:
+        pass
     try:
         with open(damaged, "rb") as handle:
             if handle.read(len(HEADER)) == HEADER:

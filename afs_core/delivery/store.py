@@ -376,13 +376,9 @@ class Store:
         assert self.path is not None
         if self.read_only:
             return self._connect_read_only()
-        # Created 0600 before SQLite opens it; SQLite gives its -wal and -shm files the
-        # database file's permissions.
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            self._local.inode = os.fstat(fd).st_ino
-        finally:
-            os.close(fd)
+        if not os.path.exists(self.path):
+            _create_private(self.path)
+        self._local.inode = os.stat(self.path).st_ino
         db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
         try:
             if self.shared_filesystem:
@@ -526,7 +522,14 @@ class Store:
     def _recover(self, exc: BaseException, generation: int) -> None:
         """Keep the damaged file aside (never deleted) and put in its place a fresh store
         holding what could still be read from it, in one step: processes that have the
-        store open never see it empty or half made."""
+        store open never see it empty or half made.
+
+        The fresh store is a new file (``afs.db.r<time>``) that ``afs.db`` then names
+        through a symbolic link. SQLite names a store's -wal and -shm after the file the
+        link points to, so the damaged file keeps its own -wal (commits of processes
+        still on it, not yet in the file) until the swap: a recovery killed before it
+        leaves the damaged store as whole as it found it, for the next one.
+        """
         from afs_core.delivery.salvage import salvage
 
         assert self.path is not None
@@ -544,10 +547,10 @@ class Store:
                 if current is not None and damaged_inode is not None and current != damaged_inode:
                     self._generation += 1
                     return  # another process found it first and replaced it
-                for leftover in path.parent.glob(f"{path.name}.new-*"):  # of a recovery that was killed
-                    leftover.unlink(missing_ok=True)
-                fresh = path.with_name(f"{path.name}.new-{os.getpid()}")
-                os.close(os.open(fresh, os.O_RDWR | os.O_CREAT, 0o600))
+                damaged = Path(os.path.realpath(path))
+                _remove_leftovers(path, keep=damaged)  # of a recovery that was killed midway
+                fresh = path.with_name(f"{path.name}.r{time.time_ns()}")
+                _create_private(fresh)
                 with _holding_write_lock(path) as _, contextlib.closing(
                         sqlite3.connect(fresh, isolation_level=None)) as db:
                     # Writers elsewhere wait for the lock, then find the file replaced and
@@ -556,8 +559,10 @@ class Store:
                     db.executescript(_SCHEMA)
                     events, pending = salvage(path, db) if current is not None else (0, 0)
                     db.close()
-                    aside = _keep_aside(path, self.clock.time())
-                    os.replace(fresh, path)
+                    aside = _keep_aside(damaged, path, self.clock.time())
+                    _put_in_place(fresh, path, damaged)
+                    if damaged != path:
+                        damaged.unlink(missing_ok=True)  # an earlier fresh file; kept aside
                 self._generation += 1
         logger.warning(
             "afs: the store %s was damaged (%s); it was kept as %s and a fresh store started with what could be "
@@ -949,10 +954,9 @@ def _journal_mode(db: sqlite3.Connection, mode: str) -> None:
             time.sleep(0.02)
 
 
-def _keep_aside(path: Path, now: float) -> Path:
-    """Keep the damaged store (and its -wal/-shm/-journal) as ``<name>.corrupt-<time>``,
-    still in place until a fresh one replaces it; the old -wal and -shm then go, so the
-    fresh file never meets them."""
+def _keep_aside(damaged: Path, path: Path, now: float) -> Path:
+    """Keep the damaged store file (and its -wal/-shm/-journal) as
+    ``<name>.corrupt-<time>`` beside ``path``, by a second name: nothing moves yet."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     number = 1
@@ -960,7 +964,7 @@ def _keep_aside(path: Path, now: float) -> Path:
         number += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
     for suffix in ("", "-wal", "-shm", "-journal"):
-        source, target = f"{path}{suffix}", f"{aside}{suffix}"
+        source, target = f"{damaged}{suffix}", f"{aside}{suffix}"
         if not os.path.exists(source):
             continue
         try:
@@ -969,10 +973,51 @@ def _keep_aside(path: Path, now: float) -> Path:
             import shutil
 
             shutil.copy2(source, target)
-        if suffix:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(source)
     return aside
+
+
+def _create_private(path: Path) -> None:
+    """Create the store file 0600 before SQLite opens it (SQLite gives its -wal and -shm
+    files the same permissions). Only a file that did not exist is opened by hand:
+    closing any descriptor of the store file drops every lock SQLite holds on it in
+    this process (POSIX record locks belong to the process), and another process that
+    then finds no lock takes itself for the last one and deletes the -wal in use."""
+    try:
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600))
+    except FileExistsError:
+        pass
+
+
+def _put_in_place(fresh: Path, path: Path, damaged: Path) -> None:
+    """Make ``path`` name the fresh store, atomically: a symbolic link to it, or (where
+    links cannot be made) the file itself. The damaged file's -wal and -shm go once no
+    fresh connection can take them for its own."""
+    link = path.with_name(f"{path.name}.link-{os.getpid()}")
+    try:
+        link.unlink(missing_ok=True)
+        os.symlink(fresh.name, link)
+    except (OSError, NotImplementedError):
+        link.unlink(missing_ok=True)
+        _remove_wal_and_shm(damaged)  # first: the fresh file takes the damaged one's name, and so these
+        os.replace(fresh, path)
+        return
+    os.replace(link, path)
+    _remove_wal_and_shm(damaged)
+
+
+def _remove_wal_and_shm(store_file: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(f"{store_file}{suffix}").unlink(missing_ok=True)
+
+
+def _remove_leftovers(path: Path, keep: Path) -> None:
+    """Fresh files and links a killed recovery left, never the file ``path`` names."""
+    for leftover in path.parent.glob(f"{path.name}.*"):
+        name = leftover.name
+        base = name.removesuffix("-wal").removesuffix("-shm").removesuffix("-journal")
+        fresh_file = base.startswith(f"{path.name}.r") and base != keep.name
+        if fresh_file or name.startswith((f"{path.name}.link-", f"{path.name}.new-")):
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
