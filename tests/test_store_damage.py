@@ -303,3 +303,21 @@ def test_where_no_link_can_be_made_the_fresh_store_takes_the_name_itself(tmp_pat
     assert not path.is_symlink() and Store(path).check() is True
     assert 90 <= store.pending(["c"]).total <= 100
     assert not list(tmp_path.glob("afs.db.r*")) and not list(tmp_path.glob("afs.db.link-*"))
+
+
+def test_how_far_each_journal_was_taken_in_survives_a_recovery(tmp_path):
+    """Otherwise the next process reads those journals again from the start and sends
+    what was already delivered once more."""
+    path = tmp_path / "afs.db"
+    filled(path, count=200, pending_from=100)
+    store = Store(path)
+    store.ingest([], {"host-1234.jsonl": 8192})
+    with store._read() as db:
+        db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    with open(path, "r+b") as handle:
+        handle.seek((first_leaf(path) - 1) * 4096)
+        handle.write(os.urandom(4096))
+    finder = Store(path)
+    assert finder.check() is False
+    assert finder.journal_mark("host-1234.jsonl") == 8192
