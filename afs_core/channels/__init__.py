@@ -5,7 +5,7 @@ except its payload. Names load on first use, so the core's own path to the first
 
 from __future__ import annotations
 
-import importlib
+from afs_core.lazy import lazy_names
 
 TYPE_CHECKING = False
 
@@ -33,14 +33,4 @@ if TYPE_CHECKING:
     from afs_core.channels.webhook import HOLDS, WebhookChannel
 
 
-def __getattr__(name: str) -> object:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'afs_core.channels' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted([*globals(), *__all__])
+__getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__)
