@@ -74,7 +74,8 @@ class NotificationManager:
         process-wide one (installed plugins, filtered by ``AFS_LOAD_PLUGINS``).
     :param background: deliver on background threads from a durable outbox
         (default); ``False`` delivers on the caller's thread, now.
-    :param store: the outbox and history; default ``AFS_HOME``/afs.db.
+    :param store: the outbox and history; default ``afs.db`` in ``AFS_HOME`` or the
+        first per-user data directory that can hold it (``afs status`` says where).
     :param retry: when to retry a failed delivery and when to give up.
     :param all_ranks: let every rank of a distributed job send everything; by
         default ranks other than 0 send ERROR and CRITICAL only.

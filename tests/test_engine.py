@@ -431,3 +431,20 @@ def test_an_unusable_afs_home_is_a_configuration_error(afs_plugins, tmp_path, mo
     monkeypatch.setenv("AFS_HOME", str(blocker / "afs"))
     with pytest.raises(ConfigurationError, match="AFS_HOME"):
         NotificationManager.from_env(plugins=afs_plugins)
+
+
+def test_due_deliveries_go_out_oldest_event_first_a_retried_one_included(tmp_path):
+    """A run's "started" that waited out a retry still goes before its "completed"."""
+    from afs_core.delivery.store import Store
+    from afs_core.results import DeliveryStatus
+    from afs_core.testing import ManualClock
+
+    clock = ManualClock()
+    store = Store(tmp_path / "afs.db", clock=clock)
+    store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "started", "m"), ["c"])
+    (first,) = store.claim("c", "tester:1:1")
+    store.finish_many([(first.delivery_id, DeliveryStatus.PENDING, "503", clock.time() + 30)], "tester:1:1")
+    clock.advance(10)
+    store.enqueue(NotificationEvent(EventType.TRAINING_COMPLETED, "completed", "m"), ["c"])
+    clock.advance(30)
+    assert [c.event.title for c in store.claim("c", "tester:1:1")] == ["started", "completed"]

@@ -241,3 +241,18 @@ def test_a_lease_outlasts_the_slowest_sends_of_a_batch(afs_plugins, store, manua
     finally:
         release.set()
         manager.close(timeout=5)
+
+
+def test_flush_without_a_timeout_ends_when_the_store_cannot_be_read(manager, monkeypatch, caplog):
+    """Waiting helps a busy store, not a broken one: flush() says so and returns."""
+    import sqlite3
+
+    manager.register_handler("c", RecordingChannel())
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(manager.store, "pending", broken)
+    thread, result = flush_in_thread(manager, timeout=None)
+    thread.join(timeout=10)
+    assert result == {"flushed": False} and "disk I/O error" in caplog.text

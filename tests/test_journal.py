@@ -39,6 +39,24 @@ def test_what_was_read_but_not_stored_for_good_stays_for_the_next_process(tmp_pa
     assert left == sorted(f"e{i}" for i in range(20))
 
 
+
+def test_a_rotated_file_stays_locked_until_the_store_holds_its_lines(tmp_path, monkeypatch):
+    """Otherwise another process takes it for a stopped process's journal while this
+    one is still storing it, and removes it under it."""
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    journal = Journal(tmp_path)
+    for i in range(20):
+        journal.append(record(i))
+        journal.read_new()
+    assert len(list(tmp_path.glob("*.jsonl"))) > 1  # rotated, read, not yet acknowledged
+    assert list(take_orphans(tmp_path)) == []
+    assert sum(journal.marks().values()) > 0
+    journal.acknowledge()
+    (left,) = tmp_path.glob("*.jsonl")  # the file still written to
+    journal.close()
+    assert not left.exists()
+
+
 def test_a_live_writers_journal_is_not_taken_even_when_its_pid_looks_dead(tmp_path):
     import fcntl
 

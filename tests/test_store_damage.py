@@ -132,6 +132,26 @@ def test_a_store_on_a_read_only_mount_can_still_be_looked_at(read_only_mount, mo
     assert sending.returncode == 2 and "cannot hold the outbox" in sending.stderr  # a store that cannot take it
 
 
+
+def test_a_hosts_own_store_on_a_read_only_shared_mount_is_found(read_only_mount, monkeypatch):
+    import subprocess
+
+    import afs_core.delivery.location as location_module
+    from afs_core.delivery.store import open_store
+
+    source, mount = read_only_mount
+    filled(source / f"afs-{host_name()}.db", count=3)  # a shared filesystem: a file per host
+    for step in (["mount", "--bind", str(source), str(mount)], ["mount", "-o", "remount,ro,bind", str(mount)]):
+        if subprocess.run(step, capture_output=True).returncode != 0:
+            pytest.skip("this machine does not let the tests make a read-only bind mount")
+    table = source.parent / "mountinfo"
+    table.write_text(f"22 1 0:1 / / rw - ext4 /dev/sda1 rw\n812 22 0:52 / {mount} ro - nfs4 fs:/home ro\n")
+    monkeypatch.setattr(location_module, "MOUNT_TABLE", str(table))
+    store = open_store({"AFS_HOME": str(mount)}, read_only_ok=True)
+    assert store.read_only and store.path == mount / f"afs-{host_name()}.db"
+    assert len(store.history()) == 3
+
+
 def test_a_store_replaced_while_its_own_worker_sends_delivers_each_event_once(afs_plugins, tmp_path):
     import threading
     import time
@@ -321,3 +341,44 @@ def test_how_far_each_journal_was_taken_in_survives_a_recovery(tmp_path):
     finder = Store(path)
     assert finder.check() is False
     assert finder.journal_mark("host-1234.jsonl") == 8192
+
+
+def damaged_store(tmp_path, page=first_leaf):
+    path = tmp_path / "afs.db"
+    filled(path, count=200, pending_from=100)
+    number = page(path)
+    with open(path, "r+b") as handle:
+        handle.seek((number - 1) * 4096)
+        handle.write(os.urandom(4096))
+    return path
+
+
+def events_root(path):
+    """The page every use of the events table starts from."""
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT rootpage FROM sqlite_master WHERE name = 'events'").fetchone()[0]
+    finally:
+        db.close()
+
+
+def test_a_store_opened_only_to_be_read_is_never_replaced(tmp_path):
+    path = damaged_store(tmp_path)
+    reader = Store(path, read_only=True)  # afs history, say
+    with pytest.raises(sqlite3.DatabaseError):
+        for _ in range(3):
+            reader.history(limit=1000)
+            reader.outbox(limit=1000)
+    assert not list(tmp_path.glob("afs.db.corrupt-*")) and not path.is_symlink()
+
+
+def test_training_codes_own_calls_leave_replacing_a_damaged_store_to_the_engine(tmp_path):
+    """A rank's failure or a monitor's state is written on the caller's thread: there a
+    damaged store raises (the caller sends without it) instead of being salvaged."""
+    path = damaged_store(tmp_path, page=events_root)
+    store = Store(path)
+    event = NotificationEvent(EventType.TRAINING_FAILED, "failed", "m")
+    with pytest.raises(sqlite3.DatabaseError):
+        store.enqueue_or_join(event, ["c"], dedup_key="k", since=0.0, not_before=0.0)
+    assert not list(tmp_path.glob("afs.db.corrupt-*"))
+    assert store.check() is False  # where the engine's thread finds it, it is replaced

@@ -492,11 +492,14 @@ class DeliveryEngine:
             self._ingest_wake.wait(INGEST_SECONDS)
             self._ingest_wake.clear()
 
-    def ingest(self, orphans: bool = False, *, wait: bool = True) -> bool:
+    def ingest(self, orphans: bool = False, *, wait: bool | float = True) -> bool:
         """Move accepted events into the store: this process's journal, what is held in
-        memory, and (when asked) the journals stopped processes left. With ``wait``
-        False it returns False at once when the ingest thread is at it."""
-        if not self._ingest_lock.acquire(blocking=wait):
+        memory, and (when asked) the journals stopped processes left. When the ingest
+        thread is at it, this waits for it (``wait`` True), ``wait`` seconds, or not at
+        all (False), and then returns False."""
+        taken = (self._ingest_lock.acquire(blocking=wait) if isinstance(wait, bool)
+                 else self._ingest_lock.acquire(timeout=max(wait, 0.0)))
+        if not taken:
             return False
         try:
             records = self.journal.read_new() if self.journal is not None else []
@@ -527,7 +530,7 @@ class DeliveryEngine:
             if self._unwritten_since is None:
                 self._unwritten_since = self.clock.time()
             self.store_trouble("ingest", exc, "afs: the store cannot be written (%s); notifications are delivered "
-                               "from memory and are not safe from a crash until it can", exc)
+                               "from memory until it can, and only their journal lines outlive a crash", exc)
         else:
             if self._unwritten_since is not None and self.store.durable:
                 self._unwritten_since = None
@@ -568,7 +571,8 @@ class DeliveryEngine:
         """The journal may let go of files once all it held is in the store for good."""
         if self.journal is not None and self._journal_all_stored():
             for name in self.journal.acknowledge():
-                self.store.forget_journal(name)
+                with contextlib.suppress(*STORE_ERRORS):  # a mark left for a file that is gone does no harm
+                    self.store.forget_journal(name)
 
     # -- flushing and closing ------------------------------------------------------------
 
@@ -609,6 +613,9 @@ class DeliveryEngine:
                     took_orphans = self.ingest(orphans=not took_orphans, wait=False) or took_orphans
                     left = self.pending(due_by)
             except STORE_ERRORS as exc:
+                if not _busy(exc):  # waiting would not make it readable
+                    logger.warning("afs: flush could not read the store: %s", exc)
+                    return False
                 if remaining is not None and remaining <= 0:
                     logger.warning("afs: flush could not read the store in time: %s", exc)
                     return False
@@ -662,8 +669,9 @@ class DeliveryEngine:
         for thread in [*workers, self._ingester]:
             thread.join(timeout=max(deadline - time.monotonic(), 0.05))
         try:
-            with self.store.patience(max(deadline - time.monotonic(), 0.5)):
-                self.ingest()  # anything appended while stopping
+            left = max(deadline - time.monotonic(), 0.5)
+            with self.store.patience(left):
+                self.ingest(wait=left)  # anything appended while stopping (the journal keeps it otherwise)
         except Exception as exc:
             logger.warning("afs: events accepted while stopping could not be stored: %s", exc)
         self._say_lost()
@@ -682,8 +690,9 @@ class DeliveryEngine:
             if not store.durable:
                 lost += sum(c.pending for c in store.counts().values())
         if lost:
-            logger.error("afs: %d notifications were accepted while nothing could be written to disk and could not "
-                         "be delivered before the process ended; they are lost", lost)
+            logger.error("afs: %d notifications accepted while the store could not be written were not delivered "
+                         "before the process ended; the next run on this store delivers those whose journal lines "
+                         "were written, the others are lost", lost)
 
     def _send_digests(self) -> int:
         """Repeats held back with no later event to tell of them: one summary each."""
@@ -749,17 +758,21 @@ def take_stopped_journals(store: Store) -> tuple[int, set[str]]:
     if store.path is None or store.read_only:
         return 0, set()
     taken, touched = 0, set()
-    for path, records in take_orphans(store.path.parent / "journal", start=store.journal_mark):
-        try:
+    journals = take_orphans(store.path.parent / "journal", start=store.journal_mark)
+    try:
+        for path, records in journals:
             if records:
                 touched |= store.ingest(records, marks={path.name: path.stat().st_size})
             path.unlink(missing_ok=True)
-            store.forget_journal(path.name)
-        except STORE_ERRORS:
-            break
-        if records:
-            taken += len(records)
-            logger.info("afs: picked up %d events a stopped process left in %s", len(records), path.name)
+            with contextlib.suppress(*STORE_ERRORS):
+                store.forget_journal(path.name)
+            if records:
+                taken += len(records)
+                logger.info("afs: picked up %d events a stopped process left in %s", len(records), path.name)
+    except STORE_ERRORS:
+        pass  # the store cannot take them now: the journal stays for the next try
+    finally:
+        journals.close()
     return taken, touched
 
 
@@ -771,6 +784,7 @@ def _after_fork_in_child() -> None:
     for engine in list(_ENGINES):
         engine._lock = threading.Lock()
         engine._ingest_lock = threading.Lock()
+        engine.log._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):

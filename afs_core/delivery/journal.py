@@ -19,7 +19,7 @@ import os
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -71,9 +71,11 @@ class Journal:
         self._read_offset = 0
         self._acked_offset = 0
         self._partial = b""
-        # Rotated files still to be read to the end: (path, offset read, partial line).
-        self._retired: list[tuple[Path, int, bytes]] = []
-        self._unacknowledged: list[Path] = []  # rotated files read whole, not yet stored for good
+        # Rotated files still to be read to the end: (path, offset read, partial line,
+        # descriptor). The descriptor stays open, and with it the file's lock, until the
+        # store holds the file's lines: till then no other process takes it for an orphan.
+        self._retired: list[tuple[Path, int, bytes, int]] = []
+        self._unacknowledged: list[tuple[Path, int]] = []  # read whole, not yet stored for good
         self._torn = False  # the last line was cut short and its end not written
         _JOURNALS.add(self)
 
@@ -126,15 +128,14 @@ class Journal:
                 except OSError:
                     pass  # no room for a new file: go on with this one
                 else:
-                    os.close(old_fd)
-                    self._retired.append((path, offset, partial))
+                    self._retired.append((path, offset, partial, old_fd))
                     path, offset, partial = self._path, 0, b""
             retired, self._retired = self._retired, []
         records: list[dict[str, Any]] = []
-        for old_path, old_offset, old_partial in retired:  # the rest of rotated files first
+        for old_path, old_offset, old_partial, old_fd in retired:  # the rest of rotated files first
             rest, _, _ = _read_from(old_path, old_offset, old_partial)
             records += rest
-            self._unacknowledged.append(old_path)
+            self._unacknowledged.append((old_path, old_fd))
         new, offset, partial = _read_from(path, offset, partial)
         with self._lock:
             if path == self._path:
@@ -145,7 +146,7 @@ class Journal:
         """For each file read from: how many of its bytes were read as whole lines (what
         the store holds once it took them in)."""
         with self._lock:
-            found = {path.name: path.stat().st_size for path in self._unacknowledged if path.exists()}
+            found = {path.name: os.fstat(fd).st_size for path, fd in self._unacknowledged}
             if self._path is not None and self._pid == os.getpid():
                 found[self._path.name] = self._read_offset - len(self._partial)
         return found
@@ -154,14 +155,12 @@ class Journal:
         """Everything read so far is in the store for good: rotated files may go (their
         names are returned), and this file may go at close."""
         done, self._unacknowledged = self._unacknowledged, []
-        for path in done:
+        for path, fd in done:
             path.unlink(missing_ok=True)
+            os.close(fd)
         with self._lock:
             self._acked_offset = self._read_offset
-        return [path.name for path in done]
-
-    def orphans(self) -> list[Path]:
-        return orphans(self.directory)
+        return [path.name for path, _ in done]
 
     def close(self) -> str | None:
         """Stop writing; the file is removed once everything in it was read and stored
@@ -176,6 +175,11 @@ class Journal:
                     self._path.unlink(missing_ok=True)
                     removed = self._path.name
                 os.close(self._fd)  # the lock goes with it
+                for _, fd in self._unacknowledged:  # kept on disk for the next process
+                    os.close(fd)
+                for *_, fd in self._retired:
+                    os.close(fd)
+                self._unacknowledged, self._retired = [], []
             self._fd, self._pid = -1, -1
         return removed
 
@@ -203,7 +207,7 @@ def orphans(directory: Path) -> list[Path]:
 
 def take_orphans(
     directory: Path, start: Callable[[str], int] = lambda name: 0
-) -> Iterator[tuple[Path, list[dict[str, Any]]]]:
+) -> Generator[tuple[Path, list[dict[str, Any]]], None, None]:
     """Each stopped process's journal with its records from ``start(file name)`` on,
     locked while the caller stores them and then removes the file (a live writer holds
     its lock, so its file is skipped). A file that cannot be read is renamed
@@ -216,8 +220,9 @@ def take_orphans(
         try:
             if not _lock(fd):
                 continue  # its writer is alive (perhaps in another container), or another process takes it in
+            offset = start(path.name)  # what the store cannot answer is the caller's to handle
             try:
-                records, _, _ = _read_from(path, start(path.name), b"", strict=True)
+                records, _, _ = _read_from(path, offset, b"", strict=True)
             except OSError as exc:
                 logger.warning("afs: the journal %s a stopped process left cannot be read (%s); kept as %s%s",
                                path.name, exc, path.name, UNREADABLE)

@@ -80,7 +80,7 @@ def _readable_rows(db: sqlite3.Connection, table: str, columns: tuple[str, ...])
         yield from inside(gap, last + 1)
 
 
-def _openable(damaged: Path) -> Path:
+def openable(damaged: Path) -> Path:
     """``damaged``, or a copy with a rebuilt header when its first bytes were lost (the
     tables behind them are often whole): the page size that divides the file and
     lets SQLite read the schema is the one it had."""
@@ -123,12 +123,14 @@ def _openable(damaged: Path) -> Path:
     return damaged
 
 
-def salvage(damaged: Path, target: sqlite3.Connection) -> tuple[int, int]:
-    """Copy the readable rows of ``damaged`` into ``target`` (an open, empty store).
+def salvage(damaged: Path, target: sqlite3.Connection, readable: Path | None = None) -> tuple[int, int]:
+    """Copy the readable rows of ``damaged`` into ``target`` (an open, empty store);
+    ``readable`` is what :func:`openable` made of it, when the caller asked already.
 
     Returns (events, pending deliveries) recovered. Never raises for what it reads.
     """
-    readable = _openable(damaged)
+    if readable is None:
+        readable = openable(damaged)
     try:
         source = sqlite3.connect(f"file:{readable}?mode=ro", uri=True, timeout=1.0)
         # Lets SQLite open a file shorter than its header says (cut short by a crash).

@@ -145,9 +145,11 @@ def open_store(
 
 def _read_only(directory: Path, clock: Clock, why: BaseException) -> Store | None:
     """The store in ``directory`` opened for reading only, or None when there is none."""
-    from afs_core.delivery.location import DB_NAME
+    from afs_core.delivery.location import network_filesystem, store_file
+    from afs_core.source import host_name
 
-    path = directory / DB_NAME
+    network_fs = network_filesystem(directory)
+    path = store_file(directory, host_name(), network_fs)
     if not path.is_file():
         return None
     try:
@@ -155,7 +157,7 @@ def _read_only(directory: Path, clock: Clock, why: BaseException) -> Store | Non
         store.counts()  # it can be read
     except (OSError, sqlite3.Error):
         return None
-    store.location = StoreLocation(path, reason=f"read-only: {why}")
+    store.location = StoreLocation(path, reason=f"read-only: {why}", network_fs=network_fs)
     return store
 
 
@@ -310,8 +312,8 @@ def _survives_damage(method: Callable[..., _R]) -> Callable[..., _R]:
         try:
             return method(self, *args, **kwargs)
         except sqlite3.DatabaseError as exc:
-            if not self.durable or not is_damage(exc):
-                raise
+            if not self.durable or self.read_only or not is_damage(exc):
+                raise  # a store opened only to be read is never replaced
             self._recover(exc, generation)
         return method(self, *args, **kwargs)
 
@@ -379,19 +381,21 @@ class Store:
         if not os.path.exists(self.path):
             _create_private(self.path)
         self._local.inode = os.stat(self.path).st_ino
-        db = sqlite3.connect(self.path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        wait = getattr(self._local, "patience", None) or 30.0
+        db = sqlite3.connect(self.path, timeout=wait, isolation_level=None, check_same_thread=False)
         try:
             if self.shared_filesystem:
-                _journal_mode(db, "delete")
+                _journal_mode(db, "delete", wait)
                 db.execute("PRAGMA synchronous=FULL")
             else:
-                _journal_mode(db, "wal")
+                _journal_mode(db, "wal", wait)
                 db.execute("PRAGMA synchronous=NORMAL")
                 # A small WAL, checkpointed often: on a nearly full disk a large one could
                 # take the last space and never be checkpointed.
                 db.execute("PRAGMA wal_autocheckpoint=256")
                 db.execute("PRAGMA journal_size_limit=1048576")
             db.execute("PRAGMA foreign_keys=ON")
+            db.execute("PRAGMA busy_timeout = 30000")
         except BaseException:
             db.close()
             raise
@@ -480,7 +484,11 @@ class Store:
         if self._memory is not None:
             yield
             return
-        db = self._db()
+        self._local.patience = seconds  # a first call on this thread connects within it too
+        try:
+            db = self._db()
+        finally:
+            self._local.patience = None
         db.execute(f"PRAGMA busy_timeout = {max(int(seconds * 1000), 0)}")
         try:
             yield
@@ -530,7 +538,7 @@ class Store:
         still on it, not yet in the file) until the swap: a recovery killed before it
         leaves the damaged store as whole as it found it, for the next one.
         """
-        from afs_core.delivery.salvage import salvage
+        from afs_core.delivery.salvage import openable, salvage
 
         assert self.path is not None
         path = self.path
@@ -551,15 +559,18 @@ class Store:
                 _remove_leftovers(path, keep=damaged)  # of a recovery that was killed midway
                 fresh = path.with_name(f"{path.name}.r{time.time_ns()}")
                 _create_private(fresh)
+                # Whatever opens the damaged file by hand does so before its write lock is
+                # taken: closing that descriptor would drop the lock.
+                aside = _keep_aside(damaged, path, self.clock.time())
+                readable = openable(path) if current is not None else None
                 with _holding_write_lock(path) as _, contextlib.closing(
                         sqlite3.connect(fresh, isolation_level=None)) as db:
                     # Writers elsewhere wait for the lock, then find the file replaced and
                     # write to the fresh one; nothing lands after the salvage read it.
                     db.execute("PRAGMA journal_mode=DELETE")  # one file, no WAL to carry over
                     db.executescript(_SCHEMA)
-                    events, pending = salvage(path, db) if current is not None else (0, 0)
+                    events, pending = salvage(path, db, readable) if readable is not None else (0, 0)
                     db.close()
-                    aside = _keep_aside(damaged, path, self.clock.time())
                     _put_in_place(fresh, path, damaged)
                     if damaged != path:
                         damaged.unlink(missing_ok=True)  # an earlier fresh file; kept aside
@@ -573,8 +584,10 @@ class Store:
 
     @staticmethod
     def _put(db: sqlite3.Connection, event: Mapping[str, Any], channels: Iterable[str], *, created: float,
-             not_before: float, updated: float, dedup_key: str | None = None, ranks: str | None = None) -> None:
-        """Insert an event and a pending delivery per channel; what is there is kept."""
+             not_before: float, updated: float, dedup_key: str | None = None, ranks: str | None = None,
+             attempts: Mapping[str, int] | None = None) -> None:
+        """Insert an event and a pending delivery per channel (``attempts`` made already,
+        by channel); what is there is kept."""
         data = json.dumps(event, separators=(",", ":"), default=str)
         db.execute(
             "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
@@ -583,9 +596,10 @@ class Store:
              dedup_key, ranks, data),
         )
         db.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, updated)"
-            " VALUES (?, ?, ?, ?, ?)",
-            [(event["event_id"], channel, PENDING, not_before, updated) for channel in channels],
+            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, attempts, updated)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            [(event["event_id"], channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated)
+             for channel in channels],
         )
 
     @_survives_damage
@@ -624,21 +638,24 @@ class Store:
                 event = record.get("event") or {}
                 channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
                 at = record.get("at", now)
+                attempts = record.get("attempts")
                 try:
-                    self._put(db, event, channels, created=at, not_before=record.get("not_before") or at, updated=now)
-                except (KeyError, TypeError, AttributeError, sqlite3.IntegrityError, sqlite3.InterfaceError):
+                    self._put(db, event, channels, created=at, not_before=record.get("not_before") or at, updated=now,
+                              attempts=attempts if isinstance(attempts, dict) else None)
+                except (KeyError, TypeError, ValueError, AttributeError, sqlite3.IntegrityError,
+                        sqlite3.InterfaceError):
                     continue  # a damaged line: nothing to deliver from it
                 touched.update(channels)
         return touched
 
-    @_survives_damage
     def enqueue_or_join(
         self, event: NotificationEvent, channels: Sequence[str], *, dedup_key: str, since: float, not_before: float
     ) -> str | None:
         """In one transaction: join an event with ``dedup_key`` stored after ``since``
         (returning its id), or store this one (returning None). Ranks failing at the
         same moment cannot both store theirs. Waits at most half a second for the
-        store (it runs on the caller's thread); raises sqlite3.Error beyond that."""
+        store (it runs on the caller's thread); raises sqlite3.Error beyond that, and
+        when the store is damaged (replacing it is left to the engine's own threads)."""
         now = self.clock.time()
         with self._quick(), self._transaction() as db:
             joined = self._join(db, dedup_key, event.source.rank, since)
@@ -674,7 +691,7 @@ class Store:
                 "SELECT d.id, d.attempts, d.lease_owner, d.lease_until, e.created, e.data, e.ranks"
                 " FROM deliveries d JOIN events e ON e.event_id = d.event_id"
                 " WHERE d.channel = ? AND d.status = ? AND d.next_attempt <= ?"
-                " ORDER BY d.next_attempt, d.id LIMIT ?",
+                " ORDER BY e.created, d.id LIMIT ?",  # oldest first: a run's events in the order they happened
                 (channel, PENDING, now, limit * 4 + len(skipped)),
             ).fetchall()
             claimed: list[Claimed] = []
@@ -750,16 +767,17 @@ class Store:
         them into another store (from memory back into the file, once it can be written)."""
         with self._transaction() as db:
             rows = db.execute(
-                "SELECT d.id, d.channel, d.next_attempt, e.event_id, e.created, e.data FROM deliveries d"
+                "SELECT d.id, d.channel, d.next_attempt, d.attempts, e.event_id, e.created, e.data FROM deliveries d"
                 " JOIN events e ON e.event_id = d.event_id WHERE d.status = ? AND d.lease_owner IS NULL"
                 " ORDER BY d.id",
                 (PENDING,),
             ).fetchall()
             records: dict[str, dict[str, Any]] = {}
-            for delivery_id, channel, next_attempt, event_id, created, data in rows:
+            for delivery_id, channel, next_attempt, attempts, event_id, created, data in rows:
                 record = records.setdefault(event_id, {"event": json.loads(data), "channels": [], "at": created,
-                                                       "not_before": next_attempt})
+                                                       "not_before": next_attempt, "attempts": {}})
                 record["channels"].append(channel)
+                record["attempts"][channel] = attempts  # a retry stays a retry: no throttle, the same budget
                 record["not_before"] = min(record["not_before"], next_attempt)
                 db.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
         return list(records.values())
@@ -812,10 +830,10 @@ class Store:
             ).rowcount
         return removed
 
-    @_survives_damage
     def set_state(self, key: str, value: str) -> None:
         """Remember a small value across processes (a monitor's state, keyed by run).
-        Called from training code: waits at most half a second for the store."""
+        Called from training code: waits at most half a second for the store, and
+        raises where it is damaged rather than replace it there."""
         with self._quick(), self._transaction() as db:
             db.execute(
                 "INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
@@ -836,9 +854,9 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM journal_marks WHERE name = ?", (name,))
 
-    @_survives_damage
     def get_state(self, key: str) -> str | None:
-        with self._read() as db:
+        """What :meth:`set_state` remembered; like it, quick or raising."""
+        with self._quick(), self._read() as db:
             row = db.execute("SELECT value FROM run_state WHERE key = ?", (key,)).fetchone()
         return row[0] if row else None
 
@@ -939,10 +957,10 @@ class Store:
         return [OutboxEntry(d, c, _status(st), t, a, e, n, r) for d, c, st, t, a, e, n, r in rows]
 
 
-def _journal_mode(db: sqlite3.Connection, mode: str) -> None:
-    """Set the journal mode, waiting (bounded) while processes starting together hold
-    the lock the change needs: SQLite answers 'locked' at once there, without waiting."""
-    deadline = time.monotonic() + 10.0
+def _journal_mode(db: sqlite3.Connection, mode: str, wait: float) -> None:
+    """Set the journal mode, waiting (at most ``wait``, 10 s) while processes starting
+    together hold the lock the change needs: SQLite answers 'locked' at once there."""
+    deadline = time.monotonic() + min(wait, 10.0)
     while True:
         try:
             if db.execute("PRAGMA journal_mode").fetchone()[0] != mode:
@@ -955,15 +973,16 @@ def _journal_mode(db: sqlite3.Connection, mode: str) -> None:
 
 
 def _keep_aside(damaged: Path, path: Path, now: float) -> Path:
-    """Keep the damaged store file (and its -wal/-shm/-journal) as
-    ``<name>.corrupt-<time>`` beside ``path``, by a second name: nothing moves yet."""
+    """Keep the damaged store file (and its -wal/-journal) as ``<name>.corrupt-<time>``
+    beside ``path``, by a second name (a copy where there are no hard links): nothing
+    moves yet. Its -shm is SQLite's index of the -wal, rebuilt from it on opening."""
     stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(now))
     aside = path.with_name(f"{path.name}.corrupt-{stamp}")
     number = 1
     while aside.exists():
         number += 1
         aside = path.with_name(f"{path.name}.corrupt-{stamp}-{number}")
-    for suffix in ("", "-wal", "-shm", "-journal"):
+    for suffix in ("", "-wal", "-journal"):
         source, target = f"{damaged}{suffix}", f"{aside}{suffix}"
         if not os.path.exists(source):
             continue
