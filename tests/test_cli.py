@@ -213,3 +213,42 @@ def test_run_does_not_hang_when_its_reader_goes_away():
     wrapper.stdout.readline()
     wrapper.stdout.close()  # like `afs run ... | head -1`
     assert wrapper.wait(timeout=60) == 0
+
+
+def test_flags_before_an_outbox_action_count(flaky):
+    listed = afs("outbox", "--json", "list")
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+    unknown = afs("outbox", "--channel", "pager", "flush")
+    assert unknown.returncode == 2 and "pager" in unknown.stderr
+    assert afs("history", "--limit", "-1").returncode == 2
+
+
+ECHO_PLUGIN = """
+from afs_core import Channel, Setting, hookimpl
+
+class Echo(Channel):
+    settings = (Setting("ECHO_TOKEN", "token", required=True, secret=True),)
+
+    def __init__(self, token):
+        self.token = token
+
+    def deliver(self, message):
+        return f"ok, got hooks/{self.token}"
+
+@hookimpl
+def afs_register_channels(register):
+    register("echo", Echo)
+"""
+
+
+def test_afs_test_never_prints_a_secret_the_service_echoes(site):
+    site.install("afs-echo", ECHO_PLUGIN, "echo")
+    tested = afs("test", "echo", env={"ECHO_TOKEN": "T0KEN-abc123", "AFS_LOAD_PLUGINS": "echo"})
+    assert tested.returncode == 0 and "ok, got hooks/" in tested.stdout
+    assert "T0KEN-abc123" not in tested.stdout + tested.stderr
+
+
+def test_a_broken_plugin_under_strict_plugins_is_a_configuration_error(site):
+    site.install("afs-broken", "raise ImportError('no module named acme_sdk')\n", "broken")
+    done = afs("status", env={"AFS_STRICT_PLUGINS": "1", "AFS_LOAD_PLUGINS": "broken"})
+    assert done.returncode == 2 and "Traceback" not in done.stderr and "acme_sdk" in done.stderr

@@ -112,3 +112,22 @@ def test_secrets_come_from_the_declaration_and_never_show(acme, webhook_server, 
 def test_a_message_that_is_not_a_json_object_fails_for_good(acme):
     with pytest.raises(PermanentDeliveryError, match="must be a JSON object"):
         acme.deliver("plain text from a formatter plugin")
+
+
+def test_a_secret_kept_under_another_name_is_still_known_and_never_quoted_back():
+    from afs_core import Channel, ConfigurationError
+
+    class Pager(Channel):
+        settings = (Setting("PAGER_TOKEN", "token", required=True, secret=True),
+                    Setting("PAGER_PIN", "pin", parse=int, secret=True))
+
+        def __init__(self, token, pin=None):
+            self._token = token  # not self.token
+
+        def deliver(self, message):
+            raise PermanentDeliveryError(f"bad token {self._token}")
+
+    assert list(Pager.from_env({"PAGER_TOKEN": TOKEN}).secrets()) == [TOKEN]
+    with pytest.raises(ConfigurationError) as raised:
+        Pager.from_env({"PAGER_TOKEN": TOKEN, "PAGER_PIN": "hunter2"})
+    assert "hunter2" not in str(raised.value) and "PAGER_PIN" in str(raised.value)

@@ -8,6 +8,7 @@ delivery layer; a channel never reaches up to it.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
@@ -28,8 +29,8 @@ class RateLimit(NamedTuple):
 class Channel:
     """Base class of every channel (console, desktop, email, Slack, Discord, yours).
 
-    Subclasses override :meth:`deliver`, usually :meth:`format` and
-    :meth:`from_env`, and :meth:`secrets` when they hold credentials.
+    Subclasses override :meth:`deliver`, usually :meth:`format`, and declare their
+    ``settings``: ``from_env`` and ``secrets`` are made from that declaration.
     """
 
     #: The channel's registered name ("slack"); set by the registry when empty.
@@ -86,7 +87,15 @@ class Channel:
         By default the declared ``settings`` are read and passed to the constructor.
         """
         values = read_settings(cls.settings, env) if cls.settings else None
-        return None if values is None else cls(**values)
+        if values is None:
+            return None
+        channel = cls(**values)
+        # Known as secrets whatever attribute the constructor keeps them in.
+        kept = (values.get(s.param) for s in cls.settings if s.secret)
+        with contextlib.suppress(AttributeError, TypeError):
+            channel._declared_secrets = tuple(  # type: ignore[attr-defined]
+                v for v in (k.reveal() if isinstance(k, Secret) else k for k in kept) if isinstance(v, str) and v)
+        return channel
 
     @classmethod
     def settings_from_env(cls, given: Mapping[str, Any]) -> dict[str, Any]:
@@ -115,12 +124,13 @@ class Channel:
 
     def secrets(self) -> Iterable[str]:
         """Strings that must never appear in logs, errors or history (tokens, passwords):
-        by default the values of the settings declared secret."""
-        found = []
+        by default the values of the settings declared secret (as ``from_env`` read
+        them, or as kept in the attribute named after their ``param``)."""
+        found = list(getattr(self, "_declared_secrets", ()))
         for setting in type(self).settings:
             value = getattr(self, setting.param, None) if setting.secret else None
             value = value.reveal() if isinstance(value, Secret) else value
-            if isinstance(value, str) and value:
+            if isinstance(value, str) and value and value not in found:
                 found.append(value)
         return found
 

@@ -117,7 +117,7 @@ class WebhookSession:
 
     def post_json(self, url: str, payload: Mapping[str, Any], *, timeout: float) -> HttpAnswer:
         body = encode_json(payload)
-        late = TransientDeliveryError(f"no complete answer within the {timeout:g} s deadline")
+        late = TransientDeliveryError(f"no complete answer within the {timeout:.1f} s deadline")
         with Deadline(timeout) as deadline:
             _current.deadline = deadline
             try:

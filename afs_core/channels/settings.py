@@ -91,8 +91,9 @@ def read_settings(settings: Sequence[Setting], env: Mapping[str, str]) -> dict[s
         try:
             values[setting.param] = setting.parse(present[setting.env])
         except (TypeError, ValueError) as exc:
-            shown = "***" if setting.secret else repr(present[setting.env])
-            raise ConfigurationError(f"{setting.env} {exc}, got {shown}") from None
+            if setting.secret:  # the parser's own words may quote the value
+                raise ConfigurationError(f"{setting.env} is not valid (the value is secret, so not shown)") from None
+            raise ConfigurationError(f"{setting.env} {exc}, got {present[setting.env]!r}") from None
     return values
 
 

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from afs_core.cli.common import USAGE, UsageError
 from afs_core.cli.parser import build_parser
-from afs_core.errors import ConfigurationError
+from afs_core.errors import ConfigurationError, PluginLoadError
 
 if TYPE_CHECKING:
     import argparse
@@ -38,7 +38,7 @@ def main(argv: Sequence[str] | None = None, prog: str = "afs") -> int:
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return USAGE
-    except ConfigurationError as exc:
+    except (ConfigurationError, PluginLoadError) as exc:  # AFS_STRICT_PLUGINS=1 makes a broken plugin one
         print(f"{prog}: configuration error: {exc}", file=sys.stderr)
         return USAGE
     except (OSError, sqlite3.Error) as exc:  # an unusable AFS_HOME, a full disk

@@ -40,7 +40,6 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-
     store = open_store_taking_journals(args)
     if args.action == "retry":
         if not store.requeue(args.id):

@@ -4,7 +4,7 @@ they are parsed, so bad input is one line naming the flag (exit code 2)."""
 from __future__ import annotations
 
 import argparse
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from afs_core.cli.common import USAGE
 from afs_core.events import EventType, NotificationLevel
@@ -64,14 +64,33 @@ def _non_negative(text: str) -> float:
     return value
 
 
-def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
+def _common_flags(*, nested: bool = False) -> _Parser:
+    """The flags every subcommand takes. ``nested``: for ``afs outbox ACTION``, where a
+    flag not given after the action must keep what was given before it."""
+    keep: dict[str, Any] = {"default": argparse.SUPPRESS} if nested else {}
     common = _Parser(add_help=False)
     common.add_argument("--env-file", metavar="PATH",
-                        help="read settings from this .env file (default: the nearest .env)")
-    common.add_argument("--channel", action="append", metavar="NAME", help="only this channel (repeatable)")
-    common.add_argument("--json", action="store_true", help="machine-readable output")
+                        help="read settings from this .env file (default: the nearest .env)", **keep)
+    common.add_argument("--channel", action="append", metavar="NAME", help="only this channel (repeatable)", **keep)
+    common.add_argument("--json", action="store_true", help="machine-readable output", **keep)
     common.add_argument("--timeout", type=_non_negative, metavar="SECONDS",
-                        help="how long to wait for deliveries (default AFS_FLUSH_TIMEOUT, 10)")
+                        help="how long to wait for deliveries (default AFS_FLUSH_TIMEOUT, 10)", **keep)
+    return common
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
+    common = _common_flags()
+    nested = _common_flags(nested=True)
 
     parser = _Parser(prog=prog, description="AFS notifications: tell people what training runs are doing.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=_Parser)
@@ -119,7 +138,7 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
                                   description="Recent events, newest first: time, level, title, run id, model and "
                                   "what each channel did. --json carries every field of each event.")
     history.add_argument("--run-id")
-    history.add_argument("--limit", type=int, default=20)
+    history.add_argument("--limit", type=_count, default=20)
 
     outbox = commands.add_parser(
         "outbox", parents=[common], help="pending and dead deliveries",
@@ -129,12 +148,12 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
         epilog=OUTBOX_EXIT_CODES,
     )
     outbox_actions = outbox.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    outbox_actions.add_parser("list", parents=[common], help="list them (the default)", epilog=OUTBOX_EXIT_CODES,
+    outbox_actions.add_parser("list", parents=[nested], help="list them (the default)", epilog=OUTBOX_EXIT_CODES,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
-    outbox_actions.add_parser("flush", parents=[common],
+    outbox_actions.add_parser("flush", parents=[nested],
                               help="deliver what is pending for the configured channels, now",
                               epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    retry = outbox_actions.add_parser("retry", parents=[common], help="queue a dead delivery again",
+    retry = outbox_actions.add_parser("retry", parents=[nested], help="queue a dead delivery again",
                                       epilog=OUTBOX_EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter)
     retry.add_argument("id", type=int)
 

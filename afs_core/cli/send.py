@@ -10,6 +10,7 @@ from typing import Any
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, USAGE, UsageError, open_manager, settings, wait_timeout
 from afs_core.events import EventType, NotificationEvent, NotificationLevel
+from afs_core.redaction import scrub
 from afs_core.results import DeliveryStatus, NotifyResult
 
 
@@ -94,6 +95,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"{args.name}: failed ({'permanent' if outcome.permanent else 'transient'}): {outcome.error}")
         return DELIVERY_FAILED
     receipt = outcome.receipt
-    answer = receipt[:300] if isinstance(receipt, str) else json.dumps(receipt, default=str)[:300]
+    answer = receipt if isinstance(receipt, str) else json.dumps(receipt, default=str)
+    answer = scrub(answer, channel.secrets())[:300]  # a service may echo the token it was reached with
     print(f"{args.name}: delivered to {channel.describe()}; the service answered: {answer}")
     return OK

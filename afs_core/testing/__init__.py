@@ -8,7 +8,7 @@ afs-core installed gets these fixtures:
   ``send_now(channel, event)`` runs through it. Register the plugin under test on it.
 - ``recording_channel``: a :class:`RecordingChannel` that keeps what it is sent.
 - ``afs_manager``: a synchronous manager on ``afs_plugins`` with ``recording_channel``.
-- ``webhook_server``: a :class:`~afs_core.loopback.WebhookServer` on 127.0.0.1 that
+- ``webhook_server``: a :class:`~afs_core.testing.loopback.WebhookServer` on 127.0.0.1 that
   records requests and plays scripted answers, for testing HTTP channels for real.
 - ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
 - ``manual_clock``: a :class:`ManualClock` for stores and engines, moved by

@@ -291,10 +291,10 @@ class EmailNotifier(SendsDirectly, Channel):
         return smtp
 
     def _login(self, smtp: smtplib.SMTP) -> None:
-        import smtplib
-
         """One AUTH attempt with the best mechanism offered: smtplib's login() tries each
         in turn, and repeated failures can lock an account."""
+        import smtplib
+
         offered = (smtp.esmtp_features.get("auth") or "").upper().split()
         for mechanism in ("PLAIN", "LOGIN", "CRAM-MD5"):
             if mechanism in offered:
