@@ -20,6 +20,7 @@ __all__ = [
     "NotificationEvent",
     "NotificationLevel",
     "NotificationManager",
+    "NothingToSend",
     "NotifyResult",
     "PermanentDeliveryError",
     "PluginHost",
@@ -41,6 +42,7 @@ _WHERE = {
     "ConfigurationError": "afs_core.errors",
     "DeliveryError": "afs_core.errors",
     "PermanentDeliveryError": "afs_core.errors",
+    "NothingToSend": "afs_core.errors",
     "TransientDeliveryError": "afs_core.errors",
     "EventCategory": "afs_core.events",
     "EventType": "afs_core.events",
@@ -66,6 +68,7 @@ if TYPE_CHECKING:
     from afs_core.errors import (
         ConfigurationError,
         DeliveryError,
+        NothingToSend,
         PermanentDeliveryError,
         TransientDeliveryError,
     )

@@ -44,3 +44,13 @@ class PermanentDeliveryError(DeliveryError):
     """Trying again will not help (bad token, archived channel, rejected payload)."""
 
     permanent = True
+
+
+class NothingToSend(AfsError):
+    """The channel looked at the event and has nothing to say about it (a resolve for
+    an incident that was never opened): recorded as filtered, with this reason, and
+    never retried."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason

@@ -179,7 +179,10 @@ class NotificationManager:
 
         channel = as_channel(channel)
         settings = self._settings if self._settings is not None else os.environ
-        policy = policy or ChannelPolicy.from_env(settings, name, getattr(channel, "throttle_seconds", 600.0))
+        policy = policy or ChannelPolicy.from_env(
+            settings, name, getattr(channel, "throttle_seconds", 600.0),
+            default_level=getattr(channel, "default_min_level", None),
+            below_level=frozenset(getattr(channel, "wanted_below_level", ())))
         with self._lock:
             self._channels = {**self._channels, name: channel}
             self._policies = {**self._policies, name: policy}

@@ -1,6 +1,6 @@
 """What a channel is made of: the :class:`Channel` contract, the settings it declares,
-and :class:`WebhookChannel`, which does everything a channel posting JSON needs
-except its payload. Names load on first use, so the core's own path to the first
+:class:`WebhookChannel`, which does everything a channel posting JSON needs
+except its payload, and a channel's memory of what it sent. Names load on first use, so the core's own path to the first
 ``notify()`` does not pay for the webhook machinery."""
 
 from __future__ import annotations
@@ -10,13 +10,16 @@ from afs_core.lazy import lazy_names
 TYPE_CHECKING = False
 
 __all__ = [
-    "HOLDS", "Channel", "RateLimit", "Setting", "WebhookChannel", "boolean", "read_settings", "seconds", "text_list",
-    "whole_number",
+    "HOLDS", "Channel", "ChannelMemory", "LocalMemory", "RateLimit", "Setting", "WebhookChannel", "boolean",
+    "deliver_to_each", "read_settings", "seconds", "text_list", "whole_number",
 ]
 
 _WHERE = {
     "Channel": "afs_core.channels.base",
     "RateLimit": "afs_core.channels.base",
+    "ChannelMemory": "afs_core.channels.memory",
+    "LocalMemory": "afs_core.channels.memory",
+    "deliver_to_each": "afs_core.channels.fanout",
     "Setting": "afs_core.channels.settings",
     "boolean": "afs_core.channels.settings",
     "read_settings": "afs_core.channels.settings",
@@ -29,6 +32,8 @@ _WHERE = {
 
 if TYPE_CHECKING:
     from afs_core.channels.base import Channel, RateLimit
+    from afs_core.channels.fanout import deliver_to_each
+    from afs_core.channels.memory import ChannelMemory, LocalMemory
     from afs_core.channels.settings import Setting, boolean, read_settings, seconds, text_list, whole_number
     from afs_core.channels.webhook import HOLDS, WebhookChannel
 

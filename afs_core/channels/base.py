@@ -12,8 +12,9 @@ import contextlib
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, ClassVar, NamedTuple, TypeVar
 
+from afs_core.channels.memory import ChannelMemory, LocalMemory
 from afs_core.channels.settings import Setting, read_settings
-from afs_core.events import NotificationEvent
+from afs_core.events import EventType, NotificationEvent, NotificationLevel
 from afs_core.redaction import Secret
 
 _C = TypeVar("_C", bound="Channel")
@@ -47,6 +48,25 @@ class Channel:
     #: Settings it cannot work without, named by ``afs status`` when the channel is off;
     #: derived from ``settings`` when those are declared.
     required_settings: ClassVar[tuple[str, ...]] = ()
+    #: The least level sent when the user set none for this channel (``AFS_<NAME>_MIN_LEVEL``):
+    #: ERROR for a channel that wakes people up. None: ``AFS_MIN_LEVEL``, or every level.
+    default_min_level: ClassVar[NotificationLevel | None] = None
+    #: Event types this channel is given below its minimum level, because they end
+    #: something it sent (a completed run resolves its incident).
+    wanted_below_level: ClassVar[frozenset[EventType]] = frozenset()
+
+    @property
+    def memory(self) -> ChannelMemory:
+        """What this channel remembers between sends: kept in the store (so across
+        processes) when the engine runs it, in this process otherwise."""
+        kept = self.__dict__.get("_afs_memory")
+        if kept is None:
+            kept = self.__dict__["_afs_memory"] = LocalMemory()
+        return kept
+
+    @memory.setter
+    def memory(self, memory: ChannelMemory) -> None:
+        self.__dict__["_afs_memory"] = memory
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

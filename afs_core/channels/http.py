@@ -115,9 +115,15 @@ class WebhookSession:
         self._session.trust_env = False
         self._proxies: dict[str, dict[str, str]] = {}
 
-    def post_json(self, url: str, payload: Mapping[str, Any], *, timeout: float) -> HttpAnswer:
-        body = encode_json(payload)
+    def post_json(self, url: str, payload: Mapping[str, Any], *, timeout: float,
+                  headers: Mapping[str, str] | None = None) -> HttpAnswer:
+        return self.post(url, encode_json(payload), timeout=timeout, headers=headers)
+
+    def post(self, url: str, body: bytes, *, timeout: float, headers: Mapping[str, str] | None = None) -> HttpAnswer:
+        """POST ``body`` (JSON unless ``headers`` give another Content-Type); redirects
+        are never followed (a 3xx is the answer)."""
         late = TransientDeliveryError(f"no complete answer within the {timeout:.1f} s deadline")
+        sent = {**self._headers, **headers} if headers else self._headers
         with Deadline(timeout) as deadline:
             _current.deadline = deadline
             try:
@@ -126,7 +132,7 @@ class WebhookSession:
                     proxies = self._proxies[url] = requests.utils.get_environ_proxies(url)
                 # Prepared here rather than by Session.post, which merges cookies,
                 # hooks and settings on every call: a third of a delivery's cost.
-                request = requests.Request("POST", url, data=body, headers=self._headers).prepare()
+                request = requests.Request("POST", url, data=body, headers=sent).prepare()
                 response = self._session.send(
                     request, proxies=proxies, timeout=(timeout, timeout), allow_redirects=False, verify=True,
                 )

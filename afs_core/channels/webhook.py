@@ -276,26 +276,45 @@ class WebhookChannel(Channel):
         if not isinstance(message, Mapping):
             raise PermanentDeliveryError(f"a {self.name or 'webhook'} message must be a JSON object, "
                                          f"got {type(message).__name__}")
+        return self.read_answer(self.post(self.webhook_url, message))
+
+    def post(
+        self, url: str, payload: Mapping[str, Any] | None = None, *, body: bytes | None = None,
+        headers: Mapping[str, str] | None = None, hold_keys: Iterable[str] | None = None,
+    ) -> HttpAnswer:
+        """POST ``payload`` as JSON (or ``body`` as given, with its Content-Type in
+        ``headers``) to ``url`` within the channel's timeout, after any wait a service
+        asked for under ``hold_keys`` (default :meth:`hold_keys`). Returns the answer;
+        raises the transient error of a failed connection, a deadline or a 429.
+
+        For a channel that sends one event as several requests (several chats, several
+        phone numbers), each call is one request with its own deadline.
+        """
         deadline = time.monotonic() + self.timeout
-        self._keep_to_holds(deadline)
+        keys = tuple(self.hold_keys() if hold_keys is None else hold_keys)
+        self._keep_to_holds(deadline, keys)
         if self._session is None:
             from afs_core.channels.http import WebhookSession  # requests loads on the first send only
 
             self._session = WebhookSession(user_agent=self.user_agent, secrets=self.secrets())
-        answer = self._session.post_json(self.webhook_url, message, timeout=max(deadline - time.monotonic(), 0.1))
+        left = max(deadline - time.monotonic(), 0.1)
+        if body is None:
+            answer = self._session.post_json(url, payload or {}, timeout=left, headers=headers)
+        else:
+            answer = self._session.post(url, body, timeout=left, headers=headers)
         self.learn(answer)
         if answer.status == 429:
             wait, key, what = self.rate_limited(answer)
             HOLDS.hold(key, 1.0 if wait is None else wait)
             raise TransientDeliveryError(f"HTTP 429: {what}", retry_after=wait)
-        return self.read_answer(answer)
+        return answer
 
-    def _keep_to_holds(self, deadline: float) -> None:
+    def _keep_to_holds(self, deadline: float, keys: tuple[str, ...]) -> None:
         """Wait out a hold that ends within this send's deadline; report a longer one
         (the engine then retries when it ends). Asked again after each wait: a hold
         may have begun meanwhile."""
         while True:
-            wait = HOLDS.reserve(self.hold_keys())
+            wait = HOLDS.reserve(keys)
             if wait <= 0:
                 return
             if time.monotonic() + wait >= deadline:

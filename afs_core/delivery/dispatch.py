@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from afs_core.errors import DeliveryError, NothingToSend, PermanentDeliveryError, TransientDeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control
 from afs_core.redaction import scrub
@@ -116,12 +116,16 @@ def deliver_events(
             ready.append((index, render_message(plugins, channel, event), event))
         except Filtered:
             outcomes[index] = ChannelOutcome(name, DeliveryStatus.FILTERED)
+        except NothingToSend as exc:
+            outcomes[index] = _nothing(name, exc)
         except (Exception, SystemExit) as exc:
             outcomes[index] = _failed(plugins, name, channel, [event], exc, report)
     if len(ready) > 1 and channel.batch_size > 1 and not _delivery_hooked(plugins):
         results = _batch(channel, [message for _, message, _ in ready])
         for (index, _, event), result in zip(ready, results, strict=True):
-            if isinstance(result, BaseException):
+            if isinstance(result, NothingToSend):
+                outcomes[index] = _nothing(name, result)
+            elif isinstance(result, BaseException):
                 outcomes[index] = _failed(plugins, name, channel, [event], result, report)
             else:
                 outcomes[index] = ChannelOutcome(name, DeliveryStatus.DELIVERED, receipt=result)
@@ -157,9 +161,16 @@ def deliver_message(
     """Deliver one rendered message carrying ``events`` through the ``afs_deliver`` hook."""
     try:
         receipt = plugins.hook.afs_deliver(message=message, channel=channel, event=events[0])
+    except NothingToSend as exc:
+        return _nothing(name, exc)
     except (Exception, SystemExit) as exc:  # never into the caller's training loop
         return _failed(plugins, name, channel, events, exc, report)
     return ChannelOutcome(name, DeliveryStatus.DELIVERED, receipt=receipt)
+
+
+def _nothing(name: str, said: NothingToSend) -> ChannelOutcome:
+    """The channel had nothing to send for the event: filtered, with its reason."""
+    return ChannelOutcome(name, DeliveryStatus.FILTERED, error=strip_control(str(said.reason), keep=""))
 
 
 def _failed(

@@ -31,6 +31,7 @@ from afs_core.clock import Clock
 from afs_core.delivery import ranks
 from afs_core.delivery.dispatch import deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
+from afs_core.delivery.memory import StoredMemory
 from afs_core.delivery.pacing import Pacer
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
@@ -248,7 +249,8 @@ class _Worker(threading.Thread):
             if outcome.status is DeliveryStatus.DELIVERED:
                 self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
             elif outcome.status is DeliveryStatus.FILTERED:
-                self._finish(store, item, DeliveryStatus.FILTERED, "held back by a plugin's afs_filter_event", outcome)
+                why = outcome.error or "held back by a plugin's afs_filter_event"
+                self._finish(store, item, DeliveryStatus.FILTERED, why, outcome)
             else:
                 self._failed(store, item, event, outcome)
 
@@ -394,6 +396,10 @@ class DeliveryEngine:
                 old.wake.set()
             worker = _Worker(self, name, channel, policy)
             self._workers[name] = worker
+            with contextlib.suppress(AttributeError):  # a channel that keeps its own memory
+                channel.memory = StoredMemory(self.store, name, lambda exc: self.store_trouble(
+                    ("memory", name), exc, "afs: %r could not keep what it sent in the store (%s); it keeps it in "
+                    "this process", name, exc))
             worker.start()
 
     def detach(self, name: str) -> None:

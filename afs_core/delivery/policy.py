@@ -39,6 +39,13 @@ def _types(raw: str, setting: str) -> frozenset[EventType]:
     return frozenset(types)
 
 
+def _level(text: str, setting: str) -> NotificationLevel:
+    try:
+        return NotificationLevel(text)
+    except ValueError:
+        raise ConfigurationError(f"{setting}: unknown level {text!r}") from None
+
+
 @attrs.frozen
 class ChannelPolicy:
     """What one channel lets through. ``events`` None means every type."""
@@ -48,18 +55,25 @@ class ChannelPolicy:
     exclude: frozenset[EventType] = frozenset()
     throttle_window: float = 600.0
     throttled: frozenset[EventType] = THROTTLED_BY_DEFAULT
+    #: Types let through below ``min_level`` (the channel needs them: a recovery
+    #: that resolves its incident); the event lists still apply to them.
+    below_level: frozenset[EventType] = frozenset()
 
     @classmethod
-    def from_env(cls, env: Mapping[str, str], channel: str, throttle_window: float = 600.0) -> ChannelPolicy:
+    def from_env(
+        cls, env: Mapping[str, str], channel: str, throttle_window: float = 600.0, *,
+        default_level: NotificationLevel | None = None, below_level: frozenset[EventType] = frozenset(),
+    ) -> ChannelPolicy:
         """``AFS_<CHANNEL>_MIN_LEVEL``, ``_EVENTS``, ``_EXCLUDE_EVENTS``, ``_THROTTLE_SECONDS``
         (``AFS_MIN_LEVEL`` and ``AFS_THROTTLE_SECONDS`` for all channels; 0 turns
-        throttling off). ``throttle_window`` is the channel's own default."""
+        throttling off). ``throttle_window`` is the channel's own default;
+        ``default_level`` its own least level, raised (never lowered) by ``AFS_MIN_LEVEL``."""
         prefix = f"AFS_{channel.upper().replace('-', '_')}_"
-        level = env.get(prefix + "MIN_LEVEL", "").strip() or env.get("AFS_MIN_LEVEL", "").strip() or "info"
-        try:
-            min_level = NotificationLevel(level)
-        except ValueError:
-            raise ConfigurationError(f"{prefix}MIN_LEVEL: unknown level {level!r}") from None
+        own = env.get(prefix + "MIN_LEVEL", "").strip()
+        min_level = _level(own or env.get("AFS_MIN_LEVEL", "").strip() or "info",
+                           prefix + "MIN_LEVEL" if own else "AFS_MIN_LEVEL")
+        if not own and default_level is not None:
+            min_level = max(min_level, default_level)
         allowed = env.get(prefix + "EVENTS", "").strip()
         window = env_float(env, "AFS_THROTTLE_SECONDS", throttle_window)
         return cls(
@@ -67,10 +81,11 @@ class ChannelPolicy:
             events=_types(allowed, prefix + "EVENTS") if allowed else None,
             exclude=_types(env.get(prefix + "EXCLUDE_EVENTS", ""), prefix + "EXCLUDE_EVENTS"),
             throttle_window=env_float(env, prefix + "THROTTLE_SECONDS", window),
+            below_level=below_level,
         )
 
     def admits(self, event: NotificationEvent) -> bool:
-        if event.level < self.min_level:
+        if event.level < self.min_level and event.event_type not in self.below_level:
             return False
         if self.events is not None and event.event_type not in self.events:
             return False

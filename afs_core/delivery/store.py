@@ -854,6 +854,11 @@ class Store:
         with self._transaction() as db:
             db.execute("DELETE FROM journal_marks WHERE name = ?", (name,))
 
+    def forget_state(self, key: str) -> None:
+        """Forget what :meth:`set_state` remembered under ``key``; like it, quick or raising."""
+        with self._quick(), self._transaction() as db:
+            db.execute("DELETE FROM run_state WHERE key = ?", (key,))
+
     def get_state(self, key: str) -> str | None:
         """What :meth:`set_state` remembered; like it, quick or raising."""
         with self._quick(), self._read() as db:
