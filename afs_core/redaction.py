@@ -67,6 +67,8 @@ def url_secrets(url: str, public_segments: int = 1) -> list[str]:
         secrets += ["/".join(private), private[-1]]
     if parts.query:
         secrets.append(parts.query)
+        # A service may echo one value alone ("invalid key=<token>").
+        secrets += [value for _, value in urllib.parse.parse_qsl(parts.query) if len(value) >= 4]
     if parts.password:
         secrets.append(parts.password)
     return secrets

@@ -31,3 +31,23 @@ def test_secret_hides_in_reprs_and_dumps():
     assert secret.reveal() == "hunter2" and bool(secret) and not Secret("")
     with pytest.raises(TypeError):
         pickle.dumps(secret)
+
+
+def test_each_query_value_is_a_secret_since_a_service_may_echo_it_alone():
+    found = url_secrets("https://hooks.example/in?key=tok-123456&v=2")
+    assert "key=tok-123456&v=2" in found and "tok-123456" in found
+    assert "2" not in found  # too short to mask without masking every digit of every message
+
+
+def test_a_channels_secret_settings_stay_hidden_in_its_attributes():
+    from afs_core import Channel, Setting
+
+    class Paged(Channel):
+        settings = (Setting("PAGED_TOKEN", "token", required=True, secret=True),)
+
+        def __init__(self, token):
+            self._hash = hash(token)
+
+    channel = Paged.from_env({"PAGED_TOKEN": "hunter2-token"})
+    assert "hunter2-token" not in repr(vars(channel))
+    assert list(channel.secrets()) == ["hunter2-token"]  # still known as a secret

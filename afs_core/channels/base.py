@@ -114,7 +114,8 @@ class Channel:
         kept = (values.get(s.param) for s in cls.settings if s.secret)
         with contextlib.suppress(AttributeError, TypeError):
             channel._declared_secrets = tuple(  # type: ignore[attr-defined]
-                v for v in (k.reveal() if isinstance(k, Secret) else k for k in kept) if isinstance(v, str) and v)
+                Secret(v) for v in (k.reveal() if isinstance(k, Secret) else k for k in kept)
+                if isinstance(v, str) and v)
         return channel
 
     @classmethod
@@ -146,7 +147,7 @@ class Channel:
         """Strings that must never appear in logs, errors or history (tokens, passwords):
         by default the values of the settings declared secret (as ``from_env`` read
         them, or as kept in the attribute named after their ``param``)."""
-        found = list(getattr(self, "_declared_secrets", ()))
+        found = [k.reveal() if isinstance(k, Secret) else k for k in getattr(self, "_declared_secrets", ())]
         for setting in type(self).settings:
             value = getattr(self, setting.param, None) if setting.secret else None
             value = value.reveal() if isinstance(value, Secret) else value

@@ -95,7 +95,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         print(f"{args.name}: failed ({'permanent' if outcome.permanent else 'transient'}): {outcome.error}")
         return DELIVERY_FAILED
     receipt = outcome.receipt
-    answer = receipt if isinstance(receipt, str) else json.dumps(receipt, default=str)
+    answer = receipt if isinstance(receipt, str) else json.dumps(receipt, default=str, ensure_ascii=False)
     answer = scrub(answer, channel.secrets())[:300]  # a service may echo the token it was reached with
     print(f"{args.name}: delivered to {channel.describe()}; the service answered: {answer}")
     return OK

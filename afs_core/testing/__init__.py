@@ -199,7 +199,10 @@ def would_send(
 
 # Settings that from_env() reads, for the core and the first-party channels, and
 # the launcher variables that decide the rank.
-ISOLATED_PREFIXES = ("AFS_", "SLACK_", "DISCORD_", "SMTP_", "DESKTOP_NOTIFICATIONS_")
+ISOLATED_PREFIXES = (
+    "AFS_", "SLACK_", "DISCORD_", "SMTP_", "DESKTOP_NOTIFICATIONS_", "WEBHOOK_", "PAGERDUTY_", "NTFY_", "TELEGRAM_",
+    "TWILIO_",
+)
 ISOLATED_NAMES = frozenset(
     {"FROM_EMAIL", "TO_EMAILS", "RANK", "WORLD_SIZE", "LOCAL_RANK", "NODE_RANK", "GROUP_RANK",
      "LOCAL_WORLD_SIZE", "PMIX_RANK", "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_RANK",
