@@ -1,0 +1,91 @@
+"""The receiving URLs: checked once, shown without their tokens, keyed without them.
+
+Any host may receive (this is a generic webhook), but only over https, except a
+loopback host (a local relay, a test). A URL's path and query may hold a token, so
+a URL is shown as ``scheme://host`` and its path and query are secrets. Which URLs
+already took an event is remembered in the store under a key derived from the URL
+with the signing key, never under the URL itself.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import urllib.parse
+from collections.abc import Sequence
+
+import attrs
+
+from afs_core.channels.webhook import is_loopback_host, validate_webhook_url
+from afs_core.errors import ConfigurationError
+from afs_core.redaction import url_secrets
+
+SETTING = "WEBHOOK_URL"
+
+
+@attrs.frozen
+class Endpoint:
+    """One receiving URL: where to post, how to show it, how to remember it."""
+
+    url: str = attrs.field(repr=False)
+    origin: str  # scheme://host[:port], safe to show
+    label: str  # how errors name it: scheme://host/… (plus its position when two look alike)
+    key: str  # the key it is remembered by: no part of the URL can be read back from it
+
+    def secrets(self) -> list[str]:
+        """What of the URL must never be shown: the URL whole, its path, its last segment,
+        its query and each value in the query (``?token=...`` echoed back alone)."""
+        parts = urllib.parse.urlsplit(self.url)
+        if not (parts.path.strip("/") or parts.query):
+            return []
+        values = [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+        raw = [item.partition("=")[2] for item in parts.query.split("&")]  # as written, before unquoting
+        return [*url_secrets(self.url, public_segments=0), *(v for v in values + raw if v)]
+
+
+def origin_of(parts: urllib.parse.SplitResult) -> str:
+    host = parts.hostname or ""
+    if ":" in host:  # an IPv6 address
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}" + (f":{parts.port}" if parts.port else "")
+
+
+def parse_urls(value: str | Sequence[str]) -> list[str]:
+    """The URLs of ``WEBHOOK_URL``: one, or several separated by commas."""
+    items = value.split(",") if isinstance(value, str) else list(value)
+    if not all(isinstance(item, str) for item in items):
+        raise ConfigurationError(f"{SETTING} must be text: one URL or several separated by commas")
+    urls = [item.strip() for item in items if item.strip()]
+    if not urls:
+        raise ConfigurationError(f"{SETTING} names no URL")
+    return urls
+
+
+def endpoints(urls: Sequence[str], key: bytes) -> tuple[Endpoint, ...]:
+    """Each URL checked (https unless loopback, no user:password, none twice), with
+    its label and key. Errors name a URL by position and host, never by its path."""
+    checked: list[tuple[str, urllib.parse.SplitResult]] = []
+    for position, url in enumerate(urls, 1):
+        which = SETTING if len(urls) == 1 else f"{SETTING} (URL {position})"
+        parts = validate_webhook_url(url, setting=which, hosts=(), allow_any_host=True)
+        host = (parts.hostname or "").lower()
+        if parts.scheme != "https" and not is_loopback_host(host):
+            raise ConfigurationError(f"{which} must use https:// (host {host!r}); "
+                                     "plain http is only accepted for a loopback host")
+        if parts.username is not None or parts.password is not None:
+            raise ConfigurationError(f"{which} holds a user name or password (host {host!r}); put credentials in "
+                                     "WEBHOOK_HEADERS instead, e.g. {\"Authorization\": \"Basic ...\"}")
+        checked.append((url.strip(), parts))
+    seen: dict[str, int] = {}
+    for position, (url, _) in enumerate(checked, 1):
+        if url in seen:
+            raise ConfigurationError(f"{SETTING} lists the same URL twice (URL {seen[url]} and URL {position})")
+        seen[url] = position
+    shown = [origin_of(parts) + ("/…" if parts.path.strip("/") or parts.query else "") for _, parts in checked]
+    result = []
+    for position, ((url, parts), label) in enumerate(zip(checked, shown, strict=True), 1):
+        if shown.count(label) > 1:
+            label = f"{label} (URL {position})"
+        digest = hmac.new(key, b"afs-webhook endpoint\0" + url.encode("utf-8"), hashlib.sha256).hexdigest()
+        result.append(Endpoint(url=url, origin=origin_of(parts), label=label, key=digest[:32]))
+    return tuple(result)
