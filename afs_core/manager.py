@@ -37,6 +37,15 @@ logger = logging.getLogger("afs.manager")
 _P = ParamSpec("_P")
 
 
+def _settings_failure(exc: BaseException, channel_class: type[Channel], env: Mapping[str, str]) -> str:
+    """What went wrong reading a channel's settings, without the values of its secret ones."""
+    from afs_core.redaction import scrub, url_secrets
+
+    secrets = [env.get(s.env, "").strip() for s in getattr(channel_class, "settings", ()) if s.secret]
+    found = [part for value in secrets if value for part in url_secrets(value, public_segments=0)]
+    return scrub(f"{type(exc).__name__}: {exc}", found)
+
+
 def _rejected(name: str, exc: BaseException) -> NotifyResult:
     logger.error("afs: notification rejected by %s(): %s", name, exc)
     return NotifyResult(None, rejected=f"{type(exc).__name__}: {exc}")
@@ -145,7 +154,8 @@ class NotificationManager:
             except Exception as exc:
                 if plugins.strict:
                     raise
-                logger.warning("afs: %s channel could not read its settings: %r; skipped", spec.name, exc)
+                logger.warning("afs: %s channel could not read its settings: %s; skipped", spec.name,
+                               _settings_failure(exc, spec.channel_class, env))
                 continue
             if channel is not None:
                 manager.register_channel(spec.name, channel)

@@ -63,8 +63,10 @@ def url_secrets(url: str, public_segments: int = 1) -> list[str]:
     segments = [s for s in parts.path.split("/") if s]
     private = segments[public_segments:]
     secrets = [url]
+    # A piece shorter than 6 characters ("in", "hook") alone would mask that word in
+    # every message; the whole URL is masked still.
     if private:
-        secrets += ["/".join(private), private[-1]]
+        secrets += [piece for piece in dict.fromkeys(("/".join(private), private[-1])) if len(piece) >= 6]
     if parts.query:
         secrets.append(parts.query)
         # A service may echo one value alone ("invalid key=<token>").

@@ -263,3 +263,16 @@ def test_json_posts_take_extra_headers_too(webhook_server, make_event):
     request = webhook_server.received[0]
     assert json.loads(request.body) == {"n": 1} and request.headers["X-Sig"] == "v1,abc"
     assert request.headers["Content-Type"] == "application/json; charset=utf-8"
+
+
+def test_what_a_recipient_was_told_is_kept_and_raised_with_the_channels_secrets_masked():
+    class Echoing(Recipients):
+        def secrets(self):
+            return ["tok-SECRET-123"]
+
+    channel = Echoing({"a": [PermanentDeliveryError("bad request, token was tok-SECRET-123")],
+                       "b": [TransientDeliveryError("busy tok-SECRET-123")]})
+    with pytest.raises(TransientDeliveryError) as caught:
+        channel.deliver({"id": "e4"})
+    assert "tok-SECRET-123" not in str(caught.value) and "token was ***" in str(caught.value)
+    assert "tok-SECRET-123" not in channel.memory.get("fanout:e4")

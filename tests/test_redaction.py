@@ -51,3 +51,9 @@ def test_a_channels_secret_settings_stay_hidden_in_its_attributes():
     channel = Paged.from_env({"PAGED_TOKEN": "hunter2-token"})
     assert "hunter2-token" not in repr(vars(channel))
     assert list(channel.secrets()) == ["hunter2-token"]  # still known as a secret
+
+
+def test_a_short_last_path_segment_is_not_masked_alone():
+    found = url_secrets("https://relay.example/in", public_segments=0)
+    assert found == ["https://relay.example/in"]  # the URL as a whole still is
+    assert "abcdef" in url_secrets("https://relay.example/hook/abcdef", public_segments=1)

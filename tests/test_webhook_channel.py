@@ -131,3 +131,16 @@ def test_a_secret_kept_under_another_name_is_still_known_and_never_quoted_back()
     with pytest.raises(ConfigurationError) as raised:
         Pager.from_env({"PAGER_TOKEN": TOKEN, "PAGER_PIN": "hunter2"})
     assert "hunter2" not in str(raised.value) and "PAGER_PIN" in str(raised.value)
+
+
+def test_a_secret_the_service_echoes_is_masked_before_its_answer_is_cut(acme, webhook_server, make_event):
+    webhook_server.respond(status=400, body="x" * 190 + f" token {TOKEN} is not valid")
+    outcome = send_now(acme, make_event())
+    assert outcome.permanent and TOKEN[:4] not in outcome.error, outcome.error
+    assert outcome.error.startswith("HTTP 400: xxx")
+
+
+def test_a_setting_with_bytes_that_are_not_utf8_is_a_clear_error():
+    with pytest.raises(ConfigurationError, match="ACME_WEBHOOK_URL holds bytes that are not UTF-8") as caught:
+        Acme.from_env({"ACME_WEBHOOK_URL": f"https://hooks.acme.example/T/{TOKEN}\udcff"})
+    assert TOKEN not in str(caught.value)

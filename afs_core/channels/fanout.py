@@ -15,6 +15,7 @@ from typing import Any
 
 from afs_core.channels.base import Channel
 from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from afs_core.redaction import scrub
 
 
 def deliver_to_each(
@@ -28,13 +29,16 @@ def deliver_to_each(
     sends only to those), and :class:`PermanentDeliveryError` when the rest refused it
     for good; both name each failed target (by ``label``) and its reason. ``send``
     raises :class:`DeliveryError` for a failure; anything else it raises ends this
-    call as it would a plain ``deliver``.
+    call as it would a plain ``deliver``. Targets and reasons are kept in the store
+    (reasons with the channel's secrets masked): pass a key, such as a keyed hash, for
+    a target that is itself a secret.
     """
     memory_key = f"fanout:{key}"
     kept = _read(channel.memory.get(memory_key)) if len(targets) > 1 else {}
     done: list[str] = list(kept.get("done", []))
     refused: dict[str, str] = dict(kept.get("refused", {}))
     receipts: dict[str, Any] = {}
+    secrets = [s for s in channel.secrets() if isinstance(s, str)]
     waiting: dict[str, TransientDeliveryError] = {}
     for target in targets:
         if target in done or target in refused:
@@ -44,10 +48,11 @@ def deliver_to_each(
         except DeliveryError as exc:
             if len(targets) == 1:
                 raise
+            reason = scrub(exc.reason, secrets)  # kept in the store, and quoted
             if exc.permanent:
-                refused[target] = exc.reason
+                refused[target] = reason
             else:
-                waiting[target] = TransientDeliveryError(exc.reason, retry_after=exc.retry_after)
+                waiting[target] = TransientDeliveryError(reason, retry_after=exc.retry_after)
             continue
         finally:
             if len(targets) > 1 and (target in receipts or target in refused):

@@ -89,6 +89,10 @@ def read_settings(settings: Sequence[Setting], env: Mapping[str, str]) -> dict[s
         if setting.env not in present:
             continue
         try:
+            present[setting.env].encode("utf-8")
+        except UnicodeEncodeError:  # bytes the environment held that are not UTF-8
+            raise ConfigurationError(f"{setting.env} holds bytes that are not UTF-8 text (not shown)") from None
+        try:
             values[setting.param] = setting.parse(present[setting.env])
         except (TypeError, ValueError) as exc:
             if setting.secret:  # the parser's own words may quote the value

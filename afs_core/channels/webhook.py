@@ -24,7 +24,7 @@ from afs_core.channels.base import Channel
 from afs_core.config import check_timeout
 from afs_core.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.formatting import one_line
-from afs_core.redaction import redact_url, url_secrets
+from afs_core.redaction import redact_url, scrub, url_secrets
 
 if TYPE_CHECKING:
     from afs_core.channels.http import HttpAnswer, WebhookSession
@@ -260,7 +260,12 @@ class WebhookChannel(Channel):
 
     def words(self, answer: HttpAnswer) -> str:
         """What the service said, short and safe to log."""
-        return one_line(answer.text.strip(), 200) or "no body"
+        return self.quote(answer.text) or "no body"
+
+    def quote(self, text: str, limit: int = 200) -> str:
+        """``text`` from the service on one line, its secrets masked before it is cut to
+        ``limit`` characters (cut first, a secret across the cut would show in part)."""
+        return one_line(scrub(text.strip(), self.secrets()), limit)
 
     def read_answer(self, answer: HttpAnswer) -> Any:
         """The receipt of a 2xx answer; otherwise the typed error for its status."""

@@ -128,7 +128,7 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
         return wait, self._bucket, "rate limited"
 
     def words(self, answer: HttpAnswer) -> str:
-        return _discord_words(_json_object(answer.text), answer.text)
+        return self.quote(_discord_words(_json_object(answer.text), answer.text), 300)
 
     def read_answer(self, answer: HttpAnswer) -> Any:
         body = _json_object(answer.text)
@@ -203,9 +203,9 @@ def _json_object(text: str) -> dict[str, Any]:
 
 
 def _discord_words(body: Mapping[str, Any], text: str) -> str:
-    """Discord's own explanation: ``message (code N)``, or the start of the body."""
+    """Discord's own explanation: ``message (code N)``, or the body."""
     if body.get("message"):
         said = str(body["message"]) + (f" (code {body['code']})" if "code" in body else "")
     else:
         said = text.strip() or "no body"
-    return one_line(said, 300)
+    return said
