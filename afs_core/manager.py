@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Concatenate, ParamSpec
 
-from afs_core import builders
+from afs_core import builders, run_context
 from afs_core.channels.base import Channel
 from afs_core.config import env_bool, env_float, env_int, load_env
 from afs_core.delivery import ranks
@@ -119,6 +119,8 @@ class NotificationManager:
         self._retention = retention
         self._settings = settings
         self._engine: DeliveryEngine | None = None
+        #: The run ``afs run`` started this process for, if it did.
+        self._run = run_context.RunContext.from_env()
 
     # -- set-up -------------------------------------------------------------------
 
@@ -314,11 +316,23 @@ class NotificationManager:
             self._warned_empty = True
             logger.warning("afs: no notification channel is registered; events go nowhere")
         held = ranks.held_back(event, self.all_ranks)
+        if held is None and event.event_type.value in run_context.WATCHED:
+            held = self._said_under_afs_run(event)
         if held is not None:
             return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=held) for n in channels})
         if not self.background:
             return NotifyResult(event, {n: self._deliver_now(n, ch, policies[n], event) for n, ch in channels.items()})
         return self._get_engine().accept(event, list(channels))
+
+    def _said_under_afs_run(self, event: NotificationEvent) -> str | None:
+        """Under ``afs run``: tell the wrapper what this code says about its run; why the
+        event is not sent (the wrapper says it), or None."""
+        run = self._run
+        if run is None or not run.report:
+            return None
+        entry = {"model_name": event.model_name, "metrics": dict(event.metrics),
+                 "final_loss": event.context.get("final_loss"), "title": event.title}
+        return run_context.report_from_training(run.report, event.event_type.value, event.run_id, entry)
 
     def _deliver_now(
         self, name: str, channel: Channel, policy: ChannelPolicy, event: NotificationEvent

@@ -129,9 +129,12 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
     custom.add_argument("--run-id")
 
     run = commands.add_parser("run", parents=[common], help="run a training command and report how it ends",
-                              usage="%(prog)s [--model M] [--run-id R] -- COMMAND [ARG ...]")
+                              usage="%(prog)s [--model M] [--run-id R] [--start-grace S] -- COMMAND [ARG ...]")
     run.add_argument("--model")
     run.add_argument("--run-id")
+    run.add_argument("--start-grace", type=_non_negative, default=10.0, metavar="SECONDS",
+                     help="how long the command's own code may take to report the run's start before "
+                     "afs run reports it (default 10)")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
     history = commands.add_parser("history", parents=[common], help="recent events and their deliveries",

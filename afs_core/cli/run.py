@@ -12,18 +12,23 @@ import argparse
 import collections
 import datetime as dt
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
-from typing import IO, Any
+from collections.abc import Callable, Mapping, Sequence
+from typing import IO, TYPE_CHECKING, Any
 
 import attrs
 
-from afs_core import builders
+from afs_core import builders, run_context
 from afs_core.cli.common import UsageError, open_manager, wait_timeout
+
+if TYPE_CHECKING:
+    from afs_core.manager import NotificationManager
 
 TAIL_LINES = 20
 SIGNAL_HINTS = {
@@ -93,8 +98,15 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
             tail.append(partial.decode("utf-8", "replace"))
 
 
-def run_watched(command: Sequence[str]) -> RunOutcome:
-    """Run ``command``, streaming its output, forwarding SIGINT/SIGTERM; wait for its end."""
+def run_watched(
+    command: Sequence[str], *, env: Mapping[str, str] | None = None, grace: float = 0.0,
+    at_grace: Callable[[], bool] | None = None,
+) -> RunOutcome:
+    """Run ``command``, streaming its output, forwarding SIGINT/SIGTERM; wait for its end.
+
+    ``at_grace`` is asked every fraction of a second until it returns True or ``grace``
+    seconds have passed, then once more (``afs run``: has the training code said the
+    run started, or must the wrapper?)."""
     started = time.monotonic()
     children: list[subprocess.Popen[bytes]] = []
     early: list[int] = []
@@ -113,16 +125,18 @@ def run_watched(command: Sequence[str]) -> RunOutcome:
     # Installed before the child starts: a signal in between must not kill only us.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _run(command, children, early, started)
+        return _run(command, children, early, started, env, grace, at_grace)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
 
 
 def _run(
-    command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float
+    command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float,
+    env: Mapping[str, str] | None, grace: float, at_grace: Callable[[], bool] | None,
 ) -> RunOutcome:
-    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None)
+    child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None,
+                             env=None if env is None else dict(env))
     children.append(child)
     for signum in early:
         child.send_signal(signum)
@@ -134,7 +148,19 @@ def _run(
     ]
     for pump in pumps:
         pump.start()
-    returncode = child.wait()
+    returncode: int | None = None
+    if at_grace is not None:
+        settled = False
+        while not settled and returncode is None:
+            left = started + grace - time.monotonic()
+            settled = at_grace() or left <= 0
+            if not settled:
+                try:
+                    returncode = child.wait(timeout=min(max(left, 0.01), 0.1))
+                except subprocess.TimeoutExpired:
+                    pass
+    if returncode is None:
+        returncode = child.wait()
     for pump in pumps:
         pump.join(timeout=5)
     return RunOutcome(returncode, time.monotonic() - started, tuple(tail))
@@ -163,27 +189,79 @@ def command_label(command: Sequence[str]) -> str:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    """``afs run -- COMMAND``: started, then completed or failed as the command ended."""
+    """``afs run -- COMMAND``: one run, one story. The command is told the run
+    (:mod:`afs_core.run_context`); what its training code reports about the run is not
+    said again: the wrapper says the start only if the code did not within
+    ``--start-grace`` seconds, the end with the code's metrics and its own wall-clock
+    time, and a failure only when the code reported none."""
     command = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not command:
         raise UsageError("run: give the command after --, e.g. afs run -- python train.py")
     model = args.model or command_label(command)
     run_id = args.run_id or f"{model}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
     manager = open_manager(args)
+    folder = tempfile.mkdtemp(prefix="afs-run-")  # private (0700): what the code says about its run
+    report = os.path.join(folder, "report.jsonl")
+    os.close(os.open(report, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    env = {**os.environ, run_context.RUN_ID: run_id, run_context.MODEL_NAME: model,
+           run_context.RUN_STARTED: repr(time.time()), run_context.RUN_REPORT: report}
+    start = _Start(manager, report, model, run_id, command)
     try:
-        manager.send_event(builders.command_started(model, run_id, command))
         try:
-            outcome = run_watched(command)
+            outcome = run_watched(command, env=env, grace=args.start_grace, at_grace=start.settle)
         except OSError as exc:
+            start.settle(final=True)
             manager.notify_training_failed(model, run_id, f"could not start {command[0]}: {exc}")
             print(f"afs: could not start {command[0]}: {exc}", file=sys.stderr)
             return 127
-        if outcome.returncode == 0:
-            manager.notify_training_completed(model, run_id, duration=outcome.duration)
-        else:
-            manager.send_event(builders.command_failed(
-                model, run_id, outcome.explanation, exit_code=outcome.exit_code, signal=outcome.signal_name,
-                duration=outcome.duration, tail=outcome.tail))
+        start.settle(final=True)
+        _report_end(manager, outcome, run_context.training_said(report), model, run_id)
         return outcome.exit_code
     finally:
         manager.close(timeout=wait_timeout(args))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Start:
+    """Who says the run started: the training code (within the grace), else the wrapper."""
+
+    def __init__(self, manager: NotificationManager, report: str, model: str, run_id: str,
+                 command: Sequence[str]) -> None:
+        self.manager, self.report, self.model, self.run_id, self.command = manager, report, model, run_id, command
+        self.settled = False
+
+    def settle(self, final: bool = False) -> bool:
+        """True once decided. Until ``final`` it only looks whether the code said it."""
+        if self.settled:
+            return True
+        said = any(e["kind"] == run_context.STARTED for e in run_context.read_report(self.report))
+        if not said and not final:
+            return False
+        self.settled = True
+        if not said and run_context.announce(self.report, self.run_id):
+            self.manager.send_event(builders.command_started(self.model, self.run_id, self.command))
+        return True
+
+
+def _report_end(manager: NotificationManager, outcome: RunOutcome, said: list[dict[str, Any]],
+                model: str, run_id: str) -> None:
+    """The end of the run, unless the training code already told it."""
+    theirs = next((e for e in said if e["kind"] == run_context.STARTED), None)
+    if theirs is not None:  # the run is the one the code reported
+        run_id = str(theirs.get("run_id") or run_id)
+        model = str(theirs.get("model_name") or model)
+    mine = [e for e in said if e.get("run_id") == run_id]
+    if any(e["kind"] in run_context.TERMINAL_FAILURES for e in mine):
+        return  # the code said how it failed: that is the story
+    completed = next((e for e in reversed(mine) if e["kind"] == run_context.COMPLETED), None)
+    if outcome.returncode == 0:
+        metrics = completed.get("metrics") if completed else None
+        final_loss = completed.get("final_loss") if completed else None
+        manager.notify_training_completed(model, run_id, duration=outcome.duration,
+                                          final_loss=final_loss if isinstance(final_loss, (int, float)) else None,
+                                          eval_metrics=metrics if isinstance(metrics, dict) else None)
+        return
+    explanation = outcome.explanation + (" after the training reported it completed" if completed else "")
+    manager.send_event(builders.command_failed(
+        model, run_id, explanation, exit_code=outcome.exit_code, signal=outcome.signal_name,
+        duration=outcome.duration, tail=outcome.tail))

@@ -23,8 +23,10 @@ def notify_on_completion(
         @functools.wraps(function)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             from afs_core.integrations.reporter import RunReporter, numeric_metrics
+            from afs_core.run_context import RunContext
 
-            reporter = RunReporter(manager, model_name or function.__name__, run_id)
+            run = RunContext.from_env()  # under afs run, its names come before the function's
+            reporter = RunReporter(manager, model_name or (run and run.model_name) or function.__name__, run_id)
             reporter.started()
             try:
                 result = function(*args, **kwargs)

@@ -16,6 +16,7 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from afs_core.monitors import CostMonitor, DiskMonitor, GpuMonitor, check_loss, is_out_of_memory
+from afs_core.run_context import RunContext
 from afs_core.source import Source
 
 if TYPE_CHECKING:
@@ -60,8 +61,9 @@ class RunReporter:
         disk: DiskMonitor | None = None,
     ) -> None:
         self._manager = manager
-        self.model_name = model_name or "model"
-        self.run_id = run_id or f"{self.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run = RunContext.from_env()  # under afs run: the run it named, unless given here
+        self.model_name = model_name or (run and run.model_name) or "model"
+        self.run_id = run_id or (run and run.run_id) or f"{self.model_name}-{time.strftime('%Y%m%d-%H%M%S')}"
         self.degrade_ratio = degrade_ratio
         self.cost, self.gpu, self.disk = cost, gpu, disk
         self.is_main = Source.current().is_main_process
