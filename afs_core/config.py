@@ -101,3 +101,25 @@ def check_timeout(value: object, setting: str) -> float:
 def env_list(env: Mapping[str, str], key: str) -> list[str]:
     """A comma-separated setting as a list, blanks dropped."""
     return [part.strip() for part in env.get(key, "").split(",") if part.strip()]
+
+
+_DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds from ``90``, ``90s``, ``30m``, ``2h`` or ``1h30m``; ``ValueError`` (which
+    says what is accepted) for anything else, zero, or a negative value."""
+    import re
+
+    cleaned = text.strip().lower().replace(" ", "")
+    parts = re.fullmatch(r"((?:\d+(?:\.\d+)?[smhd])+)|(\d+(?:\.\d+)?)", cleaned)
+    if parts is None:
+        raise ValueError(f"{text!r} is not a duration (write 90s, 30m, 2h or 1h30m)")
+    if parts.group(2) is not None:
+        seconds = float(parts.group(2))
+    else:
+        seconds = sum(float(number) * _DURATION_UNITS[unit]
+                      for number, unit in re.findall(r"(\d+(?:\.\d+)?)([smhd])", cleaned))
+    if seconds <= 0:
+        raise ValueError(f"{text!r} is not a duration above zero")
+    return seconds

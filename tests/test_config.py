@@ -1,6 +1,6 @@
 import pytest
 
-from afs_core.config import env_bool, env_float, env_int, env_list, load_env
+from afs_core.config import env_bool, env_float, env_int, env_list, load_env, parse_duration
 from afs_core.errors import ConfigurationError
 
 
@@ -54,3 +54,15 @@ def test_timeouts_must_be_finite_and_sensible(value):
     with pytest.raises(ConfigurationError, match="X_TIMEOUT"):
         check_timeout(value, "X_TIMEOUT")
     assert check_timeout("2.5", "X_TIMEOUT") == 2.5
+
+
+@pytest.mark.parametrize(("text", "seconds"), [("90", 90.0), ("90s", 90.0), ("30m", 1800.0), ("2h", 7200.0),
+                                               ("1h30m", 5400.0), (" 1.5h ", 5400.0), ("1d", 86400.0)])
+def test_durations_read_as_people_write_them(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "soon", "5x", "0", "0s", "-3m", "m5", "1h-30m"])
+def test_a_duration_that_is_not_one_says_how_to_write_it(text):
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
