@@ -8,12 +8,13 @@ reason is read by someone who was just woken up, or who was not and wants to kno
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from afs_core.channels.webhook import classify_status, parse_retry_after
 from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
 from afs_core.formatting import one_line
+from afs_core.redaction import scrub
 
 if TYPE_CHECKING:
     from afs_core.channels.http import HttpAnswer
@@ -56,9 +57,16 @@ def error_code(answer: HttpAnswer) -> int | None:
     return code if isinstance(code, int) and not isinstance(code, bool) else None
 
 
-def words(answer: HttpAnswer) -> str:
+#: How much of what Twilio (or a proxy) said an error quotes.
+QUOTED_CHARACTERS = 200
+
+
+def words(answer: HttpAnswer, secrets: Iterable[str] = ()) -> str:
     """Twilio's own explanation, ``Twilio 21211: Invalid 'To' Phone Number``, or the
-    start of whatever else answered (a proxy's page)."""
+    start of whatever else answered (a proxy's page), with ``secrets`` masked.
+
+    Masked before it is cut to 200 characters: a secret the cut splits would no
+    longer match, and its first part would be shown."""
     body = json_object(answer.text)
     message = body.get("message")
     code = error_code(answer)
@@ -66,23 +74,26 @@ def words(answer: HttpAnswer) -> str:
         said = f"Twilio {code}: {message}" if code is not None else message
     else:
         said = f"Twilio {code}" if code is not None else (answer.text.strip() or "no body")
-    return one_line(said, 200)
+    secrets = list(secrets)
+    return scrub(one_line(scrub(said, secrets), QUOTED_CHARACTERS), secrets)
 
 
 def is_account_wide(answer: HttpAnswer) -> bool:
     return answer.status in (401, 403) or error_code(answer) in ACCOUNT_WIDE
 
 
-def read(answer: HttpAnswer) -> str:
+def read(answer: HttpAnswer, secrets: Iterable[str] = ()) -> str:
     """The message SID of a 2xx answer; otherwise the typed error: invalid or
     unreachable numbers, authentication and sender errors are permanent, 20429/429
-    and 5xx transient (with the Retry-After Twilio gave)."""
+    and 5xx transient (with the Retry-After Twilio gave). What Twilio said is quoted
+    with ``secrets`` (the channel's) masked."""
     retry_after = parse_retry_after(answer.headers.get("Retry-After"))
+    secrets = list(secrets)
     if 200 <= answer.status < 300:
         sid = json_object(answer.text).get("sid")
-        return sid if isinstance(sid, str) and sid else words(answer)
+        return scrub(sid, secrets) if isinstance(sid, str) and sid else words(answer, secrets)
     code = error_code(answer)
-    said = words(answer)
+    said = words(answer, secrets)
     if code == TOO_MANY_REQUESTS:
         raise TransientDeliveryError(f"HTTP {answer.status}, {said}", retry_after=retry_after)
     hint = HINTS.get(code) if code is not None else None

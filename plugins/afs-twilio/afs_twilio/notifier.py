@@ -2,8 +2,11 @@
 
 The text comes from :mod:`afs_twilio.render` (GSM-7, within the segment budget);
 Twilio's answers are read in :mod:`afs_twilio.answers`. This module holds the
-settings, the request (a form POST with basic auth) and the fan-out: each number
-is texted once per event, whatever fails and is retried, even by another process.
+settings, the request (a form POST with basic auth) and the fan-out: a number that
+has answered for an event (Twilio took the text, or refused it for good) is never
+texted that event again, whatever else fails and is retried, even by another process.
+A process killed while a request is out cannot know whether Twilio took it: that one
+number may get the text a second time when the event is retried.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from afs_core.channels import Setting, WebhookChannel, deliver_to_each, seconds,
 from afs_core.channels.webhook import is_loopback_host, parse_retry_after
 from afs_core.errors import ConfigurationError, DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.redaction import Secret, redact_url
+from afs_core.redaction import Secret, redact_url, scrub
 from afs_twilio import answers
 from afs_twilio.numbers import e164, e164_list, mask, sid
 from afs_twilio.render import render
@@ -197,9 +200,12 @@ class TwilioNotifier(SendsDirectly, WebhookChannel):
             answer = self.post(self.webhook_url, body=urllib.parse.urlencode(form).encode("ascii"),
                                headers={"Content-Type": FORM, "Authorization": self._authorization.reveal(),
                                         "Accept": "application/json"})
-            return answers.read(answer)
+            return answers.read(answer, self.secrets())
         except DeliveryError as exc:
-            reason = exc.reason.replace(number, mask(number))  # Twilio quotes the number it refused
+            # Masked here, before the reason is raised, stored or logged: a service (or
+            # a proxy) may echo the token or the basic-auth value back.
+            reason = scrub(exc.reason, self.secrets())
+            reason = reason.replace(number, mask(number))  # Twilio quotes the number it refused
             if not exc.permanent:
                 raise TransientDeliveryError(reason, retry_after=exc.retry_after) from None
             if answer is not None and answers.is_account_wide(answer):
@@ -210,13 +216,14 @@ class TwilioNotifier(SendsDirectly, WebhookChannel):
 
     def rate_limited(self, answer: HttpAnswer) -> tuple[float | None, str, str]:
         """A 429 (Twilio 20429): every number of the account waits for its Retry-After."""
-        return parse_retry_after(answer.headers.get("Retry-After")), self.webhook_url, answers.words(answer)
+        return (parse_retry_after(answer.headers.get("Retry-After")), self.webhook_url,
+                answers.words(answer, self.secrets()))
 
     def words(self, answer: HttpAnswer) -> str:
-        return answers.words(answer)
+        return answers.words(answer, self.secrets())
 
     def read_answer(self, answer: HttpAnswer) -> Any:
-        return answers.read(answer)
+        return answers.read(answer, self.secrets())
 
     # -- status -------------------------------------------------------------------------
 

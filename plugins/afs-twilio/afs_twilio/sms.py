@@ -51,6 +51,16 @@ TRANSLITERATIONS: dict[str, str] = {
 }
 
 _SPACES = re.compile(r"\s+")
+# Terminal escape sequences, removed whole before any other cleaning (else the ESC
+# alone goes and "[31m" stays in the text): CSI (ESC [ parameters, intermediates,
+# a final byte), OSC (ESC ] ... ended by BEL or ST), nF (ESC, intermediates, a final
+# byte: "ESC ( B"), and any other ESC with the one character after it.
+_ESCAPES = re.compile(
+    r"\x1b\[[\x30-\x3f]*[\x20-\x2f]*[\x40-\x7e]"
+    r"|\x1b\][^\x07\x1b]*(?:\x07|\x1b\\)"
+    r"|\x1b[\x20-\x2f]+[\x30-\x7e]"
+    r"|\x1b[\s\S]?"
+)
 # Line breaks, tabs and other C0/C1 controls, and the Unicode line/paragraph separators:
 # a space each, so words on either side stay apart.
 _BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -67,8 +77,10 @@ class SmsText(NamedTuple):
 
 
 def clean(text: str) -> str:
-    """One line: controls (newlines, escapes, NUL, lone surrogates, bidi overrides)
-    become spaces or go, runs of spaces become one."""
+    """One line: terminal escape sequences (``ESC [31m``) go whole, then controls
+    (newlines, NUL, lone surrogates, bidi overrides) become spaces or go, and runs of
+    spaces become one."""
+    text = _ESCAPES.sub("", text)
     return _SPACES.sub(" ", strip_control(_BREAKS.sub(" ", text), keep="")).strip()
 
 
@@ -110,8 +122,13 @@ def to_gsm(text: str) -> tuple[str, bool]:
 
 
 def _ucs2_form(ch: str) -> str:
+    """``ch`` as sent in UCS-2: emoji, symbols, joiners and variation selectors go.
+    A letter or digit above U+FFFF (``𠀀``, CJK Extension B) stays, as any letter does:
+    it is what forced UCS-2, and it costs two units (a UTF-16 surrogate pair)."""
+    if _meaningful(ch):
+        return ch
     if ord(ch) > 0xFFFF or unicodedata.category(ch) in _UCS2_DROPPED_CATEGORIES or "\ufe00" <= ch <= "\ufe0f":
-        return TRANSLITERATIONS.get(ch, "")  # emoji, symbols, joiners, variation selectors
+        return TRANSLITERATIONS.get(ch, "")
     return ch
 
 
@@ -130,6 +147,8 @@ def encoding_of(text: str) -> Encoding:
 
 
 def _unit_sizes(text: str, encoding: Encoding) -> list[int]:
+    """What each character costs: septets in GSM-7, UTF-16 code units in UCS-2 (two
+    for a character above U+FFFF, a surrogate pair that is never split)."""
     if encoding == "GSM-7":
         return [2 if ch in GSM_EXTENSION else 1 for ch in text]
     return [2 if ord(ch) > 0xFFFF else 1 for ch in text]

@@ -26,6 +26,7 @@ from twilio_api import (
 from afs_core import EventType, NotificationManager, hookimpl, send_now
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Store
+from afs_core.errors import DeliveryError
 from afs_core.results import DeliveryStatus
 from afs_core.testing import Scripted
 from afs_twilio.sms import measure
@@ -146,8 +147,18 @@ def test_hostile_text_arrives_as_plain_words_on_one_line(twilio, webhook_server,
     send_now(twilio, failed(make_event, title="@everyone\nTraining failed:\r\n\x1b[31m llama\x00\u202e",
                             error_details="line1\nline2\tEND\x07 <b>x</b> & [y](z)"))
     body = form(webhook_server.received[0])["Body"]
-    assert body == "[AFS] ERROR @everyone Training failed: [31m llama (r1) - line1 line2 END <b>x</b> & [y](z)"
+    # The colour escape goes whole: no "[31m" left of it.
+    assert body == "[AFS] ERROR @everyone Training failed: llama (r1) - line1 line2 END <b>x</b> & [y](z)"
     assert all(ch >= " " for ch in body)
+
+
+def test_letters_above_u_ffff_keep_the_text_in_ucs2_counted_as_surrogate_pairs(twilio, webhook_server, make_event):
+    """CJK Extension B letters have no GSM-7 form: dropping them would lose the words."""
+    send_now(twilio, failed(make_event, error_details="𠀀𠀁 model failed 🚀"))
+    body = form(webhook_server.received[0])["Body"]
+    assert body == "[AFS] ERROR Training failed: llama (r1) - 𠀀𠀁 model failed"
+    sms = measure(body)
+    assert sms.encoding == "UCS-2" and sms.units == len(body.encode("utf-16-le")) // 2 == len(body) + 2
 
 
 def test_a_lone_surrogate_does_not_lose_the_event(twilio, webhook_server, make_event):
@@ -314,3 +325,28 @@ def test_secrets_never_reach_logs_errors_or_history(twilio, webhook_server, afs_
     for path in tmp_path.glob("afs.db*"):
         assert_no_secret(path.read_bytes().decode("latin-1"))
     assert "/2010-04-01/Accounts/" in caplog.text  # urllib3 did log the request line
+
+
+def test_a_secret_echoed_across_the_quotes_cut_is_masked_before_the_cut(twilio, webhook_server, make_event):
+    """Cut first, the token would be split at the 200th character and its start shown."""
+    webhook_server.respond(refused(20003, "Authenticate: " + "." * 160 + TOKEN, status=401))
+    outcome = send_now(twilio, failed(make_event))
+    assert outcome.permanent and "***" in outcome.error
+    assert TOKEN[:6] not in outcome.error
+
+
+def test_the_errors_the_channel_raises_itself_carry_no_secret(make_twilio, webhook_server, make_event):
+    """Masked in the plugin, before anything (the store, a log, the caller) gets the error."""
+    twilio = make_twilio()
+    message = twilio.format(failed(make_event))
+    webhook_server.respond(refused(21211, f"bad To, token was {TOKEN} auth Basic {CREDENTIALS}"),
+                           Scripted(status=503, body=f"upstream down token={TOKEN}"))
+    for permanent in (True, False):
+        with pytest.raises(DeliveryError) as caught:
+            twilio.deliver(message)
+        assert caught.value.permanent is permanent and "***" in caught.value.reason
+        assert_no_secret(caught.value.reason, str(caught.value))
+    webhook_server.respond(refused(20429, f"slow down {TOKEN}", status=429))
+    with pytest.raises(DeliveryError) as caught:
+        twilio.deliver(message)
+    assert_no_secret(caught.value.reason)

@@ -62,11 +62,23 @@ def test_numbers_are_e164_with_separators_removed_and_repeats_dropped():
     assert channel.to == (ALICE, BOB)
 
 
-@pytest.mark.parametrize("bad", ["07700 900123", "447700900123", "+0123456789", "+1 555", "+1234567890123456", "alice"])
+@pytest.mark.parametrize("bad", ["07700 900123", "447700900123", "+0123456789", "+1 555", "+1234567890123456",
+                                 "+44 (0).-", " 0044 7700 900123 "])
 def test_a_number_not_in_e164_form_stops_the_configuration_naming_it(bad):
-    with pytest.raises(ConfigurationError, match="TWILIO_TO") as info:
+    with pytest.raises(ConfigurationError, match=r"TWILIO_TO \(number 2\)") as info:
         TwilioNotifier.from_env({**BASE, "TWILIO_TO": f"{ALICE},{bad}"})
     assert repr(bad.strip()) in str(info.value) and "E.164" in str(info.value)
+
+
+@pytest.mark.parametrize("setting", ["TWILIO_TO", "TWILIO_FROM"])
+@pytest.mark.parametrize("bad", [TOKEN, KEY_SECRET, "alice", "+٤٤7700901234", "+44 7700 900123 000000", "+1 555 x12"])
+def test_a_value_not_written_like_a_number_is_refused_without_quoting_it(setting, bad):
+    """People paste the auth token where a number belongs: only digits, +, spaces, brackets,
+    dots and dashes, 20 characters at most, are quoted."""
+    with pytest.raises(ConfigurationError, match=f"{setting}: the value given \\({len(bad)} characters, not shown") as info:
+        TwilioNotifier.from_env({**BASE, setting: bad})
+    assert bad not in str(info.value) and "E.164" in str(info.value)
+    assert_no_secret(str(info.value))
 
 
 def test_a_sender_not_in_e164_form_is_refused():

@@ -102,15 +102,57 @@ def test_letters_without_a_gsm7_form_keep_the_text_in_ucs2():
 
 def test_control_characters_go_and_lines_become_one():
     text, encoding = prepare("a\nb\r\nc\td\x1b[2Je\x00f\x07g\u202eh\u2028i \ud800 j\x85k")
-    assert text == "a b c d [2Je f gh i j k" and encoding == "GSM-7"  # a bidi override is dropped, not spaced
+    assert text == "a b c de f gh i j k" and encoding == "GSM-7"  # a bidi override is dropped, not spaced
     assert all(ch >= " " for ch in text)
+
+
+@pytest.mark.parametrize(
+    ("text", "sent"),
+    [
+        ("\x1b[31mERROR\x1b[0m: boom", "ERROR: boom"),  # CSI: colours
+        ("\x1b[1;38;5;196mred\x1b[m", "red"),
+        ("a\x1b[2Kb\x1b[?25lc", "abc"),  # erase line, hide cursor (private parameters)
+        ("\x1b]0;window title\x07loss nan", "loss nan"),  # OSC ended by BEL
+        ("\x1b]8;;https://x.example\x1b\\link\x1b]8;;\x1b\\ here", "link here"),  # OSC ended by ST
+        ("\x1b(Bplain", "plain"),  # nF: character set
+        ("a\x1bMb \x1b7c\x1b8", "ab c"),  # ESC and one character
+        ("tail \x1b", "tail"),  # an ESC at the very end
+        ("\x9b31m stays as text", "31m stays as text"),  # a C1 control alone: only the control goes
+    ],
+)
+def test_terminal_escape_sequences_are_removed_whole(text, sent):
+    sms = fit(text)
+    assert sms.text == sent and sms.encoding == "GSM-7"
+
+
+def test_letters_above_u_ffff_are_kept_in_ucs2_not_dropped():
+    """CJK Extension B (U+20000 on) has letters in no GSM-7 form: they force UCS-2 like 模."""
+    sms = fit("𠀀𠀁 model failed 🚀")
+    assert sms.text == "𠀀𠀁 model failed" and sms.encoding == "UCS-2"
+    assert sms.units == 2 * 2 + len(" model failed") == len(sms.text.encode("utf-16-le")) // 2
+    assert fit("𝐀𝐁 bold maths letters").encoding == "GSM-7"  # an astral letter with a GSM-7 form keeps GSM-7
+
+
+@pytest.mark.parametrize(("count", "budget", "units", "segments"),
+                         [(35, 1, 70, 1), (36, 1, 69, 1), (36, 2, 72, 2), (100, 2, 133, 2), (100, 3, 199, 3)])
+def test_astral_letters_count_two_utf16_units_and_are_never_split(count, budget, units, segments):
+    sms = fit("𠀀" * count, budget)
+    assert (sms.encoding, sms.units, sms.segments) == ("UCS-2", units, segments)
+    assert sms.units == len(sms.text.encode("utf-16-le")) // 2
+    assert sms.text.encode("utf-16", "strict")  # no half of a surrogate pair anywhere
+
+
+def test_a_surrogate_pair_never_straddles_two_parts():
+    text = HAN * 66 + "𠀀" + HAN * 66  # 134 units, but the pair cannot take units 67 and 68
+    assert measure(text).units == 134 and count_segments(text) == 3
+    assert fit(text, 2).segments == 2
 
 
 def test_every_transliteration_is_gsm7():
     assert all(ch in GSM_ALPHABET for value in TRANSLITERATIONS.values() for ch in value)
 
 
-@pytest.mark.parametrize("text", ["a" * 400, "€" * 300, HAN * 200, "“x” — 🚀" * 80, "Модель " * 50])
+@pytest.mark.parametrize("text", ["a" * 400, "€" * 300, HAN * 200, "“x” — 🚀" * 80, "Модель " * 50, "𠀀a" * 100])
 def test_fitting_twice_changes_nothing(text):
     once = fit(text, 2).text
     assert fit(once, 2).text == once

@@ -2,7 +2,9 @@
 
 Any host may receive (this is a generic webhook), but only over https, except a
 loopback host (a local relay, a test). A URL's path and query may hold a token, so
-a URL is shown as ``scheme://host`` and its path and query are secrets. Which URLs
+a URL is shown as ``scheme://host`` and its path and query are secrets: the whole
+of each, every query value, and every path segment that looks like a token
+(:func:`looks_like_token`), wherever it sits in the path. Which URLs
 already took an event is remembered in the store under a key derived from the URL
 with the signing key, never under the URL itself.
 """
@@ -18,9 +20,38 @@ import attrs
 
 from afs_core.channels.webhook import is_loopback_host, validate_webhook_url
 from afs_core.errors import ConfigurationError
-from afs_core.redaction import url_secrets
 
 SETTING = "WEBHOOK_URL"
+#: A path segment at least this long is a secret whatever its characters ...
+TOKEN_LENGTH = 20
+#: ... and one at least this long that holds a digit.
+TOKEN_WITH_DIGIT_LENGTH = 8
+
+
+def looks_like_token(segment: str) -> bool:
+    """Whether a path segment may be a token: 8 characters or more with a digit in
+    them (``pathT0KENxyz``, ``3f9c0a1b``), or 20 characters or more of anything.
+
+    Ordinary words (``hooks``, ``events``, ``in``, ``v1``) are not: each secret is
+    masked wherever it appears, in every log line of the process, so masking words
+    would mangle ordinary text and hide nothing.
+    """
+    return len(segment) >= TOKEN_LENGTH or (
+        len(segment) >= TOKEN_WITH_DIGIT_LENGTH and any("0" <= ch <= "9" for ch in segment))
+
+
+def path_secrets(path: str) -> list[str]:
+    """The secrets of a URL's path: the path whole (with and without its leading
+    slash) when it holds more than one segment or a token, and each segment that
+    looks like a token, as written and percent-decoded."""
+    segments = [segment for segment in path.split("/") if segment]
+    tokens = [form for segment in segments
+              for form in dict.fromkeys((segment, urllib.parse.unquote(segment))) if looks_like_token(form)]
+    found = list(tokens)
+    if len(segments) > 1 or tokens:
+        joined = "/".join(segments)
+        found += [joined, "/" + joined, path]
+    return found
 
 
 @attrs.frozen
@@ -33,14 +64,19 @@ class Endpoint:
     key: str  # the key it is remembered by: no part of the URL can be read back from it
 
     def secrets(self) -> list[str]:
-        """What of the URL must never be shown: the URL whole, its path, its last segment,
-        its query and each value in the query (``?token=...`` echoed back alone)."""
+        """What of the URL must never be shown: the URL whole, its path (see
+        :func:`path_secrets`: each segment that looks like a token, wherever it is, but
+        no ordinary word), its query and each value in the query (``?token=...``
+        echoed back alone)."""
         parts = urllib.parse.urlsplit(self.url)
         if not (parts.path.strip("/") or parts.query):
             return []
-        values = [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
-        raw = [item.partition("=")[2] for item in parts.query.split("&")]  # as written, before unquoting
-        return [*url_secrets(self.url, public_segments=0), *(v for v in values + raw if v)]
+        found = [self.url, *path_secrets(parts.path)]
+        if parts.query:
+            values = [value for _, value in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)]
+            raw = [item.partition("=")[2] for item in parts.query.split("&")]  # as written, before unquoting
+            found += [parts.query, f"{parts.path}?{parts.query}", *values, *raw]
+        return list(dict.fromkeys(s for s in found if s))
 
 
 def origin_of(parts: urllib.parse.SplitResult) -> str:

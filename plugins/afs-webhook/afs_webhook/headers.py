@@ -3,7 +3,8 @@
 Read once, at configuration: a malformed value, a name HTTP does not allow, a
 value with a line break (which would add a header of its own) or one that would
 replace a header the channel sets is refused with a message that names the header,
-never its value.
+never its value. A name HTTP does not allow is not quoted either: it may hold the
+value (``{"Authorization: Bearer tk_...": ""}``); the message says what is wrong.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def parse_headers(value: str | Mapping[str, str] | None) -> tuple[tuple[str, Sec
         except json.JSONDecodeError as exc:  # its message gives a position, never the text
             raise ConfigurationError(f"{SETTING} is not valid JSON ({exc.msg} at character {exc.pos}); "
                                      'expected an object such as {"Authorization": "Bearer ..."}') from None
+        except RecursionError:
+            raise ConfigurationError(f"{SETTING} is nested too deeply to be read; "
+                                     'expected an object such as {"Authorization": "Bearer ..."}') from None
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{SETTING} must be a JSON object of header names to values, "
                                  f"got {type(value).__name__}")
@@ -44,8 +48,7 @@ def parse_headers(value: str | Mapping[str, str] | None) -> tuple[tuple[str, Sec
     seen: set[str] = set()
     for name, text in value.items():
         if not isinstance(name, str) or not _TOKEN.fullmatch(name):
-            shown = repr(name)[:60] if isinstance(name, str) else type(name).__name__
-            raise ConfigurationError(f"{SETTING} has a header name HTTP does not allow: {shown}")
+            raise ConfigurationError(f"{SETTING} has a header name HTTP does not allow: {_what_is_wrong(name)}")
         lowered = name.lower()
         if lowered in RESERVED:
             raise ConfigurationError(f"{SETTING} may not set {name!r}: the channel sets it")
@@ -59,6 +62,20 @@ def parse_headers(value: str | Mapping[str, str] | None) -> tuple[tuple[str, Sec
                                      "(the value is secret, so not shown)")
         pairs.append((name, Secret(text.strip())))
     return tuple(pairs)
+
+
+def _what_is_wrong(name: object) -> str:
+    """Why ``name`` is no header name, without quoting it: a name that is not one may
+    hold the value (``"Authorization: Bearer tk_..."`` written as the name)."""
+    if not isinstance(name, str):
+        return f"it must be text, got {type(name).__name__}"
+    if not name:
+        return "it is empty"
+    unshown = " (the name is not shown: it may hold the value)"
+    if ":" in name or any(ch.isspace() for ch in name):
+        return ("it contains ':' or a space; write the value as the JSON value, not in the name, "
+                'e.g. {"Authorization": "Bearer ..."}' + unshown)
+    return "it may only hold letters, digits and !#$%&'*+-.^_`|~" + unshown
 
 
 def header_secrets(pairs: tuple[tuple[str, Secret], ...]) -> list[str]:

@@ -36,6 +36,11 @@ if TYPE_CHECKING:
 MIN_KEY_BYTES = 16
 #: How much of a refusing receiver's body an error quotes.
 QUOTED_CHARACTERS = 200
+#: How much of a body is masked to quote it: far more than is quoted, so that a secret
+#: running past the quote's end is masked whole, not cut (its start would show).
+READ_CHARACTERS = 64 * 1024
+#: How an error names a redirect whose ``Location`` is no URL.
+UNREADABLE_LOCATION = " to an unreadable location"
 
 
 class WebhookNotifier(SendsDirectly, WebhookChannel):
@@ -119,8 +124,15 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         headers.update(signature_headers(key, msg_id, body, now=self.clock()))
         self._posting.url = endpoint.url
         try:
-            return str(self.read_answer(self.post(endpoint.url, body=body, headers=headers,
-                                                  hold_keys=(endpoint.url,))))
+            try:
+                answer = self.post(endpoint.url, body=body, headers=headers, hold_keys=(endpoint.url,))
+            except ValueError:
+                # requests reads a redirect's Location even when it does not follow it,
+                # and raises a bare ValueError for one that is no URL ("http://[oops/"):
+                # this URL's permanent failure, never an error that stops the other URLs.
+                raise PermanentDeliveryError(f"a redirect{UNREADABLE_LOCATION}, not followed; "
+                                             "set WEBHOOK_URL to the address the receiver really answers on") from None
+            return str(self.read_answer(answer))
         except DeliveryError as exc:
             # Scrubbed here too: deliver_to_each keeps a refusal's reason in the store.
             kind = PermanentDeliveryError if exc.permanent else TransientDeliveryError
@@ -138,9 +150,16 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         return parse_retry_after(answer.headers.get("Retry-After")), self._posting_url(), "rate limited"
 
     def words(self, answer: HttpAnswer) -> str:
-        """The body's first 200 characters, on one line, without control characters."""
-        text = answer.text.strip()
+        """The body's first 200 characters, on one line, without control characters,
+        every secret masked. Masked before it is cut: a secret cut in two by the quote's
+        end would no longer match, and its first part would be shown."""
+        secrets = list(self.secrets())
+        body = answer.text.strip()
+        text = scrub(body[:READ_CHARACTERS], secrets)
+        if len(body) > READ_CHARACTERS and len(text) < QUOTED_CHARACTERS + max(map(len, secrets), default=0):
+            text = scrub(body, secrets)  # masking shrank the window so far that its cut end could show
         head = " ".join(strip_control(text[:QUOTED_CHARACTERS], keep=" \t\n").split())
+        head = scrub(head, secrets)  # a secret the receiver wrapped over lines is whole again
         if not head:
             return "no body"
         return head + (ELLIPSIS if len(text) > QUOTED_CHARACTERS else "")
@@ -149,15 +168,25 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         """2xx: delivered; 408, 429, 5xx: transient (Retry-After honoured); a redirect
         and every other 4xx: permanent."""
         if 300 <= answer.status < 400:
-            location = answer.headers.get("Location")
-            where = ""
-            if location:
-                target = urllib.parse.urlsplit(urllib.parse.urljoin(self._posting_url(), location.strip()))
-                where = f" to {origin_of(target)}" if target.scheme and target.hostname else ""
-            raise PermanentDeliveryError(f"HTTP {answer.status}: a redirect{where}, not followed; "
-                                         "set WEBHOOK_URL to the address the receiver really answers on")
+            raise PermanentDeliveryError(f"HTTP {answer.status}: a redirect{self._redirect_target(answer)}, "
+                                         "not followed; set WEBHOOK_URL to the address the receiver really answers on")
         super().read_answer(answer)  # raises for everything but 2xx
         return f"HTTP {answer.status}: {self.words(answer)}"
+
+    def _redirect_target(self, answer: HttpAnswer) -> str:
+        """`` to https://host`` for a redirect's ``Location``; ``""`` without one; and
+        `` to an unreadable location`` for one that is no URL (``http://[oops/``): the
+        receiver's mistake is this URL's permanent failure, never an error that would
+        stop the event's other URLs."""
+        location = answer.headers.get("Location")
+        if not location or not location.strip():
+            return ""
+        try:
+            target = urllib.parse.urlsplit(urllib.parse.urljoin(self._posting_url(), location.strip()))
+            shown = origin_of(target) if target.scheme and target.hostname else ""
+        except ValueError:  # an unclosed IPv6 bracket, a port out of range
+            return UNREADABLE_LOCATION
+        return f" to {shown}" if shown else ""
 
     def _posting_url(self) -> str:
         return getattr(self._posting, "url", None) or self.webhook_url
@@ -168,7 +197,10 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         return f"{self.name or type(self).__name__} {', '.join(endpoint.origin for endpoint in self.endpoints)}"
 
     def secrets(self) -> Iterable[str]:
-        found = list(super().secrets())
+        # The channel's declared settings, but not WebhookChannel's own reading of the
+        # first URL, which would mask its last path segment even when it is a word
+        # ("/in"): each endpoint says which parts of its URL are secret.
+        found = list(super(WebhookChannel, self).secrets())
         for endpoint in self.endpoints:
             found += endpoint.secrets()
         secret = self.secret.reveal()

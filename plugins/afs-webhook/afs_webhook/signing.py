@@ -122,6 +122,10 @@ def verify(
     if not _TIMESTAMP.fullmatch(stamp.strip()):
         raise WebhookVerificationError(f"{TIMESTAMP_HEADER} is not a number of Unix seconds")
     timestamp = int(stamp.strip())
+    try:
+        msg_id.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate: no sender could have signed it
+        raise WebhookVerificationError(f"{ID_HEADER} is not valid text") from None
     expected = sign(key, msg_id, timestamp, raw).encode("ascii")
     # Every candidate is compared, in constant time each, so the answer's timing
     # says nothing about which one came close.
@@ -139,3 +143,5 @@ def verify(
         return json.loads(raw)
     except ValueError:
         raise WebhookVerificationError("the signature is valid but the body is not JSON") from None
+    except RecursionError:  # validly signed, but nested deeper than the parser goes: not an AFS body
+        raise WebhookVerificationError("the signature is valid but the body is JSON nested too deeply") from None

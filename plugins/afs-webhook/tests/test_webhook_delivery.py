@@ -11,7 +11,8 @@ import time
 import pytest
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from afs_core import EventType, NotificationManager, send_now
+from afs_core import EventType, NotificationManager, PermanentDeliveryError, send_now
+from afs_core.channels.http import HttpAnswer
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Store
 from afs_core.results import DeliveryStatus
@@ -197,6 +198,62 @@ def test_a_redirect_is_not_followed_and_fails_for_good_saying_so(hook, webhook_s
     assert outcome.error.startswith(f"HTTP {status}: a redirect to https://elsewhere.example, not followed")
     assert len(webhook_server.received) == 1
     kit.assert_no_secret(outcome.error)
+
+
+def test_a_redirect_to_an_unreadable_location_fails_that_url_alone(webhook_server, second_server, afs_plugins,
+                                                                     make_event, kit):
+    """``Location: http://[oops/`` is no URL: a permanent error for that URL, and the
+    event's other URLs still get it."""
+    channel = WebhookNotifier([kit.url_of(webhook_server), kit.url_of(second_server, "other")], kit.SECRET, timeout=3)
+    webhook_server.default = Scripted(status=307, headers={"Location": "http://[oops/"})
+    outcome = send_now(channel, make_event())
+    assert outcome.permanent
+    assert outcome.error.startswith(f"{webhook_server.url}/…: a redirect to an unreadable location, not followed")
+    assert outcome.error.endswith("(sent to 1 of 2)")
+    assert len(webhook_server.received) == 1 and len(second_server.received) == 1
+    kit.assert_no_secret(outcome.error)
+
+
+@pytest.mark.parametrize("location", ["http://[oops/", "https://host:99999/x", "http://[::1/in"])
+def test_read_answer_names_an_unreadable_location_as_such(hook, location):
+    with pytest.raises(PermanentDeliveryError, match=r"^HTTP 307: a redirect to an unreadable location, not followed"):
+        hook.read_answer(HttpAnswer(307, {"Location": location}, ""))
+
+
+def test_a_token_in_a_middle_path_segment_echoed_by_the_receiver_is_masked(webhook_server, afs_plugins,
+                                                                            make_event, kit):
+    channel = WebhookNotifier(f"{webhook_server.url}/hooks/{kit.PATH_TOKEN}/events?key={kit.QUERY_TOKEN}",
+                              kit.SECRET, timeout=3)
+    webhook_server.respond(status=404, body=f'{{"error": "no such hook {kit.PATH_TOKEN}"}}')
+    outcome = send_now(channel, make_event())
+    assert outcome.permanent and outcome.error == 'HTTP 404: {"error": "no such hook ***"}'
+    assert webhook_server.received[0].path == f"/hooks/{kit.PATH_TOKEN}/events"
+
+
+def test_a_secret_echoed_across_the_quotes_cut_is_masked_before_the_cut(webhook_server, afs_plugins, make_event, kit):
+    """Cut first, a long bearer token would be split at the 200th character and its start shown."""
+    token = "tk_" + "S3CRETbearerTOKEN" * 3
+    channel = WebhookNotifier(kit.url_of(webhook_server), kit.SECRET, headers={"Authorization": f"Bearer {token}"},
+                              timeout=3)
+    webhook_server.respond(status=401, body="invalid credentials: " + "." * 150 + f"Bearer {token}")
+    with pytest.raises(PermanentDeliveryError) as caught:  # as the channel raises it, before the core sees it
+        channel.deliver(channel.format(make_event()))
+    assert caught.value.reason.endswith("." * 150 + "***")
+    assert token[:6] not in caught.value.reason
+    webhook_server.respond(status=401, body="invalid credentials: " + "." * 150 + f"Bearer {token}")
+    outcome = send_now(channel, make_event())
+    assert outcome.error == "HTTP 401: invalid credentials: " + "." * 150 + "***"
+
+
+def test_a_huge_body_of_long_echoed_secrets_shows_no_part_of_one(afs_plugins, kit):
+    """Only the start of a big body is masked and quoted, unless masking shrinks it so far
+    that a secret cut at its end could reach the quote."""
+    token = "k3y" * 700  # a 2,100-character header value
+    channel = WebhookNotifier("https://hooks.example.com/in", kit.SECRET, headers={"X-Key": token})
+    said = channel.words(HttpAnswer(400, {}, token * 40))  # 84,000 characters, all secret
+    assert said == "***" * 40
+    said = channel.words(HttpAnswer(400, {}, "x" * 70_000 + token))
+    assert said == "x" * 200 + "…"
 
 
 def test_a_refused_connection_is_retried(afs_plugins, make_event, kit):

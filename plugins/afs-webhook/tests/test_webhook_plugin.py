@@ -9,7 +9,9 @@ import pytest
 from afs_core import NotificationManager
 from afs_core.errors import ConfigurationError
 from afs_core.plugins import PluginHost
+from afs_core.redaction import scrub
 from afs_webhook import WebhookNotifier
+from afs_webhook.endpoints import looks_like_token
 
 URL = "https://hooks.example.com/afs/pathT0KENxyz?key=qT0KENabc"
 
@@ -105,6 +107,12 @@ def test_https_anywhere_and_plain_http_on_loopback_are_accepted(kit, url):
         ('{"webhook-signature": "v1,authT0KENdef"}', "may not set 'webhook-signature'"),
         ('{"Content-Type": "text/plain"}', "may not set 'Content-Type'"),
         ('{"Bad Name": "authT0KENdef"}', "a header name HTTP does not allow"),
+        # The value written into the name: the name is never quoted, the fix is said.
+        ('{"Authorization: Bearer authT0KENdef": ""}', "contains ':' or a space; write the value as the JSON value"),
+        ('{"Bearer authT0KENdef": "x"}', "contains ':' or a space"),
+        ('{"authT0KENdef/x": "1"}', r"may only hold letters, digits and .*\(the name is not shown"),
+        ('{"": "authT0KENdef"}', "a header name HTTP does not allow: it is empty"),
+        ("[" * 100_000, "WEBHOOK_HEADERS is nested too deeply to be read"),
         ('{"X-Token": 123}', "the value of 'X-Token' must be a string, got int"),
         ('{"X-Token": "authT0KENdef\\r\\nX-Evil: 1"}', "the value of 'X-Token' must be ASCII text on one line"),
         ('{"X-Token": "authT0KENdéf"}', "must be ASCII text on one line"),
@@ -147,6 +155,26 @@ def test_the_url_tokens_the_secret_and_every_header_value_are_declared_secret(ki
     secrets = set(channel.secrets())
     assert {kit.SECRET, kit.SECRET[6:], kit.PATH_TOKEN, "key=" + kit.QUERY_TOKEN, kit.QUERY_TOKEN, f"Bearer {kit.AUTH_TOKEN}",
             kit.AUTH_TOKEN, "ml-platform", URL} <= secrets
+
+
+@pytest.mark.parametrize(
+    ("segment", "token"),
+    [("pathT0KENxyz", True), ("3f9c0a1b", True), ("a" * 20, True), ("T0KEN12", False), ("in", False),
+     ("events", False), ("hooks", False), ("v1", False), ("webhooks-incoming", False)],
+)
+def test_a_path_segment_is_a_token_with_8_characters_and_a_digit_or_20_characters(segment, token):
+    assert looks_like_token(segment) is token
+
+
+def test_a_token_anywhere_in_the_path_is_secret_but_ordinary_words_are_not(kit):
+    channel = WebhookNotifier(f"https://a.example/hooks/{kit.PATH_TOKEN}/events?key={kit.QUERY_TOKEN},"
+                              "https://b.example/in,https://c.example/v1/" + "x" * 24, kit.SECRET)
+    secrets = set(channel.secrets())
+    assert {kit.PATH_TOKEN, f"hooks/{kit.PATH_TOKEN}/events", f"/hooks/{kit.PATH_TOKEN}/events", kit.QUERY_TOKEN,
+            "x" * 24} <= secrets
+    assert not {"hooks", "events", "in", "/in", "v1"} & secrets
+    assert scrub("Starting new HTTP connection: POST /in: no such hook events", channel.secrets()) == (
+        "Starting new HTTP connection: POST /in: no such hook events")
 
 
 def test_the_manager_registers_the_channel_from_env(monkeypatch, kit):

@@ -106,6 +106,18 @@ def test_a_signed_body_that_is_not_json_is_rejected(kit):
         verify(b"not json", headers, kit.SECRET)
 
 
+def test_a_webhook_id_that_is_not_text_is_rejected_not_raised_as_an_encoding_error(kit):
+    headers = {**signature_headers(kit.KEY, "msg_1", b"{}"), "webhook-id": "msg\udcff"}
+    with pytest.raises(WebhookVerificationError, match="webhook-id is not valid text"):
+        verify(b"{}", headers, kit.SECRET)
+
+
+def test_a_validly_signed_body_nested_too_deeply_is_rejected_not_a_recursion_error(kit):
+    body = b"[" * 100_000 + b"]" * 100_000
+    with pytest.raises(WebhookVerificationError, match="nested too deeply"):
+        verify(body, signature_headers(kit.KEY, "msg_1", body), kit.SECRET)
+
+
 @pytest.mark.parametrize("secret", ["MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw", "whsec_", "whsec_not*base64", "whsec_A"])
 def test_a_malformed_secret_is_a_plain_value_error_that_does_not_quote_it(kit, secret):
     with pytest.raises(ValueError, match="the secret") as caught:
