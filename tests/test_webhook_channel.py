@@ -144,3 +144,10 @@ def test_a_setting_with_bytes_that_are_not_utf8_is_a_clear_error():
     with pytest.raises(ConfigurationError, match="ACME_WEBHOOK_URL holds bytes that are not UTF-8") as caught:
         Acme.from_env({"ACME_WEBHOOK_URL": f"https://hooks.acme.example/T/{TOKEN}\udcff"})
     assert TOKEN not in str(caught.value)
+
+
+def test_a_redirect_to_an_unreadable_location_is_a_permanent_failure(acme, webhook_server, make_event):
+    webhook_server.respond(status=307, headers={"Location": "http://[oops/"})
+    outcome = send_now(acme, make_event())
+    assert outcome.permanent and "not followed" in outcome.error
+    assert len(webhook_server.received) == 1

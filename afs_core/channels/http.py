@@ -22,7 +22,7 @@ from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from afs_core.channels.deadline import Deadline
 from afs_core.channels.webhook import encode_json
-from afs_core.errors import TransientDeliveryError
+from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
 
 _current = threading.local()
@@ -141,6 +141,9 @@ class WebhookSession:
                 if deadline.expired:
                     raise late from None
                 raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
+            except ValueError:  # requests reads a redirect's Location even when not following it
+                raise PermanentDeliveryError("the answer could not be read (a redirect to an unreadable "
+                                             "location?); not followed") from None
             finally:
                 _current.deadline = None
         if deadline.expired:

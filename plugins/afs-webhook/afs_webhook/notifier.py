@@ -124,14 +124,9 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         headers.update(signature_headers(key, msg_id, body, now=self.clock()))
         self._posting.url = endpoint.url
         try:
-            try:
-                answer = self.post(endpoint.url, body=body, headers=headers, hold_keys=(endpoint.url,))
-            except ValueError:
-                # requests reads a redirect's Location even when it does not follow it,
-                # and raises a bare ValueError for one that is no URL ("http://[oops/"):
-                # this URL's permanent failure, never an error that stops the other URLs.
-                raise PermanentDeliveryError(f"a redirect{UNREADABLE_LOCATION}, not followed; "
-                                             "set WEBHOOK_URL to the address the receiver really answers on") from None
+            # A redirect to a Location that is no URL fails here, for this URL alone
+            # (the core makes requests' bare ValueError a permanent error).
+            answer = self.post(endpoint.url, body=body, headers=headers, hold_keys=(endpoint.url,))
             return str(self.read_answer(answer))
         except DeliveryError as exc:
             # Scrubbed here too: deliver_to_each keeps a refusal's reason in the store.
