@@ -49,7 +49,7 @@ def flaky(site):
 
 def test_help_on_every_subcommand():
     for command in ["status", "complete", "error", "cost-alert", "evaluation", "custom", "run", "history",
-                    "outbox", "plugins", "test"]:
+                    "outbox", "plugins", "test", "init"]:
         done = afs(command, "--help")
         assert done.returncode == 0 and "usage:" in done.stdout, command
 

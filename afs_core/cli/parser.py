@@ -4,6 +4,7 @@ they are parsed, so bad input is one line naming the flag (exit code 2)."""
 from __future__ import annotations
 
 import argparse
+import re
 from typing import Any, NoReturn
 
 from afs_core.cli.common import USAGE
@@ -14,6 +15,11 @@ OUTBOX_EXIT_CODES = """exit codes:
   flush  0 everything pending went out, 1 some failed or are still pending, 130 stopped by Ctrl-C
   retry  0 the delivery is pending again, 1 it is not a dead delivery
   all    2 bad usage or configuration"""
+
+INIT_EXIT_CODES = """exit codes:
+  0  written (or nothing to write)
+  1  the file exists and was not changed, or a test message failed (what was written stays)
+  2  bad usage, or a setting the channel refused (nothing written)"""
 
 
 class _Parser(argparse.ArgumentParser):
@@ -76,6 +82,16 @@ def _common_flags(*, nested: bool = False) -> _Parser:
     common.add_argument("--timeout", type=_non_negative, metavar="SECONDS",
                         help="how long to wait for deliveries (default AFS_FLUSH_TIMEOUT, 10)", **keep)
     return common
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` for ``afs init --set``; the text is never quoted in the error (it may hold a secret)."""
+    key, sep, value = text.partition("=")
+    if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", key):
+        raise argparse.ArgumentTypeError("expected KEY=VALUE (what was given is not shown: it may be a secret)")
+    if "\x00" in value:
+        raise argparse.ArgumentTypeError(f"{key}: a setting cannot hold a NUL character")
+    return key, value
 
 
 def _count(text: str) -> int:
@@ -164,4 +180,20 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
 
     test = commands.add_parser("test", parents=[common], help="send a test notification through one channel")
     test.add_argument("name", metavar="CHANNEL")
+
+    init = commands.add_parser(
+        "init", help="set up channels: enter and check their settings, write .env (0600), send a test",
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog=INIT_EXIT_CODES,
+        description="On a terminal: choose installed channels, enter their settings (secrets are not shown),\n"
+        "have each channel check them, write them to .env (mode 0600; an existing file is updated\n"
+        "only if you say so, keeping its other lines) and send a test message through each.\n"
+        "With --channel (and --set KEY=VALUE for its settings): the same without questions, for scripts.",
+    )
+    init.add_argument("--env-file", metavar="PATH", help="the file to write (default: .env in this directory)")
+    init.add_argument("--channel", action="append", metavar="NAME",
+                      help="set up this channel without questions (repeatable)")
+    init.add_argument("--set", action="append", type=_assignment, default=[], dest="assignments",
+                      metavar="KEY=VALUE", help="a setting of a --channel (repeatable)")
+    init.add_argument("--force", action="store_true", help="update an existing file (its other lines are kept)")
+    init.add_argument("--test", action="store_true", help="send a test message through each channel set up")
     return parser
