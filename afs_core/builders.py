@@ -9,11 +9,16 @@ reads the same wherever it came from. Each function returns a
 
 from __future__ import annotations
 
+import datetime
+import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afs_core.events import EventType, NotificationEvent, NotificationLevel, as_metric_value
 from afs_core.formatting import format_cost, format_duration, format_number, trim_traceback
+
+if TYPE_CHECKING:
+    from traceback import FrameSummary
 
 
 def _safe_str(value: object) -> str:
@@ -181,6 +186,103 @@ def training_resumed(model_name: str, run_id: str, checkpoint_path: str | None =
         model_name=model_name,
         run_id=run_id,
         context={"checkpoint_path": checkpoint_path},
+    )
+
+
+STACK_FRAMES = 15  # innermost frames of a stalled thread's stack kept in the event
+
+
+def _library_paths() -> tuple[str, ...]:
+    """Where the standard library, installed packages and afs-core live: not the user's code."""
+    import sysconfig
+
+    found = sysconfig.get_paths()
+    paths = {found[key] for key in ("stdlib", "platstdlib", "purelib", "platlib") if found.get(key)}
+    paths.add(os.path.dirname(os.path.abspath(__file__)))  # afs_core itself
+    return tuple(os.path.join(path, "") for path in sorted(paths))
+
+
+def _is_user_frame(filename: str, libraries: tuple[str, ...]) -> bool:
+    if filename.startswith("<frozen") or "site-packages" in filename or "dist-packages" in filename:
+        return False
+    return not filename.startswith(libraries)
+
+
+def _called(line: str | None) -> str | None:
+    """What a line of source calls first (``time.sleep`` in ``time.sleep(5)``), if anything."""
+    import keyword
+    import re
+
+    for match in re.finditer(r"([A-Za-z_]\w*(?:\s*\.\s*[A-Za-z_]\w*)*)\s*\(", line or ""):
+        name = "".join(match[1].split())
+        if not keyword.iskeyword(name):
+            return name
+    return None
+
+
+def _where(frames: Sequence[FrameSummary]) -> str | None:
+    """Where a stack stands, named by its innermost frame in the user's own code (not the
+    standard library nor an installed package): ``time.sleep (train.py:42, in wait_for_batch)``."""
+    if not frames:
+        return None
+    libraries = _library_paths()
+    frame = next((f for f in reversed(frames) if _is_user_frame(str(f.filename), libraries)), frames[-1])
+    place = f"{str(frame.filename).replace(chr(92), '/').rsplit('/', 1)[-1]}:{frame.lineno}"
+    call = _called(frame.line)
+    return f"{call} ({place}, in {frame.name})" if call else f"{frame.name} ({place})"
+
+
+def _stack_text(frames: Sequence[FrameSummary]) -> str:
+    """The innermost :data:`STACK_FRAMES` frames as a traceback reads (innermost last)."""
+    import traceback
+
+    kept = list(frames)[-STACK_FRAMES:]
+    left_out = len(frames) - len(kept)
+    head = "Stack of the main thread (most recent call last" + (f"; {left_out} outer frames left out):" if left_out
+                                                                 else "):")
+    return trim_traceback(head + "\n" + "".join(traceback.format_list(kept)))
+
+
+def training_stalled(
+    model_name: str | None,
+    run_id: str | None,
+    silent_for: float,
+    stack: Sequence[FrameSummary] | str | None = None,
+    last_progress: datetime.datetime | str | None = None,
+) -> NotificationEvent:
+    """A run that made no progress for ``silent_for`` seconds. ``stack``: where its main
+    thread is (``traceback.extract_stack`` frames, innermost last, or text already
+    formatted); ``last_progress``: when progress was last seen."""
+    if isinstance(last_progress, datetime.datetime):
+        last_progress = last_progress.astimezone(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    where = None
+    if isinstance(stack, str):
+        text: str | None = trim_traceback(stack) if stack.strip() else None
+    elif stack:
+        text, where = _stack_text(stack), _where(stack)
+    else:
+        text = None
+    said = f"no progress for {format_duration(silent_for)}" + (f"; the main thread is in {where}" if where else "")
+    return _event(
+        EventType.TRAINING_STALLED,
+        "Training stalled" + (f": {model_name}" if model_name else ""),
+        (f"Run {run_id}: {said}" if run_id else said[0].upper() + said[1:]) + ".",
+        model_name=model_name,
+        run_id=run_id,
+        context={"silent_for": float(silent_for), "last_progress": last_progress, "traceback": text},
+    )
+
+
+def training_progress_resumed(model_name: str | None, run_id: str | None, stalled_for: float) -> NotificationEvent:
+    """A run that had stalled makes progress again, after ``stalled_for`` seconds without any."""
+    after = f"made progress again after {format_duration(stalled_for)} without any"
+    return _event(
+        EventType.TRAINING_PROGRESS_RESUMED,
+        "Training progressing again" + (f": {model_name}" if model_name else ""),
+        (f"Run {run_id} {after}" if run_id else f"Training {after}") + ".",
+        model_name=model_name,
+        run_id=run_id,
+        context={"stalled_for": float(stalled_for)},
     )
 
 

@@ -84,6 +84,20 @@ def env_int(env: Mapping[str, str], key: str, default: int, *, minimum: int = 0)
     return int(_env_number(env, key, default, minimum, int, "a whole number"))
 
 
+def env_duration(env: Mapping[str, str], key: str, default: float | None = None) -> float | None:
+    """A duration setting (``90s``, ``30m``, ``2h``, ``1h30m``, plain seconds) in seconds;
+    ``default`` when it is unset or empty."""
+    raw = env.get(key, "").strip()
+    if raw == "":
+        return default
+    try:
+        return parse_duration(raw)
+    except ValueError:
+        raise ConfigurationError(
+            f"{key} must be a duration such as 90s, 30m, 2h or 1h30m (a plain number is seconds), got {raw!r}"
+        ) from None
+
+
 MAX_TIMEOUT = 3600.0
 
 

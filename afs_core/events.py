@@ -79,6 +79,8 @@ _EVENT_TYPE_TABLE: dict[str, tuple[EventCategory, NotificationLevel]] = {
     "training_failed": (_C.TRAINING, _L.ERROR),
     "training_paused": (_C.TRAINING, _L.WARNING),
     "training_resumed": (_C.TRAINING, _L.INFO),
+    "training_stalled": (_C.TRAINING, _L.WARNING),
+    "training_progress_resumed": (_C.TRAINING, _L.INFO),
     "checkpoint_saved": (_C.CHECKPOINT, _L.INFO),
     "checkpoint_loading": (_C.CHECKPOINT, _L.INFO),
     "evaluation_started": (_C.EVALUATION, _L.INFO),
@@ -106,6 +108,8 @@ class EventType(_TextEnum):
     TRAINING_FAILED = "training_failed"
     TRAINING_PAUSED = "training_paused"
     TRAINING_RESUMED = "training_resumed"
+    TRAINING_STALLED = "training_stalled"
+    TRAINING_PROGRESS_RESUMED = "training_progress_resumed"
     CHECKPOINT_SAVED = "checkpoint_saved"
     CHECKPOINT_LOADING = "checkpoint_loading"
     EVALUATION_STARTED = "evaluation_started"

@@ -31,7 +31,7 @@ _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u20
 
 # Context keys with a known meaning: label and how to show the value.
 _COST_KEYS = frozenset({"threshold", "current_cost"})
-_DURATION_KEYS = frozenset({"duration"})
+_DURATION_KEYS = frozenset({"duration", "silent_for", "stalled_for"})
 _HIDDEN_CONTEXT_KEYS = frozenset({"traceback", "error_type"})
 _LABELS = {
     "final_loss": "Final loss",

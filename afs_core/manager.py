@@ -20,8 +20,9 @@ from typing import Any, Concatenate, ParamSpec
 
 from afs_core import builders, run_context
 from afs_core.channels.base import Channel
-from afs_core.config import env_bool, env_float, env_int, load_env
-from afs_core.delivery import ranks
+from afs_core.clock import SYSTEM_CLOCK, Clock
+from afs_core.config import env_bool, env_duration, env_float, env_int, load_env
+from afs_core.delivery import progress, ranks
 from afs_core.delivery.dispatch import deliver_event, enrich_event
 from afs_core.delivery.engine import DeliveryEngine
 from afs_core.delivery.policy import ChannelPolicy
@@ -136,6 +137,7 @@ class NotificationManager:
         when a channel's settings are present but wrong.
         """
         env = load_env(dotenv_path)
+        stall_after = env_duration(env, "AFS_STALL_AFTER")
         plugins = plugins if plugins is not None else get_plugins(env)
         manager = cls(
             plugins=plugins,
@@ -163,6 +165,8 @@ class NotificationManager:
                 manager.register_channel(spec.name, channel)
         if not manager._channels and env_bool(env, "AFS_CONSOLE", True) and "console" in plugins.channels:
             manager.register_channel("console", plugins.channels["console"].channel_class())
+        if stall_after is not None:
+            manager.watch_progress(stall_after)
         return manager
 
     @property
@@ -256,6 +260,7 @@ class NotificationManager:
     def close(self, timeout: float | None = None) -> bool:
         """Flush for up to ``timeout`` (default ``AFS_FLUSH_TIMEOUT``) seconds and stop the
         background threads; undelivered events stay pending for the next process."""
+        self.stop_watching(timeout)
         with self._lock:
             engine, self._engine = self._engine, None
         if engine is None:
@@ -311,6 +316,7 @@ class NotificationManager:
         if not isinstance(event, NotificationEvent):
             raise TypeError(f"send_event() needs a NotificationEvent, got {type(event).__name__}")
         event = enrich_event(self.plugins, event)
+        self._progress_from(event)
         channels, policies = self._channels, self._policies  # replaced, never mutated: a snapshot
         if not channels and not self._warned_empty:
             self._warned_empty = True
@@ -341,6 +347,116 @@ class NotificationManager:
             return ChannelOutcome(name, DeliveryStatus.FILTERED, error="held back by this channel's settings")
         return deliver_event(self.plugins, name, channel, event)
 
+    # -- progress, and runs that stop making it ------------------------------------------
+
+    _watchdog: progress.ProgressWatchdog | None = None
+    _watched: tuple[str | None, str | None] = (None, None)  # (model, run) given to watch_progress
+    _progress_run: tuple[str | None, str | None] = (None, None)  # the last run seen making progress
+    _stalled_run: tuple[str | None, str | None] = (None, None)  # the run the last stall was told for
+
+    def mark_progress(self, run_id: str | None = None, model_name: str | None = None) -> None:
+        """The run made progress (a step, a batch). Cheap enough for every step: it stores
+        the time, and takes no lock. Every event of the run sent here counts as progress
+        too, except what monitors observe of the machine (cost, GPU, disk)."""
+        if run_id is not None:
+            known_model, known_run = self._progress_run
+            if run_id != known_run or (model_name is not None and model_name != known_model):
+                self._progress_run = (model_name or (known_model if run_id == known_run else None), run_id)
+        watchdog = self._watchdog
+        if watchdog is not None:
+            watchdog.mark()
+
+    def log_metrics(
+        self, step: int | None = None, run_id: str | None = None, model_name: str | None = None, **metrics: Any
+    ) -> None:
+        """A training step's metrics. For now this only marks progress (:meth:`mark_progress`);
+        nothing is sent."""
+        self.mark_progress(run_id, model_name)
+
+    def watch_progress(
+        self,
+        stall_after: float | str = 1800.0,
+        *,
+        model_name: str | None = None,
+        run_id: str | None = None,
+        clock: Clock | None = None,
+    ) -> progress.ProgressWatchdog:
+        """Tell TRAINING_STALLED once when the run made no progress for ``stall_after``
+        seconds (or ``"30m"``, ``"2h"``, ``"1h30m"``), naming where its main thread is and
+        carrying that thread's stack, and TRAINING_PROGRESS_RESUMED once when progress comes
+        again; then a new stall can be told. ``AFS_STALL_AFTER`` starts this in :meth:`from_env`.
+
+        Progress is any event of the run sent through this manager, :meth:`mark_progress`,
+        :meth:`log_metrics` and the framework callbacks' step hooks; after the run completed,
+        failed or paused, nothing is told until progress comes again. The stall names the
+        last run seen in an event, else ``model_name`` and ``run_id``, else the run ``afs run``
+        named. One watchdog thread; watching again replaces it; :meth:`close` stops it; a
+        forked child does not inherit it. Raises ValueError for a threshold that is not a
+        positive duration.
+        """
+        if isinstance(stall_after, str):
+            from afs_core.config import parse_duration
+
+            stall_after = parse_duration(stall_after)
+        clock = clock or (self._store.clock if self._store is not None else SYSTEM_CLOCK)
+        watchdog = progress.ProgressWatchdog(stall_after, functools.partial(self._report_stall, clock),
+                                             self._report_progress_resumed, clock=clock)
+        with self._lock:
+            old, self._watchdog = self._watchdog, watchdog
+            self._watched = (model_name, run_id)
+        if old is not None:
+            old.stop(timeout=0)
+        return watchdog.start()
+
+    def _progress_from(self, event: NotificationEvent) -> None:
+        """An event being sent: progress of its run, or the end of it."""
+        if not progress.counts_as_progress(event):
+            return
+        if event.run_id:
+            self._progress_run = (event.model_name, event.run_id)
+        watchdog = self._watchdog
+        if watchdog is not None:
+            if event.event_type in progress.RUN_ENDED:
+                watchdog.rest()
+            else:
+                watchdog.mark()
+
+    def stop_watching(self, timeout: float | None = None) -> None:
+        """Stop the progress watchdog, if one runs (a recovery already marked is still told,
+        waiting up to ``timeout`` seconds, at most 2)."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is not None:
+            watchdog.stop(timeout=min(self._flush_timeout if timeout is None else timeout, 2.0))
+
+    def _stall_subject(self) -> tuple[str | None, str | None]:
+        """(model, run) a stall is told for: the last run seen, else the watched one, else afs run's."""
+        seen_model, seen_run = self._progress_run
+        given_model, given_run = self._watched
+        named = self._run
+        run = seen_run or given_run or (named.run_id if named is not None else None)
+        model = (seen_model if seen_run else None) or given_model or (named.model_name if named is not None else None)
+        return model, run
+
+    def _report_stall(self, clock: Clock, silent_for: float) -> None:
+        """On the watchdog's thread: the stall, with the main thread's stack, sent (from the
+        main process; other ranks hold it back like any warning) and logged on every rank."""
+        import datetime as dt
+
+        model, run = self._stalled_run = self._stall_subject()
+        since = dt.datetime.fromtimestamp(clock.time() - silent_for, dt.timezone.utc)
+        result = self.notify_training_stalled(model, run, silent_for, stack=progress.main_thread_stack(),
+                                              last_progress=since)
+        if result.event is not None:
+            held = ranks.held_back(result.event, self.all_ranks)
+            logger.log(logging.WARNING if held else logging.INFO, "afs: %s%s", result.event.message,
+                       f" (not sent: {held})" if held else "")
+
+    def _report_progress_resumed(self, stalled_for: float) -> None:
+        model, run = self._stalled_run
+        result = self.notify_training_progress_resumed(model, run, stalled_for)
+        if result.event is not None:
+            logger.info("afs: %s", result.event.message)
+
     # -- one method per kind of event (signatures and texts: afs_core.builders) ------------
 
     notify = _sends(builders.custom)
@@ -349,6 +465,8 @@ class NotificationManager:
     notify_training_failed = _sends(builders.training_failed)
     notify_training_paused = _sends(builders.training_paused)
     notify_training_resumed = _sends(builders.training_resumed)
+    notify_training_stalled = _sends(builders.training_stalled)
+    notify_training_progress_resumed = _sends(builders.training_progress_resumed)
     notify_checkpoint_saved = _sends(builders.checkpoint_saved)
     notify_checkpoint_loading = _sends(builders.checkpoint_loading)
     notify_evaluation_started = _sends(builders.evaluation_started)

@@ -50,6 +50,8 @@ CONVENIENCE_CALLS = {
     "notify_training_failed": (("m", "r", "boom"), {}),
     "notify_training_paused": (("m", "r"), {"reason": "SIGTERM"}),
     "notify_training_resumed": (("m", "r"), {"checkpoint_path": "ckpt/3"}),
+    "notify_training_stalled": (("m", "r", 1800.0), {"last_progress": "2026-12-06 12:00:00 UTC"}),
+    "notify_training_progress_resumed": (("m", "r", 1900.0), {}),
     "notify_checkpoint_saved": (("m", "r"), {"checkpoint_path": "ckpt/3", "epoch": 3}),
     "notify_checkpoint_loading": (("m", "r", "ckpt/3"), {}),
     "notify_evaluation_started": (("m", "r"), {}),

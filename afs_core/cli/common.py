@@ -27,6 +27,9 @@ def open_manager(args: argparse.Namespace) -> NotificationManager:
     from afs_core.manager import NotificationManager
 
     manager = NotificationManager.from_env(args.env_file)
+    # Not training code: AFS_STALL_AFTER watches the training process (under afs run, the
+    # command it starts reads it itself), never the afs command waiting for it.
+    manager.stop_watching(0)
     if args.channel:
         unknown = [name for name in args.channel if name not in manager.channels]
         if unknown:

@@ -116,6 +116,7 @@ class RunReporter:
 
     def loss(self, value: Any, step: int | None = None) -> None:
         """A training loss: NaN/inf is reported once; a new best or a clear rise is told."""
+        self.progress(step)
         number = _number(value)
         if number is None:
             return
@@ -142,8 +143,14 @@ class RunReporter:
         elif degraded:
             self.manager.notify_loss_degraded(self.model_name, self.run_id, number, previous_loss=previous, step=step)
 
+    def progress(self, step: int | None = None) -> None:
+        """A step ended (on every rank): progress for the manager's stall watchdog."""
+        self.manager.mark_progress(self.run_id, self.model_name)
+
     def step_value(self, value: Any, step: int | None = None, metric: str = "loss") -> None:
-        """A per-step value (loss, gradient norm): only NaN or infinity is reported, once."""
+        """A per-step value (loss, gradient norm): only NaN or infinity is reported, once.
+        It marks progress too."""
+        self.progress(step)
         number = _number(value)
         if number is not None and not math.isfinite(number):
             self.nan(step, metric)

@@ -35,6 +35,9 @@ class AFSCallback(TrainerCallback):  # type: ignore[misc]
                          resumed_from=f"step {state.global_step}" if resumed else None)
         reporter.watch_process_end()
 
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.reporter.progress(state.global_step)  # for the stall watchdog (AFS_STALL_AFTER)
+
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         logs = logs or {}
         if "loss" in logs:

@@ -50,6 +50,8 @@ EMOJI: Mapping[EventType, str] = {
     EventType.TRAINING_FAILED: "x",
     EventType.TRAINING_PAUSED: "pause_button",
     EventType.TRAINING_RESUMED: "arrow_forward",
+    EventType.TRAINING_STALLED: "hourglass",
+    EventType.TRAINING_PROGRESS_RESUMED: "arrow_forward",
     EventType.CHECKPOINT_SAVED: "floppy_disk",
     EventType.CHECKPOINT_LOADING: "inbox_tray",
     EventType.EVALUATION_STARTED: "mag",

@@ -115,7 +115,7 @@ class PagerDutyChannel(WebhookChannel):
     user_agent = "afs-pagerduty"
     default_min_level = NotificationLevel.ERROR
     # Recoveries are SUCCESS or INFO: let through below ERROR, they resolve what was paged.
-    wanted_below_level = keys.RECOVERY_TYPES | keys.GPU_TYPES
+    wanted_below_level = keys.RECOVERY_TYPES | keys.GPU_TYPES | keys.STALL_RECOVERY_TYPES
 
     def __init__(
         self,

@@ -24,6 +24,8 @@ RECOVERY_TYPES = frozenset({EventType.TRAINING_COMPLETED, EventType.TRAINING_RES
 #: The GPU monitor reports a cleared alert with the alert's own type, ``context["recovered"]``
 #: and SUCCESS (``afs_core.builders.gpu_recovered``).
 GPU_TYPES = frozenset({EventType.GPU_MEMORY_WARNING, EventType.GPU_UTILIZATION_LOW})
+#: A run that makes progress again after a stall ends the stall's incident, nothing else.
+STALL_RECOVERY_TYPES = frozenset({EventType.TRAINING_PROGRESS_RESUMED})
 
 _NAMED_KINDS = {
     EventType.TRAINING_FAILED: "failed",
@@ -36,6 +38,7 @@ _NAMED_KINDS = {
     EventType.COST_THRESHOLD_EXCEEDED: "cost",
     EventType.DISK_SPACE_WARNING: "disk",
     EventType.TRAINING_PAUSED: "paused",
+    EventType.TRAINING_STALLED: "stalled",
 }
 
 
@@ -67,12 +70,15 @@ def recovery_kinds(event: NotificationEvent) -> tuple[str, ...] | None:
     """The kinds of incident ``event`` resolves, or None when it resolves nothing.
 
     A completed or resumed run ends all of its incidents (a NaN or a crash is gone
-    once the run goes on from a checkpoint); a GPU recovery ends only that GPU alert.
+    once the run goes on from a checkpoint); a GPU recovery ends only that GPU alert, and
+    progress after a stall only the stall.
     """
     if event.event_type in RECOVERY_TYPES:
         return TRIGGER_KINDS
     if event.event_type in GPU_TYPES and event.context.get("recovered") is True:
         return (kind_of(event.event_type),)
+    if event.event_type in STALL_RECOVERY_TYPES:
+        return (kind_of(EventType.TRAINING_STALLED),)
     return None
 
 

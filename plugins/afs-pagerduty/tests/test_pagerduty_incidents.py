@@ -178,3 +178,20 @@ def test_a_gpu_recovery_does_not_hold_back_an_older_alert_of_another_gpu(pagerdu
     older = builders.gpu_memory_warning(0.97, 0.95, gpu=1, run_id="run-1")
     send_now(pagerduty, builders.gpu_recovered("memory", 0.5, gpu=0, run_id="run-1"))
     assert send_now(pagerduty, older).delivered
+
+
+def test_progress_after_a_stall_resolves_the_stall_only(pagerduty, webhook_server):
+    pagerduty.min_level = pagerduty.min_level.WARNING  # a stall is a warning: it pages from WARNING
+    send_now(pagerduty, builders.training_failed("m", "run-1", "boom"))
+    assert send_now(pagerduty, builders.training_stalled("m", "run-1", 1800.0)).delivered
+    assert send_now(pagerduty, builders.training_progress_resumed("m", "run-1", 1900.0)).delivered
+    assert actions(webhook_server) == [("trigger", "afs/run-1/failed"), ("trigger", "afs/run-1/stalled"),
+                                       ("resolve", "afs/run-1/stalled")]
+    again = send_now(pagerduty, builders.training_progress_resumed("m", "run-1", 5.0))
+    assert again.status is DeliveryStatus.FILTERED and len(webhook_server.received) == 3
+
+
+def test_progress_after_a_stall_never_pages_by_itself(pagerduty, webhook_server):
+    outcome = send_now(pagerduty, builders.training_progress_resumed("m", "run-1", 1900.0))
+    assert outcome.status is DeliveryStatus.FILTERED and outcome.error == "no open incident for run run-1"
+    assert webhook_server.received == []

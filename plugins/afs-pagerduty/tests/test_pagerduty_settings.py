@@ -99,7 +99,7 @@ def test_only_errors_page_by_default_and_recoveries_are_wanted_below_that():
     assert PagerDutyChannel.default_min_level is NotificationLevel.ERROR
     assert PagerDutyChannel.from_env({"PAGERDUTY_ROUTING_KEY": KEY}).min_level is NotificationLevel.ERROR
     assert {EventType.TRAINING_COMPLETED, EventType.TRAINING_RESUMED, EventType.GPU_MEMORY_WARNING,
-            EventType.GPU_UTILIZATION_LOW} == set(PagerDutyChannel.wanted_below_level)
+            EventType.GPU_UTILIZATION_LOW, EventType.TRAINING_PROGRESS_RESUMED} == set(PagerDutyChannel.wanted_below_level)
 
 
 @pytest.mark.parametrize(
