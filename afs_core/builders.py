@@ -642,3 +642,17 @@ def command_failed(
         error_details=explanation,
         context={"exit_code": exit_code, "signal": signal, "duration": duration, "traceback": "\n".join(tail) or None},
     )
+
+
+def command_stalled(model_name: str, run_id: str, silent_for: float, *, tail: Sequence[str] = ()) -> NotificationEvent:
+    """A command under ``afs run --stall-after`` printed nothing and reported no progress
+    for ``silent_for`` seconds; ``tail``: the last lines it printed, shown as code."""
+    return _event(
+        EventType.TRAINING_STALLED,
+        f"Training stalled: {model_name}",
+        f"Run {run_id}: the command printed nothing and reported no progress for {format_duration(silent_for)}"
+        + ("; its last lines are below." if tail else "; it has printed nothing yet."),
+        model_name=model_name,
+        run_id=run_id,
+        context={"silent_for": float(silent_for), "traceback": "\n".join(tail) or None},
+    )

@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable, Mapping
 from types import MappingProxyType
 from typing import Any, Concatenate, ParamSpec
@@ -337,7 +338,7 @@ class NotificationManager:
         if run is None or not run.report:
             return None
         entry = {"model_name": event.model_name, "metrics": dict(event.metrics),
-                 "final_loss": event.context.get("final_loss"), "title": event.title}
+                 "final_loss": event.context.get("final_loss"), "title": event.title, "at": time.time()}
         return run_context.report_from_training(run.report, event.event_type.value, event.run_id, entry)
 
     def _deliver_now(
@@ -365,6 +366,18 @@ class NotificationManager:
         watchdog = self._watchdog
         if watchdog is not None:
             watchdog.mark()
+        if self._run is not None:
+            self._tell_afs_run()
+
+    def _tell_afs_run(self) -> None:
+        """Under ``afs run``: say this code makes progress (at most once a second), so that
+        ``--stall-after`` sees progress even when nothing is printed."""
+        run, now = self._run, time.monotonic()
+        if run is not None and run.report and now - self._told_afs_run >= 1.0:
+            self._told_afs_run = now
+            run_context.touch_alive(run.report)
+
+    _told_afs_run = -1e9
 
     def log_metrics(
         self, step: int | None = None, run_id: str | None = None, model_name: str | None = None, **metrics: Any
@@ -420,6 +433,8 @@ class NotificationManager:
                 watchdog.rest()
             else:
                 watchdog.mark()
+        if self._run is not None:
+            self._tell_afs_run()
 
     def stop_watching(self, timeout: float | None = None) -> None:
         """Stop the progress watchdog, if one runs (a recovery already marked is still told,

@@ -31,8 +31,10 @@ STARTED, COMPLETED = "training_started", "training_completed"
 FAILURES = frozenset({"training_failed", "out_of_memory", "error_occurred", "nan_detected"})
 #: Failures that end the run: after one, the wrapper has nothing to add.
 TERMINAL_FAILURES = frozenset({"training_failed", "out_of_memory"})
+#: The training code's own stall report (it carries the stack): the wrapper's is then not sent.
+STALLED = "training_stalled"
 #: The event types the training code reports to the wrapper.
-WATCHED = frozenset({STARTED, COMPLETED, *FAILURES})
+WATCHED = frozenset({STARTED, COMPLETED, STALLED, *FAILURES})
 
 
 @attrs.frozen
@@ -139,3 +141,27 @@ def training_said(path: str) -> list[dict[str, Any]]:
             return read_report(path)
     except OSError:
         return []
+
+
+def alive_file(report: str) -> str:
+    """Touched by the training code when it makes progress (``afs run --stall-after``)."""
+    return report + ".alive"
+
+
+def touch_alive(report: str) -> None:
+    path = alive_file(report)
+    try:
+        os.utime(path)
+    except FileNotFoundError:
+        with contextlib.suppress(OSError):
+            os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o600))
+    except OSError:
+        pass
+
+
+def alive_at(report: str) -> float | None:
+    """When the training code last said it made progress (wall-clock seconds), if ever."""
+    try:
+        return os.stat(alive_file(report)).st_mtime
+    except OSError:
+        return None

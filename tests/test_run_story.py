@@ -159,3 +159,70 @@ def test_callbacks_and_the_decorator_take_the_run_afs_run_named(monkeypatch, afs
 
     fit()
     assert seen and all(args == ("bert", "named-1") for _, args in seen)
+
+
+STALLING = """
+import os, sys, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+def wait_for_the_data_loader(seconds):
+    time.sleep(seconds)
+print("epoch 1 loss 0.5", flush=True)
+mode = os.environ["MODE"]
+if mode == "silent":
+    wait_for_the_data_loader(3.0)
+    manager.log_metrics(step=2, loss=0.4)
+    print("epoch 2 loss 0.4", flush=True)
+elif mode == "chatty":
+    for _ in range(10):
+        print("step", flush=True)
+        time.sleep(0.3)
+elif mode == "metrics":
+    for step in range(10):
+        manager.log_metrics(step=step, loss=0.5)
+        time.sleep(0.3)
+manager.close(timeout=10)
+"""
+
+
+@pytest.fixture
+def stalling(tmp_path):
+    script = tmp_path / "stall.py"
+    script.write_text(textwrap.dedent(STALLING))
+
+    def run(mode, **env):
+        full = {**os.environ, "AFS_HOME": str(tmp_path / "home"), "MODE": mode, "AFS_LOAD_PLUGINS": "", **env}
+        return subprocess.run([sys.executable, "-m", "afs_core", "run", "--run-id", "r-stall", "--stall-after", "1",
+                               "--", sys.executable, str(script)], capture_output=True, text=True, timeout=60,
+                              env=full)
+
+    return run
+
+
+def test_a_command_silent_past_the_threshold_is_reported_once_with_its_last_lines_then_its_recovery(
+        stalling, tmp_path):
+    done = stalling("silent")
+    assert done.returncode == 0, done.stderr
+    assert said(done, "Training stalled") == 1 and said(done, "Training progressing again") == 1
+    assert [kind for kind, _ in history(tmp_path)] == [
+        "training_started", "training_stalled", "training_progress_resumed", "training_completed"]
+    stalled = next(e for e in Store(tmp_path / "home" / "afs.db").history(limit=20)
+                   if e.event_type == "training_stalled")
+    assert stalled.run_id == "r-stall" and "printed nothing" in stalled.event["message"]
+    assert "epoch 1 loss 0.5" in stalled.event["context"]["traceback"]
+
+
+@pytest.mark.parametrize("mode", ["chatty", "metrics"])
+def test_output_or_progress_the_code_reports_keeps_a_run_from_stalling(stalling, mode):
+    done = stalling(mode)
+    assert done.returncode == 0, done.stderr
+    assert said(done, "Training stalled") == 0
+
+
+def test_a_stall_the_code_tells_itself_with_its_stack_is_not_told_again(stalling, tmp_path):
+    done = stalling("silent", AFS_STALL_AFTER="1")
+    assert done.returncode == 0, done.stderr
+    assert said(done, "Training stalled") == 1 and said(done, "Training progressing again") == 1
+    stalled = next(e for e in Store(tmp_path / "home" / "afs.db").history(limit=20)
+                   if e.event_type == "training_stalled")
+    assert "wait_for_the_data_loader" in stalled.event["message"]  # the code's own, from its stack

@@ -8,6 +8,7 @@ import re
 from typing import Any, NoReturn
 
 from afs_core.cli.common import USAGE
+from afs_core.config import parse_duration
 from afs_core.events import EventType, NotificationLevel
 
 OUTBOX_EXIT_CODES = """exit codes:
@@ -51,6 +52,13 @@ def _level(text: str) -> NotificationLevel:
         raise argparse.ArgumentTypeError(
             f"unknown level {text!r} (choose from {', '.join(level.value for level in NotificationLevel)})"
         ) from None
+
+
+def _duration(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _event_type(text: str) -> EventType:
@@ -145,12 +153,16 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
     custom.add_argument("--run-id")
 
     run = commands.add_parser("run", parents=[common], help="run a training command and report how it ends",
-                              usage="%(prog)s [--model M] [--run-id R] [--start-grace S] -- COMMAND [ARG ...]")
+                              usage="%(prog)s [--model M] [--run-id R] [--start-grace S] [--stall-after D] "
+                              "-- COMMAND [ARG ...]")
     run.add_argument("--model")
     run.add_argument("--run-id")
     run.add_argument("--start-grace", type=_non_negative, default=10.0, metavar="SECONDS",
                      help="how long the command's own code may take to report the run's start before "
                      "afs run reports it (default 10)")
+    run.add_argument("--stall-after", type=_duration, metavar="DURATION",
+                     help="report the run stalled when the command printed nothing and reported no progress for "
+                     "this long (90s, 30m, 2h), and again when it speaks")
     run.add_argument("cmd", nargs=argparse.REMAINDER, help="the command, after --")
 
     history = commands.add_parser("history", parents=[common], help="recent events and their deliveries",

@@ -73,7 +73,15 @@ class RunOutcome:
 LINE_KEEP = 1000  # characters kept of one line (progress bars can be endless lines)
 
 
-def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: threading.Lock) -> None:
+class Activity:
+    """When the command last printed anything (wall-clock seconds), for ``--stall-after``."""
+
+    def __init__(self) -> None:
+        self.last_output: float | None = None
+
+
+def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: threading.Lock,
+          activity: Activity | None = None) -> None:
     """Copy ``source`` to ``target`` byte for byte, keeping the last lines. If our own
     reader goes away (``afs run ... | head``) the child's output is still drained, so
     the child never blocks on a full pipe."""
@@ -83,6 +91,8 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
         chunk = source.read1(65536) if hasattr(source, "read1") else source.read(65536)
         if not chunk:
             break
+        if activity is not None:
+            activity.last_output = time.time()
         if not reader_gone:
             try:
                 target.write(chunk)
@@ -100,7 +110,8 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
 
 def run_watched(
     command: Sequence[str], *, env: Mapping[str, str] | None = None, grace: float = 0.0,
-    at_grace: Callable[[], bool] | None = None,
+    at_grace: Callable[[], bool] | None = None, activity: Activity | None = None,
+    tail: collections.deque[str] | None = None,
 ) -> RunOutcome:
     """Run ``command``, streaming its output, forwarding SIGINT/SIGTERM; wait for its end.
 
@@ -125,7 +136,8 @@ def run_watched(
     # Installed before the child starts: a signal in between must not kill only us.
     previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return _run(command, children, early, started, env, grace, at_grace)
+        return _run(command, children, early, started, env, grace, at_grace, activity,
+                    collections.deque(maxlen=TAIL_LINES) if tail is None else tail)
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
@@ -133,18 +145,18 @@ def run_watched(
 
 def _run(
     command: Sequence[str], children: list[subprocess.Popen[bytes]], early: list[int], started: float,
-    env: Mapping[str, str] | None, grace: float, at_grace: Callable[[], bool] | None,
+    env: Mapping[str, str] | None, grace: float, at_grace: Callable[[], bool] | None, activity: Activity | None,
+    tail: collections.deque[str],
 ) -> RunOutcome:
     child = subprocess.Popen(list(command), stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=None,
                              env=None if env is None else dict(env))
     children.append(child)
     for signum in early:
         child.send_signal(signum)
-    tail: collections.deque[str] = collections.deque(maxlen=TAIL_LINES)
     lock = threading.Lock()
     pumps = [
-        threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, tail, lock), daemon=True),
-        threading.Thread(target=_pump, args=(child.stderr, sys.stderr.buffer, tail, lock), daemon=True),
+        threading.Thread(target=_pump, args=(child.stdout, sys.stdout.buffer, tail, lock, activity), daemon=True),
+        threading.Thread(target=_pump, args=(child.stderr, sys.stderr.buffer, tail, lock, activity), daemon=True),
     ]
     for pump in pumps:
         pump.start()
@@ -206,9 +218,15 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = {**os.environ, run_context.RUN_ID: run_id, run_context.MODEL_NAME: model,
            run_context.RUN_STARTED: repr(time.time()), run_context.RUN_REPORT: report}
     start = _Start(manager, report, model, run_id, command)
+    activity, tail = Activity(), collections.deque[str](maxlen=TAIL_LINES)
+    stalls = (_StallWatch(manager, start, report, model, run_id, args.stall_after, activity, tail)
+              if args.stall_after else None)
     try:
         try:
-            outcome = run_watched(command, env=env, grace=args.start_grace, at_grace=start.settle)
+            if stalls is not None:
+                stalls.start()
+            outcome = run_watched(command, env=env, grace=args.start_grace, at_grace=start.settle,
+                                  activity=activity, tail=tail)
         except OSError as exc:
             start.settle(final=True)
             manager.notify_training_failed(model, run_id, f"could not start {command[0]}: {exc}")
@@ -218,8 +236,77 @@ def cmd_run(args: argparse.Namespace) -> int:
         _report_end(manager, outcome, run_context.training_said(report), model, run_id)
         return outcome.exit_code
     finally:
+        if stalls is not None:
+            stalls.stop()
         manager.close(timeout=wait_timeout(args))
         shutil.rmtree(folder, ignore_errors=True)
+
+
+class _StallWatch(threading.Thread):
+    """``--stall-after``: the command printed nothing and its code reported no progress for
+    that long: one stall, with its last lines, then one recovery when it speaks again.
+    When the code under watch tells its own stall (it carries the stack), this one is
+    not told: the wrapper waits a little longer than the threshold to let it."""
+
+    def __init__(self, manager: NotificationManager, start: _Start, report: str, model: str, run_id: str,
+                 stall_after: float, activity: Activity, tail: collections.deque[str]) -> None:
+        super().__init__(name="afs-run-stall", daemon=True)
+        self.opening = start
+        self.manager, self.report, self.model, self.run_id = manager, report, model, run_id
+        self.stall_after, self.activity, self.tail = stall_after, activity, tail
+        self.begun = time.time()
+        self.halt = threading.Event()
+
+    def stop(self) -> None:
+        self.halt.set()
+        if self.is_alive():
+            self.join(timeout=5)
+
+    def _last_progress(self) -> float:
+        seen = [t for t in (self.activity.last_output, run_context.alive_at(self.report)) if t is not None]
+        return max([self.begun, *seen])
+
+    def _subject(self, said: list[dict[str, Any]]) -> tuple[str, str]:
+        theirs = next((e for e in said if e["kind"] == run_context.STARTED), None)
+        if theirs is None:
+            return self.model, self.run_id
+        return str(theirs.get("model_name") or self.model), str(theirs.get("run_id") or self.run_id)
+
+    def run(self) -> None:
+        patience = self.stall_after + min(max(self.stall_after * 0.1, 0.5), 30.0)
+        stalled_since: float | None = None  # the last progress before the stall
+        theirs = False  # the code told this stall itself (and so tells its end)
+        while not self.halt.wait(min(max(self.stall_after / 10, 0.1), 5.0)):
+            last = self._last_progress()
+            silent = time.time() - last
+            if stalled_since is not None:
+                if last > stalled_since:  # it spoke again
+                    if not theirs:
+                        model, run = self._subject(run_context.read_report(self.report))
+                        self.manager.send_event(builders.training_progress_resumed(model, run, last - stalled_since))
+                    stalled_since = None
+                continue
+            if silent < patience:
+                continue
+            said = run_context.read_report(self.report)
+            stalled_since = last
+            model, run = self._subject(said)
+            # The code's own watchdog told a stall since its last progress: it knows better
+            # (its stack), and its console line must not count as this command speaking.
+            since = run_context.alive_at(self.report) or self.begun
+            theirs = any(e["kind"] == run_context.STALLED and float(e.get("at") or 0) >= since for e in said)
+            if theirs:
+                continue
+            self.opening.settle(final=True)  # a start not yet said comes first
+            self.manager.send_event(builders.command_stalled(model, run, silent, tail=self._tail()))
+
+    def _tail(self) -> list[str]:
+        for _ in range(5):  # the pumps may append meanwhile (nothing is printed while stalled)
+            try:
+                return list(self.tail)
+            except RuntimeError:
+                continue
+        return []
 
 
 class _Start:
@@ -229,18 +316,20 @@ class _Start:
                  command: Sequence[str]) -> None:
         self.manager, self.report, self.model, self.run_id, self.command = manager, report, model, run_id, command
         self.settled = False
+        self._lock = threading.Lock()  # asked by the main thread and the stall watch
 
     def settle(self, final: bool = False) -> bool:
         """True once decided. Until ``final`` it only looks whether the code said it."""
-        if self.settled:
+        with self._lock:
+            if self.settled:
+                return True
+            said = any(e["kind"] == run_context.STARTED for e in run_context.read_report(self.report))
+            if not said and not final:
+                return False
+            self.settled = True
+            if not said and run_context.announce(self.report, self.run_id):
+                self.manager.send_event(builders.command_started(self.model, self.run_id, self.command))
             return True
-        said = any(e["kind"] == run_context.STARTED for e in run_context.read_report(self.report))
-        if not said and not final:
-            return False
-        self.settled = True
-        if not said and run_context.announce(self.report, self.run_id):
-            self.manager.send_event(builders.command_started(self.model, self.run_id, self.command))
-        return True
 
 
 def _report_end(manager: NotificationManager, outcome: RunOutcome, said: list[dict[str, Any]],
