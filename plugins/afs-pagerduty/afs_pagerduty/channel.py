@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import re
+import time
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
@@ -198,68 +199,88 @@ class PagerDutyChannel(WebhookChannel):
         key = message.get("dedup_key")
         if not isinstance(key, str) or not key:  # a formatter's own trigger: PagerDuty keys it
             return self._send(message)
-        self._too_late(key, message)
+        happened = self._too_late(key, message)
+        # When the trouble happened (when it is sent, for a trigger that does not say):
+        # a recovery older than that does not resolve what this trigger opens.
+        when = happened.timestamp() if happened is not None else time.time()
+        gpu = _gpu_of(message) if key.endswith(_GPU_SUFFIXES) else None
         book = self.incidents
-        new = book.triggering(key)
+        before = book.triggering(key, when, gpu)
         try:
             receipt = self._send(message)
         except Exception as exc:
-            if new and not isinstance(exc, (TransientDeliveryError, OSError)):
-                book.forget(key)  # refused for good: there is nothing to wait for or resolve
+            if not isinstance(exc, (TransientDeliveryError, OSError)):
+                book.refused(key, before, when, gpu)  # refused for good: nothing to wait for
             raise
-        book.opened(key, _gpu_of(message) if key.endswith(_GPU_SUFFIXES) else None)
+        book.opened(key, when, gpu)
         return receipt
 
-    def _too_late(self, key: str, message: Mapping[str, Any]) -> None:
+    def _too_late(self, key: str, message: Mapping[str, Any]) -> dt.datetime | None:
         """Refuse a trigger for trouble older than its run's completion or resume seen
-        here (see :class:`~afs_pagerduty.incidents.RecentRecoveries`)."""
+        here (see :class:`~afs_pagerduty.incidents.RecentRecoveries`); else when the
+        trouble happened, if the trigger says."""
         sent = message.get("payload")
         happened = _when(sent.get("timestamp")) if isinstance(sent, Mapping) else None
         recovered = None if happened is None else self._recovered.after(key, happened)
         if recovered is not None and happened is not None:
             raise NothingToSend(f"not paged: the run completed or resumed at {recovered.isoformat()}, "
                                 f"after this happened ({happened.isoformat()})")
+        return happened
 
     def _resolve(self, message: Mapping[str, Any]) -> Any:
         """Resolve what a recovery ends: each open key with its own request (a retry sends
-        only those left), after waiting for triggers PagerDuty has not accepted yet."""
+        only those left), after waiting for triggers PagerDuty has not accepted yet.
+
+        A recovery ends only trouble older than itself: a key triggered again after the
+        recovery happened (the run failed anew while this resolve waited for a retry, here
+        or in another process) is left open, as is a GPU that alerted again."""
         book = self.incidents
         gpu = message.get("gpu")
+        when = _when(message.get("timestamp"))
+        recovered_at = when.timestamp() if when is not None else None
         targets: list[str] = []
         waiting: list[str] = []
         still_open: list[str] = []
+        reopened: list[str] = []
         for incident in book.known(str(k) for k in message.get("dedup_keys") or ()):
+            per_gpu = isinstance(gpu, str) and bool(incident.gpus)
+            if recovered_at is not None and incident.opened_again_after(recovered_at, gpu if per_gpu else None):
+                reopened.append(incident.key)
+                continue
             if incident.state != OPEN:
                 if book.stale(incident):
                     book.forget(incident.key)  # its trigger was given up long ago
                 else:
                     waiting.append(incident.key)
                 continue
-            if isinstance(gpu, str) and incident.gpus:
-                left = book.recovered_gpu(incident, gpu)
+            if per_gpu:
+                left = book.recovered_gpu(incident, str(gpu), recovered_at)
                 if left:
                     still_open.append(f"{incident.key} stays open for GPU {', '.join(sorted(left))}")
                     continue
             targets.append(incident.key)
-        when = _when(message.get("timestamp"))
         if when is not None and "gpu" not in message:  # a GPU recovery ends one alert, not the run's trouble
             self._recovered.saw([key for key in map(str, message.get("dedup_keys") or ()) if key not in waiting], when)
         if not targets and not waiting:
             about = one_line(str(message.get("about") or "this run"), 300)
+            said = []
+            if reopened:
+                said.append(f"the incident was opened again after this recovery ({', '.join(reopened)} stays open)")
             if still_open:
-                raise NothingToSend(f"GPU {one_line(str(gpu), 40)} recovered; {'; '.join(still_open)}")
-            raise NothingToSend(f"no open incident for {about}")
+                said.append(f"GPU {one_line(str(gpu), 40)} recovered; {'; '.join(still_open)}")
+            raise NothingToSend("; ".join(said) if said else f"no open incident for {about}")
         receipts = {}
         if targets:
-            receipts = deliver_to_each(self, f"resolve:{message.get('event_id')}", targets, self._resolve_one)
+            receipts = deliver_to_each(self, f"resolve:{message.get('event_id')}", targets,
+                                       lambda key: self._resolve_one(key, recovered_at))
         if waiting:
             raise TransientDeliveryError(f"PagerDuty has not accepted the trigger of {', '.join(waiting)} yet; "
                                          "it is resolved once it has")
         return receipts
 
-    def _resolve_one(self, key: str) -> Any:
+    def _resolve_one(self, key: str, recovered_at: float | None = None) -> Any:
         receipt = self._send({"event_action": "resolve", "dedup_key": key})
-        self.incidents.forget(key)
+        self.incidents.resolved(key, recovered_at)  # kept if triggered again while this was on its way
         return receipt
 
     def _test(self, message: Mapping[str, Any]) -> Any:

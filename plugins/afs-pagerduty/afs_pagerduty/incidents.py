@@ -9,6 +9,12 @@ to rewrite, so processes cannot overwrite each other's keys):
   be waiting for a retry); a recovery then waits for it instead of finding nothing.
 - ``open``: PagerDuty answered 202; a recovery of the run resolves it. A GPU alert
   also records which GPUs it is for, so it is resolved once all of them recovered.
+
+Each entry also keeps ``last``, when the newest trouble triggered under the key
+happened (the trigger's own event time), and for a GPU alert the same per GPU
+(``gpu_last``). A recovery ends only trouble older than itself: a resolve (re)tried
+after a newer trigger of its key (the run failed again while the resolve waited for a
+retry, in this process or another) leaves that key open.
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -38,6 +44,25 @@ class Incident:
     state: str
     since: float
     gpus: frozenset[str] = frozenset()
+    #: When the newest trouble triggered under this key happened (epoch seconds; 0: not
+    #: known, an entry written before this was kept).
+    last: float = 0.0
+    #: The same per GPU, for a GPU alert.
+    gpu_last: Mapping[str, float] = attrs.field(factory=dict, eq=False, hash=False)
+
+    def opened_again_after(self, when: float, gpu: str | None = None) -> bool:
+        """Whether trouble newer than ``when`` (a recovery's time) was triggered under
+        this key, or, given ``gpu``, for that GPU."""
+        if gpu is None:
+            return self.last > when
+        return self.gpu_last.get(gpu, 0.0) > when
+
+    def retriggered(self, when: float, gpu: str | None = None) -> Incident:
+        """This entry with trouble at ``when`` (for ``gpu``) noted as its newest, if newer."""
+        gpu_last = dict(self.gpu_last)
+        if gpu is not None:
+            gpu_last[gpu] = max(gpu_last.get(gpu, 0.0), when)
+        return attrs.evolve(self, last=max(self.last, when), gpu_last=gpu_last)
 
 
 class IncidentBook:
@@ -50,33 +75,68 @@ class IncidentBook:
         data = _read(self.memory.get(_entry(key)))
         if data.get("state") not in (TRIGGERING, OPEN):
             return None
-        since = data.get("since")
         gpus = data.get("gpus")
-        return Incident(key, data["state"], float(since) if isinstance(since, (int, float)) else 0.0,
-                        frozenset(str(g) for g in gpus) if isinstance(gpus, list) else frozenset())
+        gpu_last = data.get("gpu_last")
+        return Incident(key, data["state"], _number(data.get("since")),
+                        frozenset(str(g) for g in gpus) if isinstance(gpus, list) else frozenset(),
+                        _number(data.get("last")),
+                        {str(g): _number(t) for g, t in gpu_last.items()} if isinstance(gpu_last, dict) else {})
 
-    def triggering(self, key: str) -> bool:
-        """Note a trigger about to be sent; True when the key was not known before (so a
-        refused trigger may forget it again)."""
-        if self.get(key) is not None:
-            return False
-        self._put(Incident(key, TRIGGERING, time.time()))
-        return True
-
-    def opened(self, key: str, gpu: str | None = None) -> None:
-        """PagerDuty accepted the trigger for ``key`` (for ``gpu``, for a GPU alert)."""
+    def triggering(self, key: str, when: float, gpu: str | None = None) -> Incident | None:
+        """Note a trigger about to be sent, for trouble that happened at ``when`` (for
+        ``gpu``): noted before it is sent, so a recovery older than it, retried while it
+        is on its way, leaves the key alone. Returns the entry as it was (None: the key
+        was not known), for :meth:`refused`."""
         known = self.get(key)
-        gpus = known.gpus if known is not None else frozenset()
-        if gpu is not None:
-            gpus = gpus | {gpu}
-        self._put(Incident(key, OPEN, known.since if known is not None else time.time(), gpus))
+        base = known if known is not None else Incident(key, TRIGGERING, time.time())
+        self._put(base.retriggered(when, gpu))
+        return known
 
-    def recovered_gpu(self, incident: Incident, gpu: str) -> frozenset[str]:
-        """GPU ``gpu`` of ``incident`` recovered: the GPUs still alerting (kept)."""
-        left = incident.gpus - {gpu, ANY_GPU}
+    def refused(self, key: str, before: Incident | None, when: float, gpu: str | None = None) -> None:
+        """PagerDuty refused for good the trigger :meth:`triggering` noted: a key not known
+        before is forgotten (there is nothing to wait for or resolve); a known one gets
+        back its times, unless a newer trigger was noted since."""
+        if before is None:
+            self.forget(key)
+            return
+        now = self.get(key)
+        if now is None or now.last != max(before.last, when):
+            return
+        gpu_last = dict(now.gpu_last)
+        if gpu is not None:
+            if gpu in before.gpu_last:
+                gpu_last[gpu] = before.gpu_last[gpu]
+            else:
+                gpu_last.pop(gpu, None)
+        self._put(attrs.evolve(now, last=before.last, gpu_last=gpu_last))
+
+    def opened(self, key: str, when: float, gpu: str | None = None) -> None:
+        """PagerDuty accepted the trigger for ``key``, for trouble at ``when`` (for
+        ``gpu``, for a GPU alert)."""
+        known = self.get(key)
+        base = known if known is not None else Incident(key, OPEN, time.time())
+        gpus = base.gpus | {gpu} if gpu is not None else base.gpus
+        self._put(attrs.evolve(base.retriggered(when, gpu), state=OPEN, gpus=gpus))
+
+    def recovered_gpu(self, incident: Incident, gpu: str, when: float | None = None) -> frozenset[str]:
+        """GPU ``gpu`` of ``incident`` recovered (at ``when``): the GPUs still alerting
+        (kept). An alert that named no GPU ends with it, unless it came after ``when``."""
+        current = self.get(incident.key) or incident
+        ended = {gpu, ANY_GPU}
+        if when is not None:
+            ended = {g for g in ended if not current.opened_again_after(when, g)}
+        left = current.gpus - ended
         if left:
-            self._put(attrs.evolve(incident, gpus=left))
+            self._put(attrs.evolve(current, gpus=left))
         return left
+
+    def resolved(self, key: str, when: float | None) -> None:
+        """PagerDuty accepted the resolve of a recovery at ``when``: the key is forgotten,
+        unless trouble newer than the recovery was triggered under it meanwhile."""
+        now = self.get(key)
+        if now is not None and when is not None and now.opened_again_after(when):
+            return
+        self.forget(key)
 
     def forget(self, key: str) -> None:
         self.memory.set(_entry(key), None)
@@ -88,9 +148,11 @@ class IncidentBook:
         return [incident for incident in map(self.get, keys) if incident is not None]
 
     def _put(self, incident: Incident) -> None:
-        data: dict[str, Any] = {"state": incident.state, "since": incident.since}
+        data: dict[str, Any] = {"state": incident.state, "since": incident.since, "last": incident.last}
         if incident.gpus:
             data["gpus"] = sorted(incident.gpus)
+        if incident.gpu_last:
+            data["gpu_last"] = dict(sorted(incident.gpu_last.items()))
         self.memory.set(_entry(incident.key), json.dumps(data))
 
 
@@ -128,6 +190,10 @@ class RecentRecoveries:
 
 def _entry(key: str) -> str:
     return f"incident:{key}"
+
+
+def _number(value: object) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
 
 
 def _read(text: str | None) -> dict[str, Any]:

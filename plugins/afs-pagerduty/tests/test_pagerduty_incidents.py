@@ -195,3 +195,118 @@ def test_progress_after_a_stall_never_pages_by_itself(pagerduty, webhook_server)
     outcome = send_now(pagerduty, builders.training_progress_resumed("m", "run-1", 1900.0))
     assert outcome.status is DeliveryStatus.FILTERED and outcome.error == "no open incident for run run-1"
     assert webhook_server.received == []
+
+
+# -- a recovery ends only trouble older than itself -------------------------------------
+
+UNAVAILABLE = Scripted(status=503, body='{"status": "unavailable"}', headers={"Retry-After": "4"})
+REOPENED = "the incident was opened again after this recovery"
+
+
+def test_a_retried_resolve_leaves_open_a_failure_newer_than_its_recovery(pagerduty, webhook_server, accepted):
+    assert send_now(pagerduty, builders.training_failed("m", "run-1", "boom")).delivered  # attempt 1
+    webhook_server.respond(UNAVAILABLE)
+    completed = builders.training_completed("m", "run-1", 1.0)  # attempt 2
+    first = send_now(pagerduty, completed)
+    assert first.status is DeliveryStatus.FAILED and not first.permanent  # the engine retries it later
+    again = builders.training_failed("m", "run-1", "boom again")  # attempt 3: new trouble, after the completion
+    assert again.timestamp > completed.timestamp
+    assert send_now(pagerduty, again).delivered  # folded by PagerDuty into the incident still open
+    retried = send_now(pagerduty, completed)  # the completion's retry, once the new trigger was accepted
+    assert retried.status is DeliveryStatus.FILTERED and not retried.permanent
+    assert retried.error == f"{REOPENED} (afs/run-1/failed stays open)"
+    assert actions(webhook_server) == [("trigger", "afs/run-1/failed"), ("resolve", "afs/run-1/failed"),
+                                       ("trigger", "afs/run-1/failed")]
+    assert pagerduty.incidents.get("afs/run-1/failed").state == "open"
+    # The run's next recovery, newer than the new failure, resolves it.
+    assert send_now(pagerduty, builders.training_resumed("m", "run-1")).delivered
+    assert actions(webhook_server)[3:] == [("resolve", "afs/run-1/failed")]
+    assert pagerduty.incidents.get("afs/run-1/failed") is None
+
+
+def test_a_retried_resolve_drops_only_the_keys_triggered_again(pagerduty, webhook_server):
+    send_now(pagerduty, builders.training_failed("m", "run-1", "boom"))
+    send_now(pagerduty, builders.nan_detected("m", "run-1"))
+    webhook_server.respond(UNAVAILABLE, UNAVAILABLE)
+    completed = builders.training_completed("m", "run-1", 1.0)
+    assert not send_now(pagerduty, completed).delivered  # both resolves answered 503
+    assert send_now(pagerduty, builders.training_failed("m", "run-1", "boom again")).delivered
+    retried = send_now(pagerduty, completed)
+    assert retried.delivered and set(retried.receipt) == {"afs/run-1/nan"}  # the NaN is over; the new failure is not
+    assert actions(webhook_server)[4:] == [("trigger", "afs/run-1/failed"), ("resolve", "afs/run-1/nan")]
+    assert pagerduty.incidents.get("afs/run-1/failed").state == "open"
+    assert pagerduty.incidents.get("afs/run-1/nan") is None
+
+
+def test_a_resolve_retried_while_a_newer_trigger_awaits_its_own_retry_leaves_the_key(pagerduty, webhook_server):
+    send_now(pagerduty, builders.training_failed("m", "run-1", "boom"))
+    webhook_server.respond(UNAVAILABLE, FAILED)
+    completed = builders.training_completed("m", "run-1", 1.0)
+    assert not send_now(pagerduty, completed).delivered
+    again = builders.training_failed("m", "run-1", "boom again")
+    assert not send_now(pagerduty, again).delivered  # PagerDuty down: the new trigger waits for its retry
+    retried = send_now(pagerduty, completed)
+    assert retried.status is DeliveryStatus.FILTERED and retried.error.startswith(REOPENED)
+    assert send_now(pagerduty, again).delivered
+    assert [action for action, _ in actions(webhook_server)] == ["trigger", "resolve", "trigger", "trigger"]
+    assert pagerduty.incidents.get("afs/run-1/failed").state == "open"
+
+
+def test_a_newer_trigger_refused_for_good_does_not_keep_the_older_incident_open(pagerduty, webhook_server):
+    send_now(pagerduty, builders.training_failed("m", "run-1", "boom"))
+    webhook_server.respond(UNAVAILABLE, Scripted(status=400, body='{"status": "invalid event", "errors": ["bad"]}'))
+    completed = builders.training_completed("m", "run-1", 1.0)
+    assert not send_now(pagerduty, completed).delivered
+    assert send_now(pagerduty, builders.training_failed("m", "run-1", "boom again")).permanent  # opened nothing
+    assert send_now(pagerduty, completed).delivered  # so the recovery still ends the first failure
+    assert actions(webhook_server)[3:] == [("resolve", "afs/run-1/failed")]
+    assert pagerduty.incidents.get("afs/run-1/failed") is None
+
+
+def test_a_key_triggered_again_while_its_resolve_is_on_its_way_stays_known(pagerduty, webhook_server, monkeypatch):
+    send_now(pagerduty, builders.training_failed("m", "run-1", "boom"))
+    completed = builders.training_completed("m", "run-1", 1.0)
+    again = builders.training_failed("m", "run-1", "boom again")
+    send = pagerduty._send
+
+    def racing(message):  # another thread's new failure is accepted while the resolve is in flight
+        if message["event_action"] == "resolve" and not racing.done:
+            racing.done = True
+            assert send_now(pagerduty, again).delivered
+        return send(message)
+
+    racing.done = False
+    monkeypatch.setattr(pagerduty, "_send", racing)
+    assert send_now(pagerduty, completed).delivered
+    # The resolve may have reached PagerDuty after the trigger: the key stays known, so the
+    # next recovery resolves it rather than finding nothing open.
+    assert pagerduty.incidents.get("afs/run-1/failed").state == "open"
+    assert send_now(pagerduty, builders.training_resumed("m", "run-1")).delivered
+    assert actions(webhook_server)[-1] == ("resolve", "afs/run-1/failed")
+
+
+def test_a_retried_gpu_recovery_ends_its_gpu_but_not_a_newer_alert(pagerduty, webhook_server):
+    pagerduty.min_level = pagerduty.min_level.WARNING
+    send_now(pagerduty, builders.gpu_memory_warning(0.97, 0.95, gpu=0, run_id="run-1"))
+    webhook_server.respond(UNAVAILABLE)
+    recovered = builders.gpu_recovered("memory", 0.5, gpu=0, run_id="run-1")
+    assert not send_now(pagerduty, recovered).delivered
+    assert send_now(pagerduty, builders.gpu_memory_warning(0.97, 0.95, gpu=1, run_id="run-1")).delivered
+    retried = send_now(pagerduty, recovered)  # GPU 0's alert is over, GPU 1's began after its recovery
+    assert retried.status is DeliveryStatus.FILTERED and "stays open for GPU 1" in retried.error
+    assert pagerduty.incidents.get("afs/run-1/gpu-memory").gpus == {"1"}
+    # GPU 1 alerting again after its own recovery keeps it alerting, whatever the retry.
+    webhook_server.respond(UNAVAILABLE)
+    recovered = builders.gpu_recovered("memory", 0.5, gpu=1, run_id="run-1")
+    assert not send_now(pagerduty, recovered).delivered
+    assert send_now(pagerduty, builders.gpu_memory_warning(0.97, 0.95, gpu=1, run_id="run-1")).delivered
+    retried = send_now(pagerduty, recovered)
+    assert retried.status is DeliveryStatus.FILTERED and retried.error.startswith(REOPENED)
+    assert pagerduty.incidents.get("afs/run-1/gpu-memory").gpus == {"1"}
+    assert [a for a, _ in actions(webhook_server)] == ["trigger", "resolve", "trigger", "resolve", "trigger"]
+
+
+def test_an_entry_kept_before_trigger_times_were_is_still_resolved(pagerduty, webhook_server):
+    pagerduty.memory.set("incident:afs/run-1/failed", '{"state": "open", "since": 1.0}')  # an older version's
+    assert send_now(pagerduty, builders.training_completed("m", "run-1", 1.0)).delivered
+    assert actions(webhook_server) == [("resolve", "afs/run-1/failed")]

@@ -4,6 +4,7 @@ the next, a recovery with nothing open is recorded as filtered, 64 ranks page on
 import os
 
 from afs_core.delivery.store import Store
+from afs_core.testing import Scripted
 
 TRIGGER_THEN_EXIT = """
 from afs_core import NotificationManager
@@ -154,3 +155,75 @@ def test_64_ranks_reporting_the_same_failure_page_once(run_python, webhook_serve
     assert details["world_size"] == 64 and len(details["ranks"].split(", ")) >= 2
     # What the user sees in the history: one event delivered, the other ranks' reports joined to it.
     assert [d[:2] for d in deliveries()] == [("training_failed", "delivered")]
+
+
+ATTEMPT = """
+import os, sys
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+if sys.argv[1] == "fails":
+    result = manager.notify_training_failed("llama-7b", "run-3", "CUDA error: an illegal memory access")
+else:
+    result = manager.notify_training_completed("llama-7b", "run-3", 3600.0)
+# This process's event, and what an earlier process left, if due by then.
+flushed = manager.flush(timeout=float(sys.argv[2]))
+print(result.outcomes["pagerduty"].status.value, flushed)
+if sys.argv[3] == "exit":
+    os._exit(0)  # as a job ends with a delivery pending: the next process on the store takes it
+manager.close(timeout=5)
+"""
+
+
+def test_a_new_failure_is_not_resolved_by_an_older_completions_retried_resolve(run_python, webhook_server, accepted):
+    """Three attempts of one run, each its own process on one AFS_HOME: the resolve of
+    attempt 2's completion, left waiting for a retry, must not close attempt 3's failure."""
+    webhook_server.respond(accepted, Scripted(status=503, body='{"status": "unavailable"}',
+                                              headers={"Retry-After": "3"}))
+    assert python(run_python, ATTEMPT, "fails", "10", "close") == "delivered True"
+    # Attempt 2 completes; PagerDuty answers its resolve 503 and the job ends before the retry.
+    assert python(run_python, ATTEMPT, "completes", "0.5", "exit") == "pending False"
+    # Attempt 3 fails (new trouble, after the completion), then takes attempt 2's pending resolve.
+    assert python(run_python, ATTEMPT, "fails", "15", "close") == "delivered True"
+    sent = [(r.json["event_action"], r.json["dedup_key"]) for r in webhook_server.received]
+    completed = [d for d in deliveries() if d[0] == "training_completed"]
+    if sent[2] == ("resolve", "afs/run-3/failed"):  # only on a machine too slow to start attempt 3 within 3 s:
+        # the retried resolve went out before the new failure, and closed only the old one.
+        assert sent[3:] == [("trigger", "afs/run-3/failed")]
+        assert completed == [("training_completed", "delivered", None)]
+    else:  # the new failure's trigger first: the completion's retried resolve must not close it
+        assert sent == [("trigger", "afs/run-3/failed"), ("resolve", "afs/run-3/failed"),
+                        ("trigger", "afs/run-3/failed")]
+        assert completed == [("training_completed", "filtered",
+                              "the incident was opened again after this recovery (afs/run-3/failed stays open)")]
+    # The incident is still known as open: the run's next completion resolves it.
+    assert python(run_python, ATTEMPT, "completes", "10", "close") == "delivered True"
+    assert [(r.json["event_action"], r.json["dedup_key"]) for r in webhook_server.received[len(sent):]] == [
+        ("resolve", "afs/run-3/failed")]
+
+
+IN_ONE_PROCESS = """
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+first = manager.notify_training_failed("llama-7b", "run-3", "boom")
+completed = manager.notify_training_completed("llama-7b", "run-3", 60.0)
+print(manager.flush(timeout=0.5))  # its resolve answered 503: retried in 2 s
+again = manager.notify_training_failed("llama-7b", "run-3", "boom again")  # meanwhile the run fails anew
+print(manager.flush(timeout=15))
+for result in (first, completed, again):
+    outcome = result.outcomes["pagerduty"]
+    print(outcome.status.value, "|", outcome.error)
+manager.close(timeout=5)
+"""
+
+
+def test_in_one_process_a_resolve_waiting_for_its_retry_spares_a_newer_failure(run_python, webhook_server, accepted):
+    webhook_server.respond(accepted, Scripted(status=503, body='{"status": "unavailable"}',
+                                              headers={"Retry-After": "2"}))
+    assert python(run_python, IN_ONE_PROCESS).splitlines() == [
+        "False",
+        "True",
+        "delivered | None",
+        "filtered | the incident was opened again after this recovery (afs/run-3/failed stays open)",
+        "delivered | None",
+    ]
+    assert [r.json["event_action"] for r in webhook_server.received] == ["trigger", "resolve", "trigger"]

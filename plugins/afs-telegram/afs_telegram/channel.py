@@ -57,10 +57,27 @@ def check_api_url(url: str) -> str:
         raise ConfigurationError("TELEGRAM_API_URL must be the API's address only, "
                                  "without a login, ?query or #fragment")
     path = parts.path.rstrip("/")
-    if re.search(r"/bot\d+:", path):
-        raise ConfigurationError("TELEGRAM_API_URL must be the API's address only, without /bot<token> "
-                                 "(the token goes in TELEGRAM_BOT_TOKEN; the value is not shown)")
+    if _BOT_SEGMENT.search(_decoded(path)):
+        raise ConfigurationError(_HOLDS_TOKEN)
     return urllib.parse.urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+#: A path segment that is a bot's token, as a server reads it: ``/bot<id>:``, in any
+#: case (``/BOT``), in any segment, after a ``;`` parameter or a backslash some read as ``/``.
+_BOT_SEGMENT = re.compile(r"(?:^|[/\\;])bot\d+:", re.IGNORECASE)
+_HOLDS_TOKEN = ("TELEGRAM_API_URL must be the API's address only, without /bot<token> "
+                "(the token goes in TELEGRAM_BOT_TOKEN; the value is not shown)")
+
+
+def _decoded(text: str, rounds: int = 4) -> str:
+    """``text`` percent-decoded until it no longer changes (``%2562ot`` is ``%62ot`` is
+    ``bot``), a few rounds at most."""
+    for _ in range(rounds):
+        once = urllib.parse.unquote(text)
+        if once == text:
+            break
+        text = once
+    return text
 
 
 def check_chats(chats: str | Sequence[str]) -> tuple[str, ...]:
@@ -117,6 +134,8 @@ class TelegramChannel(WebhookChannel):
         self._token_key = Secret(shape[2])
         self.chat_ids = check_chats(chat_ids)
         self.api_url = check_api_url(api_url or DEFAULT_API)
+        if shape[2] in _decoded(self.api_url):  # the token pasted in anywhere else, /bot or not
+            raise ConfigurationError(_HOLDS_TOKEN)
         super().__init__(f"{self.api_url}/bot{token_text}/sendMessage", timeout=timeout, allow_any_host=True)
         self._moved: dict[str, str] = {}  # chat id -> the supergroup it became, learnt in this process
         self._lock = threading.Lock()

@@ -102,6 +102,18 @@ def test_api_addresses_that_are_accepted(url, base):
         ("http://192.168.1.5:8081", "must use https://"),  # the token would cross the network in clear
         (f"https://api.telegram.org/bot{TOKEN}", "without /bot<token>"),
         (f"https://api.telegram.org/bot{TOKEN}/sendMessage", "without /bot<token>"),
+        # Read by a server the same way: in any case, percent-encoded, in any segment.
+        (f"https://api.telegram.org/BOT{TOKEN}", "without /bot<token>"),
+        (f"https://api.telegram.org/Bot{TOKEN}/sendMessage", "without /bot<token>"),
+        (f"https://api.telegram.org/%62ot{TOKEN}", "without /bot<token>"),
+        (f"https://api.telegram.org/%42%4F%54{TOKEN}", "without /bot<token>"),
+        (f"https://api.telegram.org/%2562ot{TOKEN}", "without /bot<token>"),  # encoded twice
+        (f"https://api.telegram.org/bot{TOKEN.replace(':', '%3A')}", "without /bot<token>"),
+        (f"https://tg-proxy.example.com/telegram/BOT{TOKEN}", "without /bot<token>"),
+        (f"https://tg-proxy.example.com/telegram%2Fbot{TOKEN}", "without /bot<token>"),
+        (f"https://tg-proxy.example.com/telegram/{TOKEN}", "without /bot<token>"),  # the token without /bot
+        (f"https://tg-proxy.example.com/telegram/{TOKEN.replace('-', '%2D').replace('_', '%5F')}",
+         "without /bot<token>"),
         ("https://u:p@tg.example.com", "without a login"),
         ("https://tg.example.com/?x=1", "without a login, ?query"),
         ("api.telegram.org", "must start with https://"),
@@ -145,3 +157,18 @@ def test_the_manager_registers_telegram_from_env(monkeypatch):
 
 def test_a_proxy_path_that_merely_starts_with_bot_is_fine():
     assert TelegramChannel(TOKEN, "42", api_url="https://proxy.example.com/botapi").api_url == "https://proxy.example.com/botapi"
+    assert TelegramChannel(TOKEN, "42", api_url="https://proxy.example.com/BotApi/v2").api_url == (
+        "https://proxy.example.com/BotApi/v2")
+
+
+OTHER_BOT = "123:" + "x" * 35  # any bot's token, not this channel's: the address must hold none
+
+
+@pytest.mark.parametrize("path", [f"/BOT{OTHER_BOT}", f"/%62ot{OTHER_BOT}", f"/%62OT{OTHER_BOT}",
+                                  f"/telegram/%42ot{OTHER_BOT}/sendMessage", f"/telegram;bOt{OTHER_BOT}"])
+def test_check_api_url_refuses_a_token_path_in_any_case_or_encoding(path):
+    from afs_telegram.channel import check_api_url
+
+    with pytest.raises(ConfigurationError, match="without /bot<token>") as caught:
+        check_api_url(f"https://tg-proxy.example.com{path}")
+    assert "x" * 35 not in str(caught.value)
