@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import re
 import unicodedata
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from afs_core.events import NotificationEvent, NotificationLevel
@@ -28,6 +28,17 @@ _BACKTICK_PAIR = re.compile(r"`(?=`)")
 # Characters that reorder the text around them (a "Trojan Source" trick); the
 # joiners that build emoji sequences are not among them and are kept.
 _BIDI_CONTROLS = frozenset("\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+# Characters that belong to the one before them (a zero-width joiner, the word joiner a
+# channel puts after "@", text/emoji variation selectors): a cut never separates them.
+_JOINERS = frozenset("\u200d\u2060\ufe0e\ufe0f")
+
+#: Context keys whose value, an http(s) URL, is the run's page (a dashboard, W&B,
+#: MLflow); the first one present wins. Set one from an ``afs_enrich_event`` hook
+#: for every event and each channel that can show a link shows it.
+RUN_LINK_KEYS = ("url", "run_url", "dashboard_url", "experiment_url", "wandb_url", "mlflow_url", "tensorboard_url")
+#: A longer "link" is not taken for one: browsers and services refuse such URLs.
+RUN_LINK_CHARS = 2000
 
 # Context keys with a known meaning: label and how to show the value.
 _COST_KEYS = frozenset({"threshold", "current_cost"})
@@ -134,6 +145,80 @@ def truncate(text: str, limit: int, marker: str = ELLIPSIS, *, keep_entities: bo
     return kept + marker
 
 
+def utf8_size(text: str) -> int:
+    """Size of ``text`` in UTF-8 bytes, as it is sent (a lone surrogate as the one
+    ``?`` byte it becomes): the measure of services that count bytes (ntfy)."""
+    return len(text.encode("utf-8", "replace"))
+
+
+def utf16_units(text: str) -> int:
+    """Length of ``text`` in UTF-16 code units (an emoji counts two): the measure of
+    services that count as JavaScript does (Telegram)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def splits_character(text: str, index: int) -> bool:
+    """Whether a cut before ``text[index]`` would part it from the character before it:
+    a combining accent, a joiner (and what follows a zero-width joiner, so an emoji
+    sequence stays whole), a variation selector or a skin tone. Shared so that every
+    channel cutting to a limit cuts the same way."""
+    if not 0 < index < len(text):
+        return False
+    ch, before = text[index], text[index - 1]
+    return bool(unicodedata.combining(ch)) or ch in _JOINERS or before == "\u200d" or "\U0001f3fb" <= ch <= "\U0001f3ff"
+
+
+def cut_to(text: str, limit: int, *, measure: Callable[[str], int] = len, marker: str = ELLIPSIS) -> str:
+    """``text`` in at most ``limit`` as ``measure`` counts (characters, :func:`utf8_size`,
+    :func:`utf16_units`), ending with ``marker`` when cut; ``""`` when even the marker
+    does not fit.
+
+    Services count their limits differently, but a cut must never leave half a
+    character on screen: it falls between code points (never inside a UTF-8 sequence
+    or a surrogate pair) and never where :func:`splits_character` says it would part
+    a character from what belongs to it. ``measure`` must add up over characters
+    (a string's size is the sum of its characters' sizes).
+    """
+    if measure(text) <= limit:
+        return text
+    room = limit - measure(marker)
+    if room < 0:
+        return ""
+    end = used = 0
+    while end < len(text):
+        size = measure(text[end])
+        if used + size > room:
+            break
+        used += size
+        end += 1
+    while splits_character(text, end):
+        end -= 1
+    return text[:end] + marker
+
+
+def run_link(event: NotificationEvent) -> str | None:
+    """The run's page: the first http(s) URL with a host among the context's
+    :data:`RUN_LINK_KEYS`, stripped, or None. Written once so that every channel
+    links the same page and refuses the same things: another scheme (``javascript:``),
+    white space or control characters (a header or markup injection), an overlong value."""
+    import urllib.parse  # here, not at the top: this module is on the start-up path
+
+    for key in RUN_LINK_KEYS:
+        value = event.context.get(key)
+        if not isinstance(value, str):
+            continue
+        value = value.strip()
+        if len(value) > RUN_LINK_CHARS or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value):
+            continue
+        try:
+            parts = urllib.parse.urlsplit(value)
+        except ValueError:
+            continue
+        if parts.scheme.lower() in ("http", "https") and parts.hostname:
+            return value
+    return None
+
+
 def one_line(text: str, limit: int) -> str:
     """``text`` safe on one line (no control characters: no newline, escape or CR) and
     cut to ``limit`` characters: for what a service or a user wrote, in a log or a title."""
@@ -225,6 +310,46 @@ def event_fields(event: NotificationEvent) -> list[tuple[str, str]]:
     if event.tags:
         fields.append(("Tags", ", ".join(event.tags)))
     return fields
+
+
+def fit_lines(
+    lines: Sequence[str], limit: int, *, measure: Callable[[str], int] = len, most: int | None = None,
+    more: str = f"{ELLIPSIS} {{}} more",
+) -> str:
+    """``lines`` (an event's facts, one a line) joined by line breaks in at most ``limit``
+    as ``measure`` counts and at most ``most`` of them; those left out are counted on a
+    last line, ``more`` with their number, and room for that line is kept as the list
+    is filled. Every channel listing facts within a share of its message lists them so.
+    """
+    kept: list[str] = []
+    for index, line in enumerate(lines):
+        after = len(lines) - index - 1
+        reserve = [more.format(after)] if after else []  # room to say so, if the next does not fit
+        if index == most or measure("\n".join([*kept, line, *reserve])) > limit:
+            kept.append(more.format(after + 1))
+            break
+        kept.append(line)
+    return "\n".join(kept)
+
+
+def traceback_tail(
+    event: NotificationEvent, limit: int, *, lines: int, line_chars: int, measure: Callable[[str], int] = len,
+    show: Callable[[list[str]], str] = "\n".join,
+) -> str:
+    """The end of the event's traceback (context ``traceback``), where the error is:
+    its last ``lines`` lines, each made one safe line of at most ``line_chars``, shown by
+    ``show`` (a code block, say) in at most ``limit`` as ``measure`` counts; its first
+    lines go until it fits. ``""`` when there is none or not even its last line fits.
+    Written once so that every channel keeps the same part of a traceback."""
+    text = event.context.get("traceback")
+    if not isinstance(text, str) or not text.strip():
+        return ""
+    kept = [one_line(line, line_chars) for line in strip_control(text, keep="\n").rstrip().splitlines()][-lines:]
+    for start in range(len(kept)):
+        shown = show(kept[start:])
+        if measure(shown) <= limit:
+            return shown
+    return ""
 
 
 def source_line(event: NotificationEvent) -> str:

@@ -4,14 +4,22 @@ import pytest
 
 from afs_core import EventType, NotificationEvent
 from afs_core.formatting import (
+    RUN_LINK_KEYS,
+    cut_to,
     event_fields,
+    fit_lines,
     format_cost,
     format_duration,
     format_number,
     render_text,
+    run_link,
+    splits_character,
     strip_control,
+    traceback_tail,
     trim_traceback,
     truncate,
+    utf8_size,
+    utf16_units,
 )
 
 
@@ -155,3 +163,117 @@ def test_trim_traceback_keeps_the_outermost_and_innermost_frames_under_a_huge_me
     assert lines[-2].strip() == 'File "model.py", line 302, in f150'  # the innermost frame
     assert lines[-1].startswith("ValueError: bad shape xxx") and "characters omitted" in lines[-1]
     assert len(lines[-1]) <= 400
+
+
+# -- cutting to a service's limit, and the run's link: shared by the channels --------------
+
+FAMILY = "👨\u200d👩\u200d👧"
+
+
+def test_measures_count_as_the_services_do():
+    assert [utf8_size(t) for t in ("a", "é", "中", "🚀", "\ud800")] == [1, 2, 3, 4, 1]  # lone surrogate: "?"
+    assert [utf16_units(t) for t in ("a", "中", "🚀", FAMILY, "\ud800")] == [1, 1, 2, 8, 1]
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "measure", "expected"),
+    [
+        ("abc", 3, len, "abc"),
+        ("abcdef", 4, len, "abc…"),
+        ("abcd", 1, len, "…"),  # room for the marker alone
+        ("abcd", 0, len, ""),  # not even for the marker
+        ("中中中中", 9, utf8_size, "中中…"),
+        ("中中中中", 8, utf8_size, "中…"),
+        ("🚀🚀🚀", 5, utf16_units, "🚀🚀…"),
+        ("🚀🚀🚀", 4, utf16_units, "🚀…"),  # a surrogate pair is never split
+        ("ab\u2060cd", 3, len, "a…"),  # the word joiner stays with the character before it
+        ("ne\u0301e", 3, len, "n…"),  # the accent stays with its letter
+    ],
+)
+def test_cut_to_a_limit_in_any_measure(text, limit, measure, expected):
+    assert cut_to(text, limit, measure=measure) == expected
+
+
+def test_cut_to_with_another_marker():
+    assert cut_to("abcdef", 5, marker="...") == "ab..."
+    assert cut_to("abcdef", 2, marker="...") == ""
+    assert cut_to("abcdef", 3, marker="") == "abc"
+
+
+@pytest.mark.parametrize("measure", [len, utf8_size, utf16_units])
+@pytest.mark.parametrize("unit", [FAMILY, "e\u0301", "👍🏽", "❤️", "❤︎", "中", "🚀"])
+def test_no_cut_parts_a_character_from_what_belongs_to_it(unit, measure):
+    whole = unit * 4
+    for limit in range(measure(whole)):
+        short = cut_to(whole, limit, measure=measure)
+        assert measure(short) <= limit
+        if short:
+            assert short.endswith("…") and len(short[:-1]) % len(unit) == 0 and whole.startswith(short[:-1])
+
+
+def test_splits_character():
+    assert splits_character("e\u0301", 1) and splits_character("👍🏽", 1) and splits_character("❤️", 1)
+    assert splits_character(FAMILY, 1) and splits_character(FAMILY, 2)  # before and after a zero-width joiner
+    assert not splits_character("ab", 1) and not splits_character("ab", 0) and not splits_character("ab", 2)
+
+
+def _with_context(**context):
+    return NotificationEvent(EventType.TRAINING_STARTED, "Training started: m", context=context)
+
+
+def test_run_link_is_the_first_http_url_among_the_link_keys():
+    assert RUN_LINK_KEYS[0] == "url" and "wandb_url" in RUN_LINK_KEYS
+    event = _with_context(other_url="https://other.example", wandb_url=" https://wandb.ai/r/1 ",
+                          url="https://dash.example/run")
+    assert run_link(event) == "https://dash.example/run"  # key order, not context order
+    assert run_link(_with_context(other_url="https://other.example")) is None
+    assert run_link(_with_context()) is None
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        "javascript:alert(1)",
+        "ftp://files.example/run",
+        "https://",
+        "http://[::1",
+        "https://dash.example/a b",
+        "https://dash.example/a\x00b",
+        "https://dash.example/a\u2028b",
+        "https://dash.example/" + "a" * 2000,
+        42,
+    ],
+)
+def test_run_link_passes_over_what_is_not_a_safe_link(refused):
+    assert run_link(_with_context(url=refused)) is None
+    assert run_link(_with_context(url=refused, mlflow_url="HTTP://mlflow.example/1")) == "HTTP://mlflow.example/1"
+
+
+def test_fit_lines_keeps_room_to_count_what_is_left_out():
+    lines = ["aaaa", "bbbb", "cccc", "dddd"]
+    assert fit_lines(lines, 100) == "aaaa\nbbbb\ncccc\ndddd"
+    assert fit_lines(lines, 100, most=2) == "aaaa\nbbbb\n… 2 more"
+    # "aaaa\nbbbb" fits in 17, but then "… 2 more" would not: bbbb gives way to the count.
+    assert fit_lines(lines, 17) == "aaaa\n… 3 more"
+    assert fit_lines(lines, 19) == "aaaa\nbbbb\n… 2 more"  # the list stops at the first line that does not fit
+    assert fit_lines(lines, 12) == "… 4 more"
+    assert fit_lines(["中中"] * 3, 15, more="- {} more") == "中中\n中中\n中中"
+    assert fit_lines(["中中"] * 3, 15, measure=utf8_size, more="- {} more") == "中中\n- 2 more"
+    assert fit_lines([], 10) == ""
+
+
+def _failed(traceback):
+    return NotificationEvent(EventType.TRAINING_FAILED, "Training failed: m", context={"traceback": traceback})
+
+
+def test_traceback_tail_keeps_the_last_lines_that_fit():
+    traceback = "Traceback (most recent call last):\n  File \"t.py\", line 1\n\x1b[31mValueError: " + "x" * 50
+    last = "[31mValueError: " + "x" * 13 + "…"  # the escape character is gone, the line cut to 30
+    assert traceback_tail(_failed(traceback), 1000, lines=2, line_chars=30) == f'  File "t.py", line 1\n{last}'
+    assert traceback_tail(_failed(traceback), 40, lines=12, line_chars=30) == last
+    fenced = traceback_tail(_failed("a\nb"), 100, lines=12, line_chars=30, show=lambda ls: "<" + "|".join(ls) + ">")
+    assert fenced == "<a|b>"
+    assert traceback_tail(_failed("中" * 10), 29, lines=12, line_chars=30, measure=utf8_size) == ""
+    assert traceback_tail(_failed("  \n"), 100, lines=12, line_chars=30) == ""
+    assert traceback_tail(_failed("a\rb\x0bc\nd"), 100, lines=12, line_chars=30) == "abc\nd"  # a CR makes no line
+    assert traceback_tail(NotificationEvent(EventType.TRAINING_FAILED, "t"), 100, lines=12, line_chars=30) == ""

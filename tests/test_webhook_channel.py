@@ -15,7 +15,8 @@ from afs_core import (
     WebhookChannel,
     send_now,
 )
-from afs_core.channels import HOLDS, seconds
+from afs_core.channels import HOLDS, json_object, seconds
+from afs_core.channels.webhook import parse_http_url
 
 TOKEN = "s3cret-T0KEN"
 
@@ -151,3 +152,44 @@ def test_a_redirect_to_an_unreadable_location_is_a_permanent_failure(acme, webho
     outcome = send_now(acme, make_event())
     assert outcome.permanent and "not followed" in outcome.error
     assert len(webhook_server.received) == 1
+
+
+@pytest.mark.parametrize(
+    ("text", "read"),
+    [
+        ('{"ok": true, "result": {"id": 1}}', {"ok": True, "result": {"id": 1}}),
+        ("[1, 2]", {}),
+        ("null", {}),
+        ('"text"', {}),
+        ("<html>502 Bad Gateway</html>", {}),
+        ("{", {}),
+        ("", {}),
+        (None, {}),
+        ("[" * 200_000 + "]" * 200_000, {}),  # nested deeper than the parser goes
+    ],
+)
+def test_an_answer_body_is_read_as_a_json_object_or_nothing(text, read):
+    assert json_object(text) == read
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        ("https://relay.example:99999/x", r"X_URL is not a valid URL \(Port out of range"),
+        ("http://[::1/x", r"X_URL is not a valid URL \("),
+        ("ftp://relay.example/x", "X_URL must start with https:// and name the relay, e.g. https://relay.example$"),
+        ("relay.example/x", "X_URL must start with https:// and name the relay, e.g. https://relay.example$"),
+        ("https:///x", "X_URL must start with https:// and name the relay"),
+    ],
+)
+def test_a_url_setting_that_is_no_http_url_is_a_clear_error(url, message):
+    with pytest.raises(ConfigurationError, match=message):
+        parse_http_url(url, setting="X_URL", names="the relay", example="https://relay.example")
+
+
+def test_an_http_url_is_split_after_its_spaces_go():
+    parts = parse_http_url("  HTTPS://Relay.Example:8443/hook?q=1 ", setting="X_URL")
+    assert (parts.scheme, parts.hostname, parts.port, parts.path, parts.query) == ("https", "relay.example", 8443,
+                                                                                   "/hook", "q=1")
+    with pytest.raises(ConfigurationError, match="X_URL must start with https:// and name a host$"):
+        parse_http_url("mailto:a@b.example", setting="X_URL")

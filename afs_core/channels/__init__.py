@@ -11,7 +11,7 @@ TYPE_CHECKING = False
 
 __all__ = [
     "HOLDS", "Channel", "ChannelMemory", "LocalMemory", "RateLimit", "Setting", "WebhookChannel", "boolean",
-    "deliver_to_each", "read_settings", "seconds", "text_list", "whole_number",
+    "deliver_to_each", "json_object", "read_settings", "seconds", "text_list", "whole_number",
 ]
 
 _WHERE = {
@@ -28,6 +28,7 @@ _WHERE = {
     "whole_number": "afs_core.channels.settings",
     "HOLDS": "afs_core.channels.webhook",
     "WebhookChannel": "afs_core.channels.webhook",
+    "json_object": "afs_core.channels.webhook",
 }
 
 if TYPE_CHECKING:
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
     from afs_core.channels.fanout import deliver_to_each
     from afs_core.channels.memory import ChannelMemory, LocalMemory
     from afs_core.channels.settings import Setting, boolean, read_settings, seconds, text_list, whole_number
-    from afs_core.channels.webhook import HOLDS, WebhookChannel
+    from afs_core.channels.webhook import HOLDS, WebhookChannel, json_object
 
 
 __getattr__, __dir__ = lazy_names(__name__, _WHERE, __all__)

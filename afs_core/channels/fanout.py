@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from afs_core.channels.base import Channel
+from afs_core.channels.webhook import json_object
 from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
 
@@ -34,7 +35,7 @@ def deliver_to_each(
     a target that is itself a secret.
     """
     memory_key = f"fanout:{key}"
-    kept = _read(channel.memory.get(memory_key)) if len(targets) > 1 else {}
+    kept = json_object(channel.memory.get(memory_key)) if len(targets) > 1 else {}
     done: list[str] = list(kept.get("done", []))
     refused: dict[str, str] = dict(kept.get("refused", {}))
     receipts: dict[str, Any] = {}
@@ -71,12 +72,3 @@ def deliver_to_each(
     channel.memory.set(memory_key, None)
     raise PermanentDeliveryError(f"{said}{got}")
 
-
-def _read(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

@@ -48,6 +48,26 @@ def is_loopback_host(host: str | None) -> bool:
         return False
 
 
+def parse_http_url(
+    url: str, *, setting: str, names: str = "a host", example: str = "",
+) -> urllib.parse.SplitResult:
+    """``url`` (stripped) split into its parts, or a :class:`ConfigurationError` that
+    says what is wrong with ``setting``: not a URL (a bad port included), not http(s),
+    no host. Every URL setting starts with these checks, worded the same way; what it
+    allows next (which hosts, plain http, a path, a login) is its own to check.
+    ``names`` and ``example`` complete "must start with https:// and name ...".
+    """
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except ValueError as exc:
+        raise ConfigurationError(f"{setting} is not a valid URL ({exc})") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(f"{setting} must start with https:// and name {names}"
+                                 + (f", e.g. {example}" if example else ""))
+    return parts
+
+
 def validate_webhook_url(
     url: object,
     *,
@@ -66,14 +86,8 @@ def validate_webhook_url(
     """
     if not isinstance(url, str) or not url.strip():
         raise ConfigurationError(f"{setting} must be a webhook URL, got {type(url).__name__}")
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ConfigurationError(f"{setting} is not a valid URL ({exc})") from None
+    parts = parse_http_url(url, setting=setting)
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError(f"{setting} must start with https:// and name a host")
     loopback = is_loopback_host(host)
     if not loopback and not allow_any_host:
         if host not in hosts:
@@ -134,6 +148,20 @@ def encode_json(payload: Mapping[str, Any]) -> bytes:
         return json.dumps(payload, ensure_ascii=False, allow_nan=False).encode("utf-8", "replace")
     except ValueError as exc:
         raise PermanentDeliveryError(f"payload is not valid JSON: {exc}") from None
+
+
+def json_object(text: str | None) -> dict[str, Any]:
+    """A service's answer body (or a record a channel stored) as a JSON object; ``{}``
+    when it is empty, not JSON, or JSON but not an object (a proxy's HTML page, ``null``,
+    a list). Channels read the fields they know with ``.get``, so what a service or a
+    proxy sent can never make them fail."""
+    if not text:
+        return {}
+    try:
+        body = json.loads(text)
+    except (ValueError, RecursionError):  # RecursionError: nested deeper than the parser goes
+        return {}
+    return body if isinstance(body, dict) else {}
 
 
 def _host_of(url: str) -> str | None:

@@ -8,14 +8,13 @@ Discord's answers mean: its rate-limit headers and fractional, possibly global
 
 from __future__ import annotations
 
-import json
 import re
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core import PermanentDeliveryError, SendsDirectly
-from afs_core.channels import HOLDS, Setting, WebhookChannel, seconds
+from afs_core.channels import HOLDS, Setting, WebhookChannel, json_object, seconds
 from afs_core.channels.webhook import parse_retry_after, validate_webhook_url
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line
@@ -119,7 +118,7 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
             pass
 
     def rate_limited(self, answer: HttpAnswer) -> tuple[float | None, str, str]:
-        body = _json_object(answer.text)
+        body = json_object(answer.text)
         wait = parse_retry_after(body.get("retry_after"))  # fractional seconds, unlike the header
         if wait is None:
             wait = parse_retry_after(answer.headers.get("Retry-After"))
@@ -128,10 +127,10 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
         return wait, self._bucket, "rate limited"
 
     def words(self, answer: HttpAnswer) -> str:
-        return self.quote(_discord_words(_json_object(answer.text), answer.text), 300)
+        return self.quote(_discord_words(json_object(answer.text), answer.text), 300)
 
     def read_answer(self, answer: HttpAnswer) -> Any:
-        body = _json_object(answer.text)
+        body = json_object(answer.text)
         if answer.status == 404 and body.get("code") == UNKNOWN_WEBHOOK:
             self._gone = "HTTP 404: Unknown Webhook (deleted in Discord? create a new one)"
             raise PermanentDeliveryError(self._gone)
@@ -192,14 +191,6 @@ def _pack(messages: Sequence[Any]) -> list[tuple[Any, list[int]]]:
         size = embed_chars
         packed.append((open_payload, [index]))
     return packed
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def _discord_words(body: Mapping[str, Any], text: str) -> str:

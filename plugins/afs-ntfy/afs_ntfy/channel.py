@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import base64
 import ipaddress
-import json
 import re
 import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core.channels import RateLimit, Setting, WebhookChannel, seconds
-from afs_core.channels.webhook import is_loopback_host
+from afs_core.channels import RateLimit, Setting, WebhookChannel, json_object, seconds
+from afs_core.channels.webhook import is_loopback_host, parse_http_url
 from afs_core.errors import ConfigurationError, PermanentDeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line
@@ -54,14 +53,8 @@ def check_server(url: str) -> str:
     https on any host; http only on loopback and private network addresses. No
     credentials in the URL, and no topic: publishing as JSON goes to the server root.
     """
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ConfigurationError(f"NTFY_URL is not a valid URL ({exc})") from None
+    parts = parse_http_url(url, setting="NTFY_URL", names="the server", example=DEFAULT_SERVER)
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError("NTFY_URL must start with https:// and name the server, e.g. https://ntfy.sh")
     if parts.username is not None or parts.password is not None:
         raise ConfigurationError("NTFY_URL must not hold a user or password: set NTFY_USER and NTFY_PASSWORD, "
                                  "or NTFY_TOKEN")
@@ -157,7 +150,7 @@ class NtfyChannel(WebhookChannel):
 
     def words(self, answer: HttpAnswer) -> str:
         """ntfy's error JSON as ``forbidden (code 40301)``, or the start of the body."""
-        body = _json_object(answer.text)
+        body = json_object(answer.text)
         if body.get("error"):
             code = f" (code {body['code']})" if isinstance(body.get("code"), int) else ""
             return one_line(f"{body['error']}{code}", 300)
@@ -169,7 +162,7 @@ class NtfyChannel(WebhookChannel):
         if answer.status == 404:  # ntfy publishes at its root: a path in NTFY_URL is not ntfy's
             raise PermanentDeliveryError(f"HTTP 404: {self.words(answer)}: is NTFY_URL the ntfy server's address?")
         said = super().read_answer(answer)  # 408, 429 and 5xx transient; other 4xx permanent
-        message_id = _json_object(answer.text).get("id")
+        message_id = json_object(answer.text).get("id")
         return f"message {message_id}" if isinstance(message_id, str) else said
 
     def _refused(self) -> str:
@@ -216,11 +209,3 @@ def _check_topic(topic: str) -> str:
     problem = f"it has {len(topic)} characters" if len(topic) > 64 else "it has a character that is not allowed"
     raise ConfigurationError(f"NTFY_TOPIC must be 1 to 64 letters, digits, '_' or '-'; {problem} "
                              "(the value is secret, so not shown)")
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

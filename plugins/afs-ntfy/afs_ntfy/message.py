@@ -10,13 +10,24 @@ from __future__ import annotations
 
 import math
 import re
-import unicodedata
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any
 
 from afs_core.events import EventType, NotificationEvent, NotificationLevel
-from afs_core.formatting import ELLIPSIS, defuse_fences, event_fields, one_line, source_line, strip_control
+from afs_core.formatting import (
+    ELLIPSIS,
+    cut_to,
+    defuse_fences,
+    event_fields,
+    fit_lines,
+    one_line,
+    run_link,
+    source_line,
+    splits_character,
+    strip_control,
+    traceback_tail,
+    utf8_size,
+)
 
 #: ntfy's limit on a message, in UTF-8 bytes.
 MESSAGE_BYTES = 4096
@@ -70,11 +81,6 @@ EMOJI: Mapping[EventType, str] = {
     EventType.NAN_DETECTED: "warning",
 }
 
-#: Context keys whose value, an http(s) URL, opens when the notification is tapped;
-#: the first one present wins (set one from an ``afs_enrich_event`` hook for every event).
-LINK_KEYS = ("url", "run_url", "dashboard_url", "experiment_url", "wandb_url", "mlflow_url", "tensorboard_url")
-LINK_CHARS = 2000
-
 # Everything CommonMark (and the GFM extensions ntfy's apps render) could read as markup
 # anywhere in a line: emphasis, code, links and images, raw HTML and autolinks, entities
 # (``&amp;`` would show as ``&``), tables, strikethrough, and the escape itself.
@@ -83,8 +89,6 @@ _INLINE = re.compile(r"([\\`*_\[\]<>&|~])")
 # and thematic breaks, ordered list items ("1." / "1)"); block quotes (">") are escaped above.
 _LINE_START = re.compile(r"^([ \t]*)(#{1,6}(?=[ \t]|$)|[-+=](?=[ \t]|$|[-+=])|\d{1,9}(?=[.)](?:[ \t]|$)))",
                          re.MULTILINE)
-# Characters that belong to the one before them: a cut never separates them.
-_JOINERS = frozenset("\u200d\ufe0e\ufe0f")
 
 
 def escape_markdown(text: str, *, inline: bool = False) -> str:
@@ -104,35 +108,17 @@ def _escape_line_start(match: re.Match[str]) -> str:
     return f"{indent}{marker}\\" if marker[0].isdigit() else f"{indent}\\{marker}"  # "1\." / "\#"
 
 
-def utf8_size(text: str) -> int:
-    return len(text.encode("utf-8", "replace"))
-
-
-def _splits_a_character(text: str, index: int) -> bool:
-    """Whether a cut before ``text[index]`` would part it from the character before it
-    (a combining accent, a joiner, a variation selector or a skin tone)."""
-    if not 0 < index < len(text):
-        return False
-    ch, before = text[index], text[index - 1]
-    return bool(unicodedata.combining(ch)) or ch in _JOINERS or before == "\u200d" or "\U0001f3fb" <= ch <= "\U0001f3ff"
-
-
 def cut_to_bytes(text: str, limit: int, marker: str = ELLIPSIS) -> str:
     """``text`` in at most ``limit`` UTF-8 bytes, ending with ``marker`` when cut.
 
-    The cut falls between characters (never inside a UTF-8 sequence), never parts a
-    character from the accent, joiner or selector that belongs to it, and never leaves
-    a lone backslash to escape the marker in Markdown.
+    The cut is :func:`~afs_core.formatting.cut_to`'s (between characters, never parting
+    one from the accent, joiner or selector that belongs to it), and never leaves a
+    lone backslash to escape the marker in Markdown.
     """
-    if utf8_size(text) <= limit:
-        return text
-    room = limit - utf8_size(marker)
-    if room < 0:
-        return ""
-    end = len(text.encode("utf-8", "replace")[:room].decode("utf-8", "ignore"))  # drops a half sequence
-    while _splits_a_character(text, end):
-        end -= 1
-    kept = text[:end]
+    cut = cut_to(text, limit, measure=utf8_size, marker=marker)
+    if cut == text or not cut:
+        return cut
+    kept = cut[: len(cut) - len(marker)]
     if (len(kept) - len(kept.rstrip("\\"))) % 2:
         kept = kept[:-1]
     return kept + marker
@@ -151,7 +137,7 @@ def _fit_escaped(raw: str, limit: int) -> str:
             low = middle
         else:
             high = middle - 1
-    while _splits_a_character(raw, low):
+    while splits_character(raw, low):
         low -= 1
     return escape_markdown(raw[:low]).rstrip() + ELLIPSIS
 
@@ -161,50 +147,19 @@ def _facts(event: NotificationEvent) -> str:
     what does not fit is counted on a last line."""
     # ntfy shows the event's tags under the message already.
     fields = [(label, value) for label, value in event_fields(event) if not (label == "Tags" and event.tags)]
-    lines: list[str] = []
-    for index, (label, value) in enumerate(fields):
-        shown = escape_markdown(one_line(label, LABEL_CHARS), inline=True)
-        line = f"- **{shown}:** {escape_markdown(one_line(value, VALUE_CHARS), inline=True)}"
-        after = len(fields) - index - 1
-        reserve = [f"- {ELLIPSIS} {after} more"] if after else []  # room to say so, if the next does not fit
-        if index == MAX_FIELDS or utf8_size("\n".join([*lines, line, *reserve])) > FIELDS_BYTES:
-            lines.append(f"- {ELLIPSIS} {after + 1} more")
-            break
-        lines.append(line)
-    return "\n".join(lines)
+    lines = [f"- **{escape_markdown(one_line(label, LABEL_CHARS), inline=True)}:** "
+             f"{escape_markdown(one_line(value, VALUE_CHARS), inline=True)}" for label, value in fields]
+    return fit_lines(lines, FIELDS_BYTES, measure=utf8_size, most=MAX_FIELDS, more=f"- {ELLIPSIS} {{}} more")
 
 
 def _traceback(event: NotificationEvent) -> str:
     """The traceback's last lines (where the error is) in a code block, within its budget."""
-    text = event.context.get("traceback")
-    if not isinstance(text, str) or not text.strip():
-        return ""
-    lines = [one_line(line, VALUE_CHARS * 2) for line in strip_control(text, keep="\n").rstrip().splitlines()]
-    lines = lines[-TRACEBACK_LINES:]
-    while lines:
-        block = "```\n" + defuse_fences("\n".join(lines)) + "\n```"
-        if utf8_size(block) <= TRACEBACK_BYTES:
-            return block
-        lines = lines[1:]
-    return ""
+    return traceback_tail(event, TRACEBACK_BYTES, measure=utf8_size, lines=TRACEBACK_LINES, line_chars=VALUE_CHARS * 2,
+                          show=_code_block)
 
 
-def link_of(event: NotificationEvent) -> str | None:
-    """The first http(s) URL among the context's link keys, or None."""
-    for key in LINK_KEYS:
-        value = event.context.get(key)
-        if not isinstance(value, str):
-            continue
-        value = value.strip()
-        if len(value) > LINK_CHARS or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value):
-            continue
-        try:
-            parts = urllib.parse.urlsplit(value)
-        except ValueError:
-            continue
-        if parts.scheme.lower() in ("http", "https") and parts.hostname:
-            return value
-    return None
+def _code_block(lines: list[str]) -> str:
+    return "```\n" + defuse_fences("\n".join(lines)) + "\n```"
 
 
 def _tags(event: NotificationEvent) -> list[str]:
@@ -239,7 +194,7 @@ def render(event: NotificationEvent) -> dict[str, Any]:
         "tags": _tags(event),
         "markdown": True,
     }
-    link = link_of(event)
+    link = run_link(event)  # opens when the notification is tapped
     if link is not None:
         payload["click"] = link
     return payload

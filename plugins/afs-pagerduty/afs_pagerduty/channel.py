@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
-import json
 import os
 import re
 import time
@@ -21,7 +20,7 @@ import urllib.parse
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from afs_core.channels import Setting, WebhookChannel, deliver_to_each, read_settings, seconds
+from afs_core.channels import Setting, WebhookChannel, deliver_to_each, json_object, read_settings, seconds
 from afs_core.channels.webhook import classify_status, is_loopback_host, parse_retry_after, validate_webhook_url
 from afs_core.errors import (
     ConfigurationError,
@@ -311,7 +310,7 @@ class PagerDutyChannel(WebhookChannel):
 
     def words(self, answer: HttpAnswer) -> str:
         """PagerDuty's ``message`` and its ``errors`` list, or the start of the body."""
-        body = _json_object(answer.text)
+        body = json_object(answer.text)
         errors = body.get("errors")
         said = str(body.get("message") or body.get("status") or "")
         if isinstance(errors, list) and errors:
@@ -322,7 +321,7 @@ class PagerDutyChannel(WebhookChannel):
         """202 is accepted; a 400 about the routing key, and 401/403/404, name the
         settings to fix; every other answer is classified by status (5xx retried)."""
         if answer.status == 202:
-            body = _json_object(answer.text)
+            body = json_object(answer.text)
             return body or one_line(answer.text, 200)
         said = self.words(answer)
         if 200 <= answer.status < 300:
@@ -363,11 +362,3 @@ def _when(text: object) -> dt.datetime | None:
     except ValueError:
         return None
     return when if when.tzinfo is not None else None
-
-
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}

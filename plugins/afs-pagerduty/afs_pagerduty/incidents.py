@@ -30,6 +30,7 @@ from typing import Any
 import attrs
 
 from afs_core.channels.memory import ChannelMemory
+from afs_core.channels.webhook import json_object
 
 TRIGGERING, OPEN = "triggering", "open"
 #: A trigger not accepted within this long was given up by the engine (its retry
@@ -72,7 +73,7 @@ class IncidentBook:
         self.memory = memory
 
     def get(self, key: str) -> Incident | None:
-        data = _read(self.memory.get(_entry(key)))
+        data = json_object(self.memory.get(_entry(key)))
         if data.get("state") not in (TRIGGERING, OPEN):
             return None
         gpus = data.get("gpus")
@@ -194,13 +195,3 @@ def _entry(key: str) -> str:
 
 def _number(value: object) -> float:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0.0
-
-
-def _read(text: str | None) -> dict[str, Any]:
-    if not text:
-        return {}
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return value if isinstance(value, dict) else {}

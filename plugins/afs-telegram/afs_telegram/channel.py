@@ -19,8 +19,16 @@ import urllib.parse
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core.channels import RateLimit, Setting, WebhookChannel, deliver_to_each, seconds, text_list
-from afs_core.channels.webhook import classify_status, is_loopback_host, parse_retry_after
+from afs_core.channels import (
+    RateLimit,
+    Setting,
+    WebhookChannel,
+    deliver_to_each,
+    json_object,
+    seconds,
+    text_list,
+)
+from afs_core.channels.webhook import classify_status, is_loopback_host, parse_http_url, parse_retry_after
 from afs_core.errors import ConfigurationError, PermanentDeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line
@@ -41,15 +49,8 @@ def check_api_url(url: str) -> str:
     """The Bot API's base URL (no trailing slash), or a ConfigurationError that says why
     not: https on any host (a proxy, a Bot API server of your own), http only on
     loopback, since the token travels in every request's path."""
-    try:
-        parts = urllib.parse.urlsplit(url.strip())
-        parts.port  # noqa: B018 - raises ValueError for a bad port
-    except ValueError as exc:
-        raise ConfigurationError(f"TELEGRAM_API_URL is not a valid URL ({exc})") from None
+    parts = parse_http_url(url, setting="TELEGRAM_API_URL", example=DEFAULT_API)
     host = (parts.hostname or "").lower()
-    if parts.scheme not in ("http", "https") or not host:
-        raise ConfigurationError("TELEGRAM_API_URL must start with https:// and name a host, "
-                                 "e.g. https://api.telegram.org")
     if parts.scheme == "http" and not is_loopback_host(host):
         raise ConfigurationError("TELEGRAM_API_URL must use https:// (http:// only for a Bot API server on "
                                  "localhost: the bot token travels in every request)")
@@ -200,13 +201,13 @@ class TelegramChannel(WebhookChannel):
 
     def words(self, answer: HttpAnswer) -> str:
         """The Bot API's ``description`` ("Bad Request: chat not found"), or the body's start."""
-        description = _json_object(answer.text).get("description")
+        description = json_object(answer.text).get("description")
         if isinstance(description, str) and description.strip():
             return one_line(description, 300)
         return super().words(answer)
 
     def read_answer(self, answer: HttpAnswer) -> Any:
-        body = _json_object(answer.text)
+        body = json_object(answer.text)
         said = self.words(answer)
         if 200 <= answer.status < 300 and body.get("ok") is True:
             result = body.get("result")
@@ -250,15 +251,6 @@ def _forbidden_hint(said: str) -> str:
     return "the bot may not post in this chat"
 
 
-def _json_object(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
-
-
 def _parameters(answer: HttpAnswer) -> dict[str, Any]:
-    parameters = _json_object(answer.text).get("parameters")
+    parameters = json_object(answer.text).get("parameters")
     return parameters if isinstance(parameters, dict) else {}
-

@@ -11,13 +11,23 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
-import urllib.parse
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import ELLIPSIS, event_fields, headline, one_line, source_line, strip_control
+from afs_core.formatting import (
+    ELLIPSIS,
+    cut_to,
+    event_fields,
+    fit_lines,
+    headline,
+    one_line,
+    run_link,
+    source_line,
+    strip_control,
+    traceback_tail,
+)
+from afs_core.formatting import utf16_units as units  # Telegram's measure: UTF-16 code units
 
 #: Telegram's limit on a message, in characters after entities are parsed. Counted
 #: here in UTF-16 code units (an emoji counts two), never fewer than Telegram counts.
@@ -29,9 +39,7 @@ MAX_FIELDS, LINE_CHARS, LABEL_CHARS = 12, 80, 20
 TRACEBACK_LINES, TRACEBACK_UNITS = 12, 1200
 FIELDS_UNITS, SOURCE_UNITS = 1200, 160
 
-#: Context keys whose http(s) URL becomes a link under the message; the first present wins.
-LINK_KEYS = ("url", "run_url", "dashboard_url", "experiment_url", "wandb_url", "mlflow_url", "tensorboard_url")
-LINK_CHARS = 2000
+#: The text of the run's link (:func:`~afs_core.formatting.run_link`) under the message.
 LINK_TEXT = "Open the run"
 
 #: Below WARNING nothing rings: Telegram delivers the message silently.
@@ -44,7 +52,6 @@ EVENT_KEY = "afs_event_id"
 # An @ before a name makes a mention, which notifies that user in a group: a word
 # joiner after it keeps the text as typed but no longer a mention.
 _MENTION = re.compile(r"@(?=[A-Za-z0-9_])")
-_JOINERS = frozenset("\u200d\u2060\ufe0e\ufe0f")
 _TAG = re.compile(r"<[^>]*>")
 
 
@@ -53,11 +60,6 @@ class Part(NamedTuple):
 
     text: str
     tag: str | None = None
-
-
-def units(text: str) -> int:
-    """Length as Telegram measures it: UTF-16 code units."""
-    return len(text.encode("utf-16-le", "surrogatepass")) // 2
 
 
 def escape(text: str) -> str:
@@ -69,30 +71,10 @@ def no_mentions(text: str) -> str:
     return _MENTION.sub("@\u2060", text)
 
 
-def _splits_a_character(text: str, index: int) -> bool:
-    """Whether a cut before ``text[index]`` would part it from the character before it
-    (a combining accent, a joiner, a variation selector or a skin tone)."""
-    if not 0 < index < len(text):
-        return False
-    ch, before = text[index], text[index - 1]
-    return bool(unicodedata.combining(ch)) or ch in _JOINERS or before == "\u200d" or "\U0001f3fb" <= ch <= "\U0001f3ff"
-
-
 def cut(text: str, limit: int, marker: str = ELLIPSIS) -> str:
     """``text`` in at most ``limit`` UTF-16 units, ending with ``marker`` when cut; never
     between a character and the accent, joiner or selector that belongs to it."""
-    if units(text) <= limit:
-        return text
-    room = limit - units(marker)
-    if room < 0:
-        return ""
-    end, used = 0, 0
-    while end < len(text) and used + units(text[end]) <= room:
-        used += units(text[end])
-        end += 1
-    while _splits_a_character(text, end):
-        end -= 1
-    return text[:end] + marker
+    return cut_to(text, limit, measure=units, marker=marker)
 
 
 def to_html(parts: list[Part]) -> str:
@@ -107,53 +89,20 @@ def _facts(event: NotificationEvent) -> str:
     """The run's context and metrics, one aligned ``label  value`` line each."""
     fields = [(one_line(label, LABEL_CHARS), one_line(value, LINE_CHARS)) for label, value in event_fields(event)]
     width = max((len(label) for label, _ in fields), default=0)
-    lines: list[str] = []
-    for index, (label, value) in enumerate(fields):
-        line = cut(f"{label.ljust(width)}  {value}", LINE_CHARS)
-        after = len(fields) - index - 1
-        reserve = [f"{ELLIPSIS} {after} more"] if after else []  # room to say so, if the next does not fit
-        if index == MAX_FIELDS or units("\n".join([*lines, line, *reserve])) > FIELDS_UNITS:
-            lines.append(f"{ELLIPSIS} {after + 1} more")
-            break
-        lines.append(line)
-    return "\n".join(lines)
+    lines = [cut(f"{label.ljust(width)}  {value}", LINE_CHARS) for label, value in fields]
+    return fit_lines(lines, FIELDS_UNITS, measure=units, most=MAX_FIELDS)
 
 
 def _traceback(event: NotificationEvent) -> str:
     """The traceback's last lines, where the error is."""
-    text = event.context.get("traceback")
-    if not isinstance(text, str) or not text.strip():
-        return ""
-    lines = [one_line(line, LINE_CHARS * 2) for line in strip_control(text, keep="\n").rstrip().splitlines()]
-    lines = lines[-TRACEBACK_LINES:]
-    while lines and units("\n".join(lines)) > TRACEBACK_UNITS:
-        lines = lines[1:]
-    return "\n".join(lines)
-
-
-def link_of(event: NotificationEvent) -> str | None:
-    """The first http(s) URL among the context's link keys, or None."""
-    for key in LINK_KEYS:
-        value = event.context.get(key)
-        if not isinstance(value, str):
-            continue
-        value = value.strip()
-        if len(value) > LINK_CHARS or any(ch.isspace() or unicodedata.category(ch) == "Cc" for ch in value):
-            continue
-        try:
-            parts = urllib.parse.urlsplit(value)
-        except ValueError:
-            continue
-        if parts.scheme.lower() in ("http", "https") and parts.hostname:
-            return value
-    return None
+    return traceback_tail(event, TRACEBACK_UNITS, measure=units, lines=TRACEBACK_LINES, line_chars=LINE_CHARS * 2)
 
 
 def text(event: NotificationEvent) -> str:
     """The HTML text: at most :data:`TEXT_UNITS` once parsed; the event's message is cut first."""
     head = [Part(no_mentions(one_line(headline(event), TITLE_CHARS)), "b")]
     tail: list[Part] = []
-    link = link_of(event)
+    link = run_link(event)
     facts, traceback = _facts(event), _traceback(event)
     if facts:
         tail += [Part("\n\n"), Part(facts, "pre")]

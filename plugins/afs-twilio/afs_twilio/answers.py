@@ -7,11 +7,10 @@ reason is read by someone who was just woken up, or who was not and wants to kno
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from afs_core.channels.webhook import classify_status, parse_retry_after
+from afs_core.channels.webhook import classify_status, json_object, parse_retry_after
 from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
 from afs_core.formatting import one_line
 from afs_core.redaction import scrub
@@ -42,14 +41,6 @@ HINTS: Mapping[int, str] = {
 #: Errors about the account or the sender, not the recipient: every other number of
 #: the same event would meet them too, so they are not asked for again.
 ACCOUNT_WIDE = frozenset({AUTHENTICATION_FAILED, 21212, 21606, 21659, 21660})
-
-
-def json_object(text: str) -> dict[str, Any]:
-    try:
-        body = json.loads(text)
-    except ValueError:
-        return {}
-    return body if isinstance(body, dict) else {}
 
 
 def error_code(answer: HttpAnswer) -> int | None:
