@@ -226,3 +226,11 @@ def test_a_stall_the_code_tells_itself_with_its_stack_is_not_told_again(stalling
     stalled = next(e for e in Store(tmp_path / "home" / "afs.db").history(limit=20)
                    if e.event_type == "training_stalled")
     assert "wait_for_the_data_loader" in stalled.event["message"]  # the code's own, from its stack
+
+
+def test_a_command_that_cannot_start_is_one_failure_and_no_start(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "afs_core", "run", "--run-id", "r-none", "--",
+                           str(tmp_path / "no-such-program")], capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "AFS_HOME": str(tmp_path / "home"), "AFS_LOAD_PLUGINS": ""})
+    assert done.returncode == 127 and "could not start" in done.stderr
+    assert history(tmp_path) == [("training_failed", "r-none")]

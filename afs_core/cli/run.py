@@ -227,8 +227,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                 stalls.start()
             outcome = run_watched(command, env=env, grace=args.start_grace, at_grace=start.settle,
                                   activity=activity, tail=tail)
-        except OSError as exc:
-            start.settle(final=True)
+        except OSError as exc:  # never started: the failure alone says it
             manager.notify_training_failed(model, run_id, f"could not start {command[0]}: {exc}")
             print(f"afs: could not start {command[0]}: {exc}", file=sys.stderr)
             return 127
