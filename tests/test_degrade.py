@@ -223,10 +223,10 @@ def fill_up(store, monkeypatch):
     """``store`` cannot be written (as on a full disk) until the returned function is called."""
     real_ingest = Store.ingest
 
-    def full(self, records, marks=None):
+    def full(self, records, marks=None, **kwargs):
         if self is store:
             raise sqlite3.OperationalError("database or disk is full")
-        return real_ingest(self, records, marks)
+        return real_ingest(self, records, marks, **kwargs)
 
     monkeypatch.setattr(Store, "ingest", full)
     return lambda: monkeypatch.setattr(Store, "ingest", real_ingest)

@@ -2,6 +2,7 @@
 
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -199,6 +200,58 @@ def test_the_same_failure_from_several_ranks_is_sent_once_naming_them(manager):
     assert results[0].wait(10)
     assert len(channel.messages) == 1 and "Ranks: 2, 0, 5" in channel.messages[0]
     assert results[1].filtered == ["r"] and results[2].filtered == ["r"]
+
+
+def test_a_rank_that_finds_the_store_busy_is_still_merged_once_it_is_free(manager, tmp_path, caplog):
+    """The caller's thread waits only half a second for the store: a rank that finds it
+    busy longer (64 ranks on a loaded machine) is not sent alone but merged by the
+    engine's thread once the store is free."""
+    channel = RecordingChannel()
+    manager.register_handler("r", channel)
+
+    def failure(rank):
+        return NotificationEvent(EventType.TRAINING_FAILED, "Training failed: m", "NCCL timeout", run_id="run-9",
+                                 error_details="NCCL timeout", source=Source(host="h", pid=1, rank=rank, world_size=8))
+
+    first = manager.send_event(failure(0))  # stored, held for the other ranks
+    other = sqlite3.connect(tmp_path / "afs.db", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")  # another process holds the store's write lock
+    try:
+        started = time.monotonic()
+        with caplog.at_level("INFO", logger="afs.engine"):
+            busy = manager.send_event(failure(1))
+        assert time.monotonic() - started < 10.0  # not kept waiting for the lock (30 s on the engine's threads)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert first.wait(10) and busy.wait(10)
+    assert len(channel.messages) == 1 and "rank 0" in channel.messages[0]
+    assert busy.filtered == ["r"] and busy.outcomes["r"].error == (
+        f"sent once with the same failure from other ranks (event {first.event.event_id})")
+    assert "merged with the other ranks' once the store is free" in caplog.text
+
+
+def test_a_ranks_failure_from_the_journal_is_joined_or_stored_as_it_goes_into_the_store(tmp_path):
+    store = Store(tmp_path / "afs.db")
+    now = time.time()
+
+    def record(rank, since=now - 30):
+        event = NotificationEvent(EventType.TRAINING_FAILED, "failed", "NCCL timeout", run_id="run-9",
+                                  source=Source(host="h", pid=1, rank=rank, world_size=8))
+        return {"event": event.to_dict(), "channels": ["r"], "at": now, "not_before": now,
+                "merge": {"key": "run-9|failed", "since": since, "rank": rank}}
+
+    first, second, later = record(0), record(3), record(5, since=now + 1)
+    joined = {}
+    store.ingest([first], joined=joined)
+    assert joined == {}
+    store.ingest([second, first], joined=joined)  # the first read again is not joined to itself
+    assert joined == {second["event"]["event_id"]: first["event"]["event_id"]}
+    store.ingest([later], joined=joined)  # nothing stored since its window began: stored on its own
+    assert joined == {}
+    claimed = store.claim("r", "me")
+    assert [c.event.event_id for c in claimed] == [first["event"]["event_id"], later["event"]["event_id"]]
+    assert claimed[0].event.context["ranks"] == "0, 3"
 
 
 def test_all_ranks_switch(afs_plugins, tmp_path, monkeypatch):

@@ -86,6 +86,12 @@ def _final_outcome(channel: str, status: DeliveryStatus, reason: str | None) -> 
     return ChannelOutcome(channel, status, error=reason)
 
 
+def _merged(channel: str, joined: str) -> ChannelOutcome:
+    """A rank's failure joined to the same one another rank stored (event ``joined``)."""
+    return ChannelOutcome(channel, DeliveryStatus.FILTERED,
+                          error=f"sent once with the same failure from other ranks (event {joined})")
+
+
 # What a worker has done and must still write down: (store, delivery id, status, error,
 # next attempt, outcome to report, event id, final?).
 _Done = tuple[Store, int, DeliveryStatus, "str | None", "float | None", "ChannelOutcome | None", str, bool]
@@ -411,14 +417,19 @@ class DeliveryEngine:
 
     # -- submitting --------------------------------------------------------------------
 
-    def submit(self, event: NotificationEvent, channels: Sequence[str]) -> Tracker:
+    def submit(self, event: NotificationEvent, channels: Sequence[str], *,
+               merge: dict[str, Any] | None = None) -> Tracker:
         """Accept ``event`` for ``channels``: once this returns it survives a crash
-        (unless the journal cannot be written: then it is delivered from memory)."""
+        (unless the journal cannot be written: then it is delivered from memory).
+        ``merge``: a rank's failure, joined or held like one in :meth:`accept`, but
+        in the store's own time (see :meth:`Store.ingest`)."""
         self._ensure_running()
         tracker = Tracker(event.event_id, channels)
         if channels:
             self._trackers[event.event_id] = tracker
-            record = {"event": event.to_dict(), "channels": list(channels), "at": self.clock.time()}
+            record: dict[str, Any] = {"event": event.to_dict(), "channels": list(channels), "at": self.clock.time()}
+            if merge is not None:
+                record.update(merge=merge, not_before=record["at"] + ranks.MERGE_HOLD)
             # No wake-up here: the ingest thread looks every INGEST_SECONDS, so a burst of
             # notify() calls is not interrupted by a thread switch per call.
             if self.journal is None:
@@ -437,7 +448,8 @@ class DeliveryEngine:
 
         A failure other ranks of the job may report too is stored at once, held for
         the merge, or joined to the one another rank stored (then this result says
-        so and nothing more is sent for it).
+        so and nothing more is sent for it). Where the store stays busy beyond this
+        thread's half second, the ingest thread does that from the journal.
         """
         self._ensure_running()
         key = ranks.merge_key(event)
@@ -446,13 +458,16 @@ class DeliveryEngine:
             try:
                 joined = self.store.enqueue_or_join(event, channels, dedup_key=key, since=now - ranks.MERGE_WINDOW,
                                                     not_before=now + ranks.MERGE_HOLD)
-            except STORE_ERRORS as exc:  # busy or unwritable: send it alone rather than wait
-                logger.info("afs: this rank's failure is sent without merging (%s)", exc)
+            except STORE_ERRORS as exc:
+                # Busy (or unwritable): this thread waits no longer, the ingest thread
+                # joins or stores it from the journal as soon as the store takes it.
+                logger.info("afs: the store could not take this rank's failure at once (%s); it is merged with the "
+                            "other ranks' once the store is free", exc)
+                merge = {"key": key, "since": now - ranks.MERGE_WINDOW, "rank": event.source.rank}
+                return NotifyResult(event, tracker=self.submit(event, channels, merge=merge))
             else:
                 if joined is not None:
-                    note = f"sent once with the same failure from other ranks (event {joined})"
-                    return NotifyResult(event, {n: ChannelOutcome(n, DeliveryStatus.FILTERED, error=note)
-                                                for n in channels})
+                    return NotifyResult(event, {n: _merged(n, joined) for n in channels})
                 tracker = Tracker(event.event_id, channels)
                 self._trackers[event.event_id] = tracker
                 self._wake(channels)
@@ -524,15 +539,16 @@ class DeliveryEngine:
         return True
 
     def _store(self, records: list[dict[str, Any]]) -> None:
+        joined: dict[str, str] = {}  # ranks' failures merged as they went in
         try:
-            touched = self.store.ingest(records, marks=self._marks())
+            touched = self.store.ingest(records, marks=self._marks(), joined=joined)
         except STORE_ERRORS as exc:
             if _busy(exc):  # another process holds the store's lock: they wait in the journal, tried again
                 self._waiting = records
                 self.store_trouble("busy", exc, "afs: the store is busy (%s); accepted events wait in the journal "
                                    "and go in when it is free", exc)
                 return
-            touched = self._memory_store().ingest(records)
+            touched = self._memory_store().ingest(records, joined=joined)
             if self._unwritten_since is None:
                 self._unwritten_since = self.clock.time()
             self.store_trouble("ingest", exc, "afs: the store cannot be written (%s); notifications are delivered "
@@ -542,6 +558,11 @@ class DeliveryEngine:
                 self._unwritten_since = None
                 logger.warning("afs: the store can be written again; new events are safe from a crash once more")
             self._acknowledge()
+        for event_id, into in joined.items():
+            tracker = self._trackers.get(event_id)
+            if tracker is not None:
+                for name in tracker.channels:
+                    tracker.update(_merged(name, into), final=True)
         self._wake(touched)
         self.progress.set()
 

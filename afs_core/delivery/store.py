@@ -619,15 +619,23 @@ class Store:
                       dedup_key=dedup_key, ranks=ranks)
 
     @_survives_damage
-    def ingest(self, records: Sequence[Mapping[str, Any]], marks: Mapping[str, int] | None = None) -> set[str]:
+    def ingest(self, records: Sequence[Mapping[str, Any]], marks: Mapping[str, int] | None = None,
+               joined: dict[str, str] | None = None) -> set[str]:
         """Move journal records into the store (idempotent); returns the channels touched.
 
         ``marks`` (journal file name: bytes of it now stored) are written in the same
         transaction, so whoever takes in a stopped process's journal starts where the
         store left off: an event stored, delivered and since pruned is never stored again.
+
+        A record with ``merge`` (a rank's failure that found the store busy on the
+        caller's thread: ``{"key", "since", "rank"}``) is joined or stored here as
+        :meth:`enqueue_or_join` would have; ``joined`` is told which joined what
+        (event id: id of the event it joined).
         """
         now = self.clock.time()
         touched: set[str] = set()
+        if joined is not None:
+            joined.clear()  # of a try that was rolled back
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO journal_marks (name, offset, updated) VALUES (?, ?, ?)"
@@ -640,8 +648,17 @@ class Store:
                 at = record.get("at", now)
                 attempts = record.get("attempts")
                 try:
+                    key, since, rank = _merge_of(record)
+                    if key is not None and db.execute("SELECT 1 FROM events WHERE event_id = ?",
+                                                      (event["event_id"],)).fetchone() is None:
+                        into = self._join(db, key, rank, since)
+                        if into is not None:
+                            if joined is not None:
+                                joined[event["event_id"]] = into
+                            continue
                     self._put(db, event, channels, created=at, not_before=record.get("not_before") or at, updated=now,
-                              attempts=attempts if isinstance(attempts, dict) else None)
+                              attempts=attempts if isinstance(attempts, dict) else None, dedup_key=key,
+                              ranks=None if key is None or rank is None else str(rank))
                 except (KeyError, TypeError, ValueError, AttributeError, sqlite3.IntegrityError,
                         sqlite3.InterfaceError):
                     continue  # a damaged line: nothing to deliver from it
@@ -960,6 +977,18 @@ class Store:
                 (*wanted, limit),
             ).fetchall()
         return [OutboxEntry(d, c, _status(st), t, a, e, n, r) for d, c, st, t, a, e, n, r in rows]
+
+
+def _merge_of(record: Mapping[str, Any]) -> tuple[str | None, float, int | None]:
+    """A journal record's ``merge`` (see :meth:`Store.ingest`): its key, since when, and
+    the rank; no key for a record without one (or with a damaged one)."""
+    merge = record.get("merge")
+    if not isinstance(merge, Mapping):
+        return None, 0.0, None
+    key, since, rank = merge.get("key"), merge.get("since"), merge.get("rank")
+    if not isinstance(key, str) or not key or not isinstance(since, (int, float)):
+        return None, 0.0, None
+    return key, float(since), rank if isinstance(rank, int) and not isinstance(rank, bool) else None
 
 
 def _journal_mode(db: sqlite3.Connection, mode: str, wait: float) -> None:
