@@ -167,7 +167,7 @@ else:
     result = manager.notify_training_completed("llama-7b", "run-3", 3600.0)
 # This process's event, and what an earlier process left, if due by then.
 flushed = manager.flush(timeout=float(sys.argv[2]))
-print(result.outcomes["pagerduty"].status.value, flushed)
+print(result.outcomes["pagerduty"].status.value, flushed, flush=True)  # os._exit below skips flushing
 if sys.argv[3] == "exit":
     os._exit(0)  # as a job ends with a delivery pending: the next process on the store takes it
 manager.close(timeout=5)
