@@ -276,3 +276,79 @@ def test_what_a_recipient_was_told_is_kept_and_raised_with_the_channels_secrets_
         channel.deliver({"id": "e4"})
     assert "tok-SECRET-123" not in str(caught.value) and "token was ***" in str(caught.value)
     assert "tok-SECRET-123" not in channel.memory.get("fanout:e4")
+
+
+FANOUT_CHANNEL = """
+from afs_core import WebhookChannel
+from afs_core.channels import deliver_to_each
+
+
+class ToEach(WebhookChannel):
+    \"\"\"Posts each event to three paths of one server, each once.\"\"\"
+
+    name = "to-each"
+    hosts = ("relay.example",)
+    timeout = 60.0
+
+    def format(self, event):
+        return {"id": event.event_id, "title": event.title}
+
+    def deliver(self, message):
+        def send(path):
+            return self.read_answer(self.post(f"{self.webhook_url}/{path}", message))
+
+        return deliver_to_each(self, message["id"], ["a", "b", "c"], send)
+"""
+
+FANOUT_CHILD = """
+import sys
+sys.path.insert(0, sys.argv[3])
+from afs_core import NotificationManager
+from afs_core.delivery.store import Store
+from to_each import ToEach
+manager = NotificationManager(store=Store(sys.argv[1]), settings={})
+channel = ToEach(sys.argv[2], timeout=60)
+manager.register_channel("to-each", channel)
+manager.notify_training_failed("m", "r-kill", RuntimeError("boom"))
+manager.flush(timeout=60)  # killed while the third recipient is being sent to
+"""
+
+
+def test_recipients_that_have_an_event_are_not_sent_it_again_after_a_kill(tmp_path, webhook_server):
+    """A real process is killed with SIGKILL mid fan-out; the next process on the store
+    sends only to the recipient left, and the outbox is empty afterwards."""
+    import os
+    import signal
+    import time
+
+    from afs_core.testing import Scripted
+
+    (tmp_path / "to_each.py").write_text(textwrap.dedent(FANOUT_CHANNEL))
+    (tmp_path / "child.py").write_text(textwrap.dedent(FANOUT_CHILD))
+    webhook_server.respond(Scripted(), Scripted(), Scripted(delay=30))  # the third stalls: the kill lands there
+    store = tmp_path / "afs.db"
+    child = subprocess.Popen([sys.executable, str(tmp_path / "child.py"), str(store), webhook_server.url,
+                              str(tmp_path)])
+    deadline = time.monotonic() + 30
+    while len(webhook_server.received) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert [r.path for r in webhook_server.received] == ["/a", "/b", "/c"]
+    child.send_signal(signal.SIGKILL)
+    assert child.wait(timeout=10) == -signal.SIGKILL
+
+    sys.path.insert(0, str(tmp_path))
+    try:
+        from to_each import ToEach
+    finally:
+        sys.path.remove(str(tmp_path))
+    manager = NotificationManager(store=Store(store), settings={})
+    manager.register_channel("to-each", ToEach(webhook_server.url, timeout=10))
+    deadline = time.monotonic() + 60  # the dead process's lease must run out first
+    while len(webhook_server.received) < 4 and time.monotonic() < deadline:
+        manager.flush(timeout=1)
+    manager.close(timeout=5)
+    # /c was in flight when the process died: it is the one recipient sent to again.
+    assert sorted(r.path for r in webhook_server.received) == ["/a", "/b", "/c", "/c"]
+    shown = subprocess.run([sys.executable, "-m", "afs_core", "outbox"], capture_output=True, text=True, timeout=60,
+                           env={**os.environ, "AFS_HOME": str(tmp_path), "AFS_LOAD_PLUGINS": ""})
+    assert shown.stdout.strip() == "the outbox is empty", shown.stdout + shown.stderr
