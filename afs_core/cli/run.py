@@ -231,6 +231,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             manager.notify_training_failed(model, run_id, f"could not start {command[0]}: {exc}")
             print(f"afs: could not start {command[0]}: {exc}", file=sys.stderr)
             return 127
+        if stalls is not None:
+            stalls.stop()  # its last word (a recovery) comes before the end
         start.settle(final=True)
         _report_end(manager, outcome, run_context.training_said(report), model, run_id)
         return outcome.exit_code
@@ -275,15 +277,20 @@ class _StallWatch(threading.Thread):
         patience = self.stall_after + min(max(self.stall_after * 0.1, 0.5), 30.0)
         stalled_since: float | None = None  # the last progress before the stall
         theirs = False  # the code told this stall itself (and so tells its end)
-        while not self.halt.wait(min(max(self.stall_after / 10, 0.1), 5.0)):
+        while True:
+            halted = self.halt.wait(min(max(self.stall_after / 10, 0.1), 5.0))
             last = self._last_progress()
             silent = time.time() - last
+            if stalled_since is not None and last > stalled_since:  # it spoke again
+                if not theirs:
+                    model, run = self._subject(run_context.read_report(self.report))
+                    self.manager.send_event(builders.training_progress_resumed(model, run, last - stalled_since))
+                stalled_since = None
+            # Halted: the command ended. The look above still tells a recovery it made
+            # just before its end, so the story reads stalled, resumed, completed.
+            if halted:
+                return
             if stalled_since is not None:
-                if last > stalled_since:  # it spoke again
-                    if not theirs:
-                        model, run = self._subject(run_context.read_report(self.report))
-                        self.manager.send_event(builders.training_progress_resumed(model, run, last - stalled_since))
-                    stalled_since = None
                 continue
             if silent < patience:
                 continue
