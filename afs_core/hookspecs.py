@@ -23,6 +23,8 @@ hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
 
 RegisterChannel = Callable[[str, "type[Channel]"], None]
+#: ``register(name, configure, run, help="...")``: see :func:`afs_register_commands`.
+RegisterCommand = Callable[..., None]
 
 
 @hookspec
@@ -101,4 +103,20 @@ def afs_delivery_failed(event: NotificationEvent, channel: Channel, error: Deliv
     :param event: the event that was not delivered.
     :param channel: the channel that failed.
     :param error: why; ``error.permanent`` says whether trying again could help.
+    """
+
+
+@hookspec
+def afs_register_commands(register: RegisterCommand) -> None:
+    """Offer subcommands of the ``afs`` command (``afs dashboard``).
+
+    Call ``register("dashboard", configure, run, help="...")`` once per command:
+    ``configure(parser)`` adds the command's arguments to its ``argparse`` parser,
+    ``run(args)`` runs it and returns the exit code. The core asks only when it
+    builds the ``afs`` command, checks the name, refuses one that is taken and
+    remembers which plugin gave it (``afs plugins`` shows it). Keep the module that
+    implements this light: import what the command needs inside ``run``.
+
+    :param register: ``register(name, configure, run, *, help="")``; ``name`` is
+        lowercase letters, digits and ``-``.
     """

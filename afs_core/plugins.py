@@ -11,7 +11,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -33,6 +33,7 @@ logger = logging.getLogger("afs.plugins")
 _CAUGHT = (Exception, SystemExit)
 
 _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+_COMMAND_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
 @attrs.frozen
@@ -46,6 +47,18 @@ class ChannelSpec:
 
 
 @attrs.frozen
+class CommandSpec:
+    """A subcommand of ``afs`` and the plugin that registered it."""
+
+    name: str
+    configure: Callable[[Any], None]
+    run: Callable[[Any], int]
+    help: str
+    plugin: str
+    distribution: str | None = None
+
+
+@attrs.frozen
 class PluginInfo:
     """What ``afs plugins`` shows for one loaded plugin."""
 
@@ -54,6 +67,7 @@ class PluginInfo:
     version: str | None
     hooks: tuple[str, ...]
     channels: tuple[str, ...]
+    commands: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -94,6 +108,7 @@ class PluginHost:
         self.failures: list[PluginFailure] = []
         self._distributions: dict[str, tuple[str | None, str | None]] = {}
         self.channels: dict[str, ChannelSpec] = {}
+        self._commands: dict[str, CommandSpec] | None = None  # asked for by the afs command only
         self._registration_order: list[str] = []
         if trace:
             self.pm.trace.root.setwriter(logger.debug)
@@ -233,6 +248,45 @@ class PluginHost:
         if owner is not None:
             raise ValueError(f"channel {name!r} is already registered by {owner.distribution or owner.plugin}")
 
+    # -- commands -----------------------------------------------------------------
+
+    def commands(self, reserved: Collection[str] = ()) -> dict[str, CommandSpec]:
+        """The subcommands plugins offer, asked for only when the ``afs`` command is
+        built (training code never pays for it). A name in ``reserved`` (the core's own
+        commands) or already taken is refused and logged; so is a plugin whose hook fails."""
+        commands: dict[str, CommandSpec] = {}
+        order = {name: index for index, name in enumerate(self._registration_order)}
+        impls = sorted(
+            self.pm.hook.afs_register_commands.get_hookimpls(),
+            key=lambda impl: order.get(impl.plugin_name, len(order)),
+        )
+        for impl in impls:
+            plugin_name = impl.plugin_name
+            dist_name = self._distributions.get(plugin_name, (None, None))[0]
+            offered: dict[str, CommandSpec] = {}
+
+            def register(name: str, configure: Callable[[Any], None], run: Callable[[Any], int], *, help: str = "",
+                         _p: str = plugin_name, _d: str | None = dist_name,
+                         _o: dict[str, CommandSpec] = offered) -> None:
+                if not isinstance(name, str) or not _COMMAND_NAME.match(name):
+                    raise ValueError(f"command name {name!r} must be lowercase letters, digits or '-'")
+                if not callable(configure) or not callable(run):
+                    raise TypeError(f"command {name!r}: configure and run must be callables")
+                owner = commands.get(name) or _o.get(name)
+                if name in reserved or owner is not None:
+                    raise ValueError(f"command {name!r} is already taken by "
+                                     f"{'afs-core' if owner is None else owner.distribution or owner.plugin}")
+                _o[name] = CommandSpec(name, configure, run, str(help), _p, _d)
+
+            try:
+                impl.function(register=register)
+            except _CAUGHT as exc:
+                self._fail(plugin_name, dist_name, f"failed in afs_register_commands: {exc!r}", exc)
+                continue
+            commands.update(offered)
+        self._commands = commands
+        return commands
+
     # -- views --------------------------------------------------------------------
 
     def plugins(self) -> list[PluginInfo]:
@@ -245,7 +299,8 @@ class PluginHost:
             default = ("afs-core", _core_version()) if name in BUILTIN_PLUGINS else (None, None)
             dist_name, version = self._distributions.get(name, default)
             channels = tuple(s.name for s in self.channels.values() if s.plugin == name)
-            infos.append(PluginInfo(name, dist_name, version, hooks, channels))
+            commands = tuple(c.name for c in (self._commands or {}).values() if c.plugin == name)
+            infos.append(PluginInfo(name, dist_name, version, hooks, channels, commands))
         return infos
 
 

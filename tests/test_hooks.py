@@ -160,6 +160,23 @@ def test_hook_afs_delivery_failed(afs_plugins):
     assert result.failed == {"broken": "gone"}
 
 
+def test_hook_afs_register_commands(afs_plugins, capsys):
+    from afs_core.cli import main
+
+    class Plugin:
+        @hookimpl
+        def afs_register_commands(self, register):
+            register("greet", lambda parser: parser.add_argument("who"), lambda args: print(f"hi {args.who}") or 0,
+                      help="greet someone")
+
+    afs_plugins.register(Plugin(), name="greeter")
+    assert afs_plugins.commands()["greet"].plugin == "greeter"
+    assert main(["greet", "you"]) == 0 and capsys.readouterr().out == "hi you\n"
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "greet someone (from greeter)" in capsys.readouterr().out
+
+
 def test_a_misspelt_hook_is_rejected(afs_plugins, caplog):
     class Typo:
         @hookimpl

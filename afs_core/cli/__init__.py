@@ -13,11 +13,13 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from afs_core.cli.common import USAGE, UsageError
-from afs_core.cli.parser import build_parser
+from afs_core.cli.parser import BUILTIN_COMMANDS, build_parser
 from afs_core.errors import ConfigurationError, PluginLoadError
 
 if TYPE_CHECKING:
     import argparse
+
+    from afs_core.plugins import CommandSpec
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
@@ -32,9 +34,24 @@ def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
     }
 
 
-def main(argv: Sequence[str] | None = None, prog: str = "afs") -> int:
-    args = build_parser(prog).parse_args(argv)
+def _plugin_commands() -> dict[str, CommandSpec]:
+    """What plugins add to the command line; none when plugins cannot be loaded (a
+    strict host with a broken plugin: the core's commands still say why)."""
+    from afs_core.plugins import get_plugins
+
     try:
+        return get_plugins().commands(BUILTIN_COMMANDS)
+    except PluginLoadError as exc:
+        print(f"afs: plugin commands not loaded: {exc}", file=sys.stderr)
+        return {}
+
+
+def main(argv: Sequence[str] | None = None, prog: str = "afs") -> int:
+    plugin_commands = _plugin_commands()
+    args = build_parser(prog, plugin_commands).parse_args(argv)
+    try:
+        if args.command in plugin_commands:
+            return int(plugin_commands[args.command].run(args))
         return _commands()[args.command](args)
     except UsageError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import argparse
 import re
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from afs_core.cli.common import USAGE
 from afs_core.config import parse_duration
 from afs_core.events import EventType, NotificationLevel
+
+if TYPE_CHECKING:
+    from afs_core.plugins import CommandSpec
 
 OUTBOX_EXIT_CODES = """exit codes:
   list   0 nothing is dead (pending deliveries are fine), 1 some are dead
@@ -112,7 +116,11 @@ def _count(text: str) -> int:
     return value
 
 
-def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
+def build_parser(
+    prog: str = "afs", plugin_commands: Mapping[str, CommandSpec] | None = None
+) -> argparse.ArgumentParser:
+    """The whole command line; ``plugin_commands`` (from the ``afs_register_commands``
+    hook) are added after the core's own, each with ``--env-file``."""
     common = _common_flags()
     nested = _common_flags(nested=True)
 
@@ -208,4 +216,19 @@ def build_parser(prog: str = "afs") -> argparse.ArgumentParser:
                       metavar="KEY=VALUE", help="a setting of a --channel (repeatable)")
     init.add_argument("--force", action="store_true", help="update an existing file (its other lines are kept)")
     init.add_argument("--test", action="store_true", help="send a test message through each channel set up")
+
+    env_file = _Parser(add_help=False)
+    env_file.add_argument("--env-file", metavar="PATH",
+                          help="read settings from this .env file (default: the nearest .env)")
+    for spec in (plugin_commands or {}).values():
+        who = spec.distribution or spec.plugin
+        command = commands.add_parser(spec.name, parents=[env_file], help=f"{spec.help} (from {who})".lstrip())
+        spec.configure(command)
     return parser
+
+
+#: The core's own subcommands: no plugin may take these names.
+BUILTIN_COMMANDS = frozenset({
+    "status", "complete", "error", "cost-alert", "evaluation", "custom", "run", "history", "outbox", "plugins", "test",
+    "init",
+})

@@ -61,21 +61,26 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
+    from afs_core.cli.parser import BUILTIN_COMMANDS
     from afs_core.plugins import get_plugins
 
     plugins = get_plugins(settings(args))
+    plugins.commands(BUILTIN_COMMANDS)  # so each plugin's commands are shown with it
     infos = plugins.plugins()
     if args.json:
         print(json.dumps({
             "plugins": [{"name": p.name, "distribution": p.distribution, "version": p.version,
-                         "channels": list(p.channels), "hooks": list(p.hooks)} for p in infos],
+                         "channels": list(p.channels), "commands": list(p.commands), "hooks": list(p.hooks)}
+                        for p in infos],
             "failures": [{"plugin": f.name, "distribution": f.distribution, "error": f.error}
                          for f in plugins.failures],
         }))
         return OK
     for info in infos:
         channels = f" channels: {', '.join(info.channels)}" if info.channels else ""
-        print(f"{info.name}  {info.distribution or '-'} {info.version or ''}{channels}  hooks: {', '.join(info.hooks)}")
+        commands = f" commands: {', '.join(info.commands)}" if info.commands else ""
+        print(f"{info.name}  {info.distribution or '-'} {info.version or ''}{channels}{commands}"
+              f"  hooks: {', '.join(info.hooks)}")
     for failure in plugins.failures:
         print(f"skipped {failure.name} ({failure.distribution}): {failure.error}")
     return OK
