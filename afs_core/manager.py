@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import os
 import threading
@@ -26,6 +27,7 @@ from afs_core.config import env_bool, env_duration, env_float, env_int, load_env
 from afs_core.delivery import progress, ranks
 from afs_core.delivery.dispatch import deliver_event, enrich_event
 from afs_core.delivery.engine import DeliveryEngine
+from afs_core.delivery.metrics import MetricEntry
 from afs_core.delivery.policy import ChannelPolicy
 from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Store, open_store
@@ -35,6 +37,10 @@ from afs_core.plugins import PluginHost, get_plugins
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
 
 logger = logging.getLogger("afs.manager")
+
+# log_metrics records are told apart across processes sharing a store by this prefix.
+_RECORDS_FROM = f"{os.urandom(6).hex()}-"
+_records = itertools.count()
 
 _P = ParamSpec("_P")
 
@@ -382,9 +388,25 @@ class NotificationManager:
     def log_metrics(
         self, step: int | None = None, run_id: str | None = None, model_name: str | None = None, **metrics: Any
     ) -> None:
-        """A training step's metrics. For now this only marks progress (:meth:`mark_progress`);
-        nothing is sent."""
+        """Record a step's metrics for the run's curves; nothing is sent. Cheap enough for
+        every step: the values wait in memory for the engine's ingest thread, which
+        records the numeric ones (others are skipped) in the store's history, where
+        ``afs dashboard`` draws them and an end-of-run message takes its loss curve from.
+        The run is ``run_id``, else the last run seen, else the one ``afs run`` named.
+        It marks progress too (:meth:`mark_progress`). Never raises."""
         self.mark_progress(run_id, model_name)
+        if not metrics or not self.background:
+            return
+        try:
+            if run_id is None:
+                model_name, run_id = model_name or self._progress_run[0], self._progress_run[1]
+                if run_id is None and self._run is not None:
+                    model_name, run_id = model_name or self._run.model_name, self._run.run_id
+            engine = self._engine or self._get_engine()
+            engine.record_metrics(MetricEntry(f"{_RECORDS_FROM}{next(_records)}", run_id, model_name, step, metrics,
+                                              time.time()))
+        except Exception as exc:  # never into the training loop
+            logger.debug("afs: metrics not recorded: %s", exc)
 
     def watch_progress(
         self,

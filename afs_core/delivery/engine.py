@@ -32,6 +32,7 @@ from afs_core.delivery import ranks
 from afs_core.delivery.dispatch import deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.memory import StoredMemory
+from afs_core.delivery.metrics import MetricEntry, MetricRow, rows_from_entries
 from afs_core.delivery.pacing import Pacer
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
@@ -53,6 +54,7 @@ ORPHAN_SCAN_SECONDS = 5.0
 LEASE_SECONDS = 120.0
 INGEST_SECONDS = 0.02  # how often accepted events move from the journal into the store
 PRUNE_SECONDS = 3600.0
+METRICS_HELD = 200_000  # log_metrics calls waiting for the ingest thread, at most
 FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
 STORE_ERRORS = (sqlite3.Error, OSError)  # a full disk, a busy or unreadable store
 
@@ -341,6 +343,11 @@ class DeliveryEngine:
         self._unwritten_since: float | None = None
         self._unjournaled: collections.deque[dict[str, Any]] = collections.deque()
         self._waiting: list[dict[str, Any]] = []  # read, not yet taken by a busy store
+        # log_metrics values for the ingest thread, bounded: a store that takes nothing
+        # for long costs curve points (counted in the log), never memory.
+        self._metrics: collections.deque[MetricEntry] = collections.deque(maxlen=METRICS_HELD)
+        self._metrics_dropped = 0
+        self._metrics_waiting: list[MetricRow] = []  # taken, not yet by a busy store
         self.journal: Journal | None = None
         if store.path is not None:
             try:
@@ -474,6 +481,22 @@ class DeliveryEngine:
                 return NotifyResult(event, tracker=tracker)
         return NotifyResult(event, tracker=self.submit(event, channels))
 
+    def record_metrics(self, entry: MetricEntry) -> None:
+        """Keep a step's metrics for the ingest thread (no write on the caller's thread)."""
+        if self._pid != os.getpid():  # a data-loader worker's: its parent records the run's
+            return
+        if len(self._metrics) >= METRICS_HELD:
+            self._metrics_dropped += 1
+        self._metrics.append(entry)
+
+    def _take_metrics(self) -> list[MetricRow]:
+        entries = [self._metrics.popleft() for _ in range(len(self._metrics))]
+        lost, self._metrics_dropped = self._metrics_dropped, 0
+        if lost > 0:
+            self.log.log(logging.WARNING, "metrics", "afs: the metrics of %d steps were dropped while the store "
+                         "took none (at most %d wait)", lost, METRICS_HELD)
+        return rows_from_entries(entries)
+
     def track(self, event_id: str, outcome: ChannelOutcome, final: bool) -> None:
         tracker = self._trackers.get(event_id)
         if tracker is not None:
@@ -523,11 +546,12 @@ class DeliveryEngine:
         if not taken:
             return False
         try:
+            rows, self._metrics_waiting = self._metrics_waiting + self._take_metrics(), []
             records = self.journal.read_new() if self.journal is not None else []
             held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
             self._waiting = []
-            if records or held:  # in the order they were accepted
-                self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records)
+            if records or held or rows:  # in the order they were accepted
+                self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records, rows)
             self._restore_from_memory()
             if orphans and self.journal is not None:
                 count, touched = take_stopped_journals(self.store)
@@ -538,17 +562,18 @@ class DeliveryEngine:
             self._ingest_lock.release()
         return True
 
-    def _store(self, records: list[dict[str, Any]]) -> None:
+    def _store(self, records: list[dict[str, Any]], metric_rows: list[MetricRow]) -> None:
         joined: dict[str, str] = {}  # ranks' failures merged as they went in
         try:
-            touched = self.store.ingest(records, marks=self._marks(), joined=joined)
+            touched = self.store.ingest(records, marks=self._marks(), joined=joined, metric_rows=metric_rows)
         except STORE_ERRORS as exc:
             if _busy(exc):  # another process holds the store's lock: they wait in the journal, tried again
                 self._waiting = records
+                self._metrics_waiting = metric_rows  # and these beside them
                 self.store_trouble("busy", exc, "afs: the store is busy (%s); accepted events wait in the journal "
                                    "and go in when it is free", exc)
                 return
-            touched = self._memory_store().ingest(records, joined=joined)
+            touched = self._memory_store().ingest(records, joined=joined, metric_rows=metric_rows)
             if self._unwritten_since is None:
                 self._unwritten_since = self.clock.time()
             self.store_trouble("ingest", exc, "afs: the store cannot be written (%s); notifications are delivered "

@@ -25,7 +25,9 @@ from pathlib import Path
 from typing import Any, NamedTuple, TypeVar
 
 from afs_core.clock import SYSTEM_CLOCK, Clock
+from afs_core.delivery import metrics
 from afs_core.delivery.location import StoreLocation
+from afs_core.delivery.metrics import MetricPoint, MetricRow
 from afs_core.events import NotificationEvent
 from afs_core.results import DeliveryStatus
 
@@ -45,6 +47,8 @@ def status_name(status: DeliveryStatus) -> str:
 
 def _status(word: str) -> DeliveryStatus:
     return _STATUSES.get(word, DeliveryStatus.FAILED)
+
+MAX_METRIC_ROWS = 1_000_000  # recorded metrics kept (the newest), about 100 MB at most
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS events (
@@ -90,6 +94,21 @@ CREATE TABLE IF NOT EXISTS run_state (
     value TEXT NOT NULL,
     updated REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS metrics (
+    source TEXT NOT NULL,
+    run_id TEXT,
+    model_name TEXT,
+    name TEXT NOT NULL,
+    step INTEGER,
+    value REAL,
+    at REAL NOT NULL,
+    UNIQUE (source, name)
+);
+CREATE INDEX IF NOT EXISTS metrics_series ON metrics(run_id, name, at);
+CREATE INDEX IF NOT EXISTS metrics_age ON metrics(at);
+CREATE INDEX IF NOT EXISTS events_run ON events(run_id, created);
+CREATE INDEX IF NOT EXISTS events_run_type ON events(run_id, event_type, created);
+CREATE INDEX IF NOT EXISTS attempts_failures ON attempts(at) WHERE outcome IN ('retry', 'dead');
 """
 
 
@@ -243,6 +262,79 @@ class PendingSummary(NamedTuple):
     total: int
     due: int
     next_after: float | None
+
+
+# What the dashboard reads (afs-dashboard): runs, a run's events with every attempt, failures.
+
+
+class RunSummary(NamedTuple):
+    """One run of the history: who ran it where, when, how it stands and what it cost.
+
+    ``state_event`` is the type of its newest start, end, pause, resume or stall event
+    (None when it told none); ``last_seen`` the newest of its events and recent metrics.
+    """
+
+    run_id: str
+    model_name: str | None
+    hosts: tuple[str, ...]
+    ranks: tuple[int, ...]
+    started: float
+    last_seen: float
+    state_event: str | None
+    state_at: float | None
+    events: int
+    cost: float | None
+    duration: float | None
+
+
+class Attempt(NamedTuple):
+    """One try of a delivery: when, how it ended (``delivered``, ``retry``, ``dead``, ``filtered``), why."""
+
+    at: float
+    outcome: str
+    error: str | None
+
+
+class DeliveryDetail(NamedTuple):
+    """What one channel did with one event, try by try."""
+
+    delivery_id: int
+    channel: str
+    status: DeliveryStatus
+    attempts: int
+    last_error: str | None
+    next_attempt: float
+    tries: tuple[Attempt, ...]
+
+
+class RunEvent(NamedTuple):
+    """One event of a run, as stored, with its deliveries."""
+
+    event_id: str
+    created: float
+    event_type: str
+    level: str
+    title: str
+    event: Mapping[str, Any]
+    deliveries: tuple[DeliveryDetail, ...]
+
+
+class ChannelFailure(NamedTuple):
+    """A failed try of a channel: retried later (``retry``) or given up (``dead``)."""
+
+    at: float
+    channel: str
+    outcome: str
+    error: str | None
+    delivery_id: int
+    title: str
+    run_id: str | None
+
+
+#: The event types that say how a run stands, newest wins (the dashboard's run states).
+RUN_STATE_EVENTS = ("training_started", "training_completed", "training_failed", "training_paused",
+                    "training_resumed", "training_stalled", "training_progress_resumed")
+_RUN_FACT_EVENTS = (*RUN_STATE_EVENTS, "out_of_memory", "error_occurred", "nan_detected", "cost_threshold_exceeded")
 
 
 @functools.lru_cache(maxsize=1)
@@ -587,7 +679,10 @@ class Store:
              not_before: float, updated: float, dedup_key: str | None = None, ranks: str | None = None,
              attempts: Mapping[str, int] | None = None) -> None:
         """Insert an event and a pending delivery per channel (``attempts`` made already,
-        by channel); what is there is kept."""
+        by channel); what is there is kept. The event's metrics are recorded, and an
+        end-of-run event gets its run's loss curve (:mod:`afs_core.delivery.metrics`)."""
+        _record(db, metrics.rows_from_event(event, created))
+        event = _with_loss_curve(db, event)
         data = json.dumps(event, separators=(",", ":"), default=str)
         db.execute(
             "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
@@ -620,7 +715,7 @@ class Store:
 
     @_survives_damage
     def ingest(self, records: Sequence[Mapping[str, Any]], marks: Mapping[str, int] | None = None,
-               joined: dict[str, str] | None = None) -> set[str]:
+               joined: dict[str, str] | None = None, *, metric_rows: Iterable[MetricRow] = ()) -> set[str]:
         """Move journal records into the store (idempotent); returns the channels touched.
 
         ``marks`` (journal file name: bytes of it now stored) are written in the same
@@ -631,12 +726,16 @@ class Store:
         caller's thread: ``{"key", "since", "rank"}``) is joined or stored here as
         :meth:`enqueue_or_join` would have; ``joined`` is told which joined what
         (event id: id of the event it joined).
+
+        ``metric_rows`` (``log_metrics`` values) go in first, in the same transaction:
+        an end-of-run event among ``records`` is drawn with them.
         """
         now = self.clock.time()
         touched: set[str] = set()
         if joined is not None:
             joined.clear()  # of a try that was rolled back
         with self._transaction() as db:
+            _record(db, metric_rows)
             db.executemany(
                 "INSERT INTO journal_marks (name, offset, updated) VALUES (?, ?, ?)"
                 " ON CONFLICT(name) DO UPDATE SET offset = MAX(offset, excluded.offset), updated = excluded.updated",
@@ -833,12 +932,17 @@ class Store:
             return cursor.rowcount == 1
 
     @_survives_damage
-    def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000) -> int:
+    def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000,
+              max_metrics: int = MAX_METRIC_ROWS) -> int:
         """Forget old history: events older than ``max_age`` seconds, and beyond the newest
-        ``max_events``, whose deliveries are all finished. Returns how many went."""
+        ``max_events``, whose deliveries are all finished; recorded metrics older than
+        ``max_age`` and beyond the newest ``max_metrics``. Returns how many events went."""
         cutoff = self.clock.time() - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
         with self._transaction() as db:
+            db.execute("DELETE FROM metrics WHERE at < ?", (cutoff,))
+            db.execute("DELETE FROM metrics WHERE rowid <= (SELECT rowid FROM metrics ORDER BY rowid DESC"
+                       " LIMIT 1 OFFSET ?)", (max_metrics,))
             removed = db.execute(f"DELETE FROM events WHERE created < ? AND {finished}", (cutoff,)).rowcount
             removed += db.execute(
                 f"DELETE FROM events WHERE {finished} AND event_id NOT IN"
@@ -936,6 +1040,15 @@ class Store:
         return {channel: ChannelCounts(**numbers) for channel, numbers in found.items()}
 
     @_survives_damage
+    def metric_series(self, run_id: str, *, max_points: int = metrics.SERIES_POINTS) -> dict[str, list[MetricPoint]]:
+        """The run's recorded metrics by name, oldest first, each downsampled to at most
+        ``max_points`` (minima, maxima, first and last kept)."""
+        with self._read() as db:
+            names = [name for (name,) in db.execute(
+                "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))]
+            return {name: metrics.downsample(_series(db, run_id, name), max_points) for name in names}
+
+    @_survives_damage
     def history(self, *, run_id: str | None = None, limit: int = 50) -> list[HistoryEntry]:
         """The newest events first, each with its deliveries."""
         query = "SELECT event_id, created, run_id, event_type, level, title, data FROM events"
@@ -977,6 +1090,152 @@ class Store:
                 (*wanted, limit),
             ).fetchall()
         return [OutboxEntry(d, c, _status(st), t, a, e, n, r) for d, c, st, t, a, e, n, r in rows]
+
+    @_survives_damage
+    def runs(self, *, limit: int = 200, metrics_since: float | None = None) -> list[RunSummary]:
+        """The runs in the history, the most recently active first. Read from the indexes
+        and a run's few start, end and failure events, never every event's text;
+        ``metrics_since``: metrics recorded after it count as activity."""
+        facts = ",".join("?" for _ in _RUN_FACT_EVENTS)
+        runs = []
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT run_id, MIN(created), MAX(created), COUNT(*) FROM events WHERE run_id IS NOT NULL"
+                " GROUP BY run_id ORDER BY MAX(created) DESC LIMIT ?", (limit,)).fetchall()
+            recent: dict[str, float] = {}
+            if metrics_since is not None:
+                with contextlib.suppress(sqlite3.OperationalError):  # a store written before metrics were
+                    recent = dict(db.execute("SELECT run_id, MAX(at) FROM metrics WHERE at > ? AND run_id IS NOT NULL"
+                                             " GROUP BY run_id", (metrics_since,)).fetchall())
+            for run_id, started, last, count in rows:
+                told = db.execute(
+                    "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
+                    " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
+                    " json_extract(data, '$.cost'), json_extract(data, '$.context.duration') FROM events"
+                    f" WHERE run_id = ? AND event_type IN ({facts}) ORDER BY created", (run_id, *_RUN_FACT_EVENTS),
+                ).fetchall()
+                ends = db.execute(
+                    "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
+                    " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
+                    " json_extract(data, '$.cost'), NULL FROM events WHERE event_id IN"
+                    " (SELECT event_id FROM events WHERE run_id = ? ORDER BY created LIMIT 1)"
+                    " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? ORDER BY created DESC LIMIT 1)",
+                    (run_id, run_id)).fetchall()
+                runs.append(_run_summary(run_id, started, max(last, recent.get(run_id, last)), count, [*ends, *told]))
+        return runs
+
+    @_survives_damage
+    def run_events(self, run_id: str, *, limit: int = 500, before: float | None = None) -> list[RunEvent]:
+        """A run's events, newest first (``before``: older than that time), each with
+        its deliveries and every try of them."""
+        query = "SELECT event_id, created, event_type, level, title, data FROM events WHERE run_id = ?"
+        args: list[Any] = [run_id]
+        if before is not None:
+            query += " AND created < ?"
+            args.append(before)
+        with self._read() as db:
+            rows = db.execute(query + " ORDER BY created DESC, rowid DESC LIMIT ?", (*args, limit)).fetchall()
+            ids = [row[0] for row in rows]
+            deliveries: dict[str, list[tuple[Any, ...]]] = {}
+            tries: dict[int, list[Attempt]] = {}
+            for start in range(0, len(ids), 500):
+                chunk = ids[start : start + 500]
+                marks = ",".join("?" for _ in chunk)
+                for row in db.execute(
+                    "SELECT event_id, id, channel, status, attempts, last_error, next_attempt FROM deliveries"
+                    f" WHERE event_id IN ({marks}) ORDER BY channel", chunk,
+                ).fetchall():
+                    deliveries.setdefault(row[0], []).append(row[1:])
+            delivery_ids = [row[0] for rows_of in deliveries.values() for row in rows_of]
+            for start in range(0, len(delivery_ids), 500):
+                chunk = delivery_ids[start : start + 500]
+                marks = ",".join("?" for _ in chunk)
+                for delivery_id, at, outcome, error in db.execute(
+                    f"SELECT delivery_id, at, outcome, error FROM attempts WHERE delivery_id IN ({marks})"
+                    " ORDER BY at, rowid", chunk,
+                ).fetchall():
+                    tries.setdefault(delivery_id, []).append(Attempt(at, outcome, error))
+        events = []
+        for event_id, created, event_type, level, title, data in rows:
+            try:
+                event = json.loads(data)
+            except ValueError:
+                event = {}
+            details = tuple(DeliveryDetail(d, c, _status(st), a, e, n, tuple(tries.get(d, ())))
+                            for d, c, st, a, e, n in deliveries.get(event_id, ()))
+            events.append(RunEvent(event_id, created, event_type, level, title,
+                                   event if isinstance(event, dict) else {}, details))
+        return events
+
+    @_survives_damage
+    def run_costs(self, run_id: str) -> list[tuple[float, float]]:
+        """(time, cost so far) for each of the run's events that carried a cost, oldest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT created, json_extract(data, '$.cost') FROM events WHERE run_id = ?"
+                " AND json_extract(data, '$.cost') IS NOT NULL ORDER BY created", (run_id,)).fetchall()
+        return [(float(at), float(cost)) for at, cost in rows if isinstance(cost, (int, float))]
+
+    @_survives_damage
+    def channel_failures(self, *, limit: int = 200) -> list[ChannelFailure]:
+        """The newest failed tries of every channel, newest first."""
+        with self._read() as db:
+            rows = db.execute(
+                "SELECT a.at, d.channel, a.outcome, a.error, d.id, e.title, e.run_id FROM attempts a"
+                " JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.event_id = d.event_id"
+                " WHERE a.outcome IN ('retry', 'dead') ORDER BY a.at DESC LIMIT ?", (limit,)).fetchall()
+        return [ChannelFailure(*row) for row in rows]
+
+
+def _record(db: sqlite3.Connection, rows: Iterable[MetricRow]) -> None:
+    db.executemany("INSERT OR IGNORE INTO metrics (source, run_id, model_name, name, step, value, at)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+
+def _series(db: sqlite3.Connection, run_id: str, name: str) -> list[MetricPoint]:
+    return metrics.drawable(MetricPoint(step, value, at) for step, value, at in db.execute(
+        "SELECT step, value, at FROM metrics WHERE run_id = ? AND name = ? AND value IS NOT NULL ORDER BY at, rowid",
+        (run_id, name)))
+
+
+def _with_loss_curve(db: sqlite3.Connection, event: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``event`` with its run's loss curve in ``context["loss_curve"]`` when it is an
+    end-of-run event and the run recorded a loss (what the caller put there is kept)."""
+    run_id, context = event.get("run_id"), event.get("context")
+    if (event.get("event_type") not in metrics.CURVED_EVENTS or not isinstance(run_id, str)
+            or not isinstance(context, Mapping) or "loss_curve" in context):
+        return event
+    names = [name for (name,) in db.execute("SELECT DISTINCT name FROM metrics WHERE run_id = ?", (run_id,))]
+    name = metrics.loss_name(names)
+    if name is None:
+        return event
+    pairs = metrics.curve_pairs(metrics.downsample(_series(db, run_id, name), metrics.CURVE_POINTS))
+    if len(pairs) < 2:
+        return event
+    return {**event, "context": {**context, "loss_curve": pairs}}
+
+
+def _run_summary(run_id: str, started: float, last_seen: float, count: int,
+                 told: Sequence[tuple[Any, ...]]) -> RunSummary:
+    """A run from its first and last events and those that tell how it stands (oldest first)."""
+    model, state, state_at, cost, duration = None, None, None, None, None
+    hosts: dict[str, None] = {}
+    ranks: set[int] = set()
+    for event_type, created, merged, model_name, host, rank, event_cost, event_duration in sorted(
+            told, key=lambda row: row[1]):
+        model = model or model_name
+        if host:
+            hosts[str(host)] = None
+        if isinstance(rank, int):
+            ranks.add(rank)
+        ranks.update(int(r) for r in (merged or "").split(",") if r.strip().isdigit())
+        if isinstance(event_cost, (int, float)):
+            cost = float(event_cost)  # the newest cost told
+        if event_type in RUN_STATE_EVENTS:
+            state, state_at = event_type, created
+            duration = float(event_duration) if isinstance(event_duration, (int, float)) else None
+    return RunSummary(run_id, model, tuple(hosts), tuple(sorted(ranks)), started, last_seen, state, state_at, count,
+                      cost, duration)
 
 
 def _merge_of(record: Mapping[str, Any]) -> tuple[str | None, float, int | None]:

@@ -75,6 +75,7 @@ class RunReporter:
         self.finished = False
         self.eval_metrics: dict[str, float] = {}
         self._lock = threading.Lock()
+        self._recorded: dict[str, int | None] = {}  # the last step recorded, by metric
 
     @property
     def manager(self) -> NotificationManager:
@@ -115,8 +116,9 @@ class RunReporter:
                                             total_epochs=int(total_n) if total_n else None)
 
     def loss(self, value: Any, step: int | None = None) -> None:
-        """A training loss: NaN/inf is reported once; a new best or a clear rise is told."""
-        self.progress(step)
+        """A training loss: recorded for the run's curve; NaN/inf is reported once; a new
+        best or a clear rise is told."""
+        self.record(value, step)
         number = _number(value)
         if number is None:
             return
@@ -147,10 +149,20 @@ class RunReporter:
         """A step ended (on every rank): progress for the manager's stall watchdog."""
         self.manager.mark_progress(self.run_id, self.model_name)
 
+    def record(self, value: Any, step: int | None = None, metric: str = "loss") -> None:
+        """Record ``metric`` at ``step`` for the run's curves (``log_metrics``, which marks
+        progress too); a value already recorded for this step (an epoch's loss after its
+        last batch's) is not recorded twice."""
+        if value is None or (step is not None and self._recorded.get(metric) == step):
+            self.progress(step)
+            return
+        self._recorded[metric] = step
+        self.manager.log_metrics(step=step, run_id=self.run_id, model_name=self.model_name, **{metric: value})
+
     def step_value(self, value: Any, step: int | None = None, metric: str = "loss") -> None:
-        """A per-step value (loss, gradient norm): only NaN or infinity is reported, once.
-        It marks progress too."""
-        self.progress(step)
+        """A per-step value (loss, gradient norm): recorded; only NaN or infinity is
+        reported, once. It marks progress too."""
+        self.record(value, step, metric)
         number = _number(value)
         if number is not None and not math.isfinite(number):
             self.nan(step, metric)

@@ -25,14 +25,16 @@ def check_loss(
     run_id: str | None = None,
     metric: str = "loss",
 ) -> bool:
-    """True when ``loss`` is a finite number; on NaN or infinity, NAN_DETECTED once per run."""
+    """True when ``loss`` is a finite number, which is recorded for the run's curve
+    (``log_metrics``); on NaN or infinity, NAN_DETECTED once per run."""
     try:
         value = float(loss)
     except (TypeError, ValueError):
         return True  # not a number we can judge
-    if math.isfinite(value):
-        return True
     manager = default_manager(manager)
+    if math.isfinite(value):
+        manager.log_metrics(step=step, run_id=run_id, model_name=model_name, **{metric: value})
+        return True
     with _nan_lock:
         reported = _nan_reported.setdefault(manager, set())
         if run_id in reported:
