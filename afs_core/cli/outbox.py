@@ -10,7 +10,7 @@ import sqlite3
 import sys
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, open_manager, open_store_taking_journals, wait_timeout
 from afs_core.delivery.store import status_name
@@ -67,12 +67,25 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     return DELIVERY_FAILED if any(r.status is DeliveryStatus.FAILED for r in rows) else OK
 
 
-def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
-    deadline = time.monotonic() + wait_timeout(args)  # everything below keeps to it, a busy store included
-    manager = open_manager(args)  # its workers deliver what is pending for its channels
-    names = list(manager.channels)
+class Flushed(NamedTuple):
+    """What a flush did: how many pending deliveries it set out to send (``wanted`` None:
+    the outbox could not be read), how many went or died, what is left by channel
+    (None: the store was too busy to say), and whether Ctrl-C stopped it."""
+
+    wanted: list[int] | None
+    went: int
+    dead: int
+    pending: dict[str, int] | None
+    interrupted: bool
+
+
+def flush_outbox(store: Any, manager: Any, deadline: float, *, progress: Callable[[int, int], None] | None = None,
+                 warn: Callable[[str], None] = lambda text: print(f"afs: {text}", file=sys.stderr)) -> Flushed:
+    """Deliver what is pending for ``manager``'s channels now, until nothing is left or
+    ``deadline`` (monotonic) passes, then close the manager: ``afs outbox flush``, and
+    the dashboard's flush button. ``progress(done, total)`` is told as it goes."""
+    names = list(manager.channels)  # its workers deliver what is pending for its channels
     wanted: list[int] | None = None
-    total = 0
     interrupted = False
 
     def pending_now() -> list[int]:
@@ -83,22 +96,18 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
     try:
         wanted = _patiently(store, deadline, pending_now)
         total = len(wanted)
-        show = total > 20 and not args.json and sys.stderr.isatty()
         while True:
             left = _patiently(store, deadline, lambda: store.statuses(wanted).get(DeliveryStatus.PENDING, 0)) \
                 if wanted else 0
-            if show:
-                done = total - left
-                print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+            if progress is not None:
+                progress(total - left, total)
             if left == 0 or time.monotonic() >= deadline:
                 break
             time.sleep(0.1)
-        if show:
-            print(file=sys.stderr)
     except KeyboardInterrupt:
         interrupted = True  # Ctrl-C: stop now; what did not go out stays pending
     except sqlite3.OperationalError as exc:
-        print(f"afs: the store could not be read in time: {exc}", file=sys.stderr)
+        warn(f"the store could not be read in time: {exc}")
     finally:
         manager.close(timeout=0 if interrupted else 1)
     try:
@@ -106,11 +115,30 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
             now = store.statuses(wanted) if wanted else {}
             left_by_channel = {n: store.pending([n]).total for n in names}
     except sqlite3.OperationalError as exc:
-        print(f"afs: the store is busy; afs outbox shows what is left ({exc})", file=sys.stderr)
-        return 130 if interrupted else DELIVERY_FAILED
+        warn(f"the store is busy; afs outbox shows what is left ({exc})")
+        return Flushed(wanted, 0, 0, None, interrupted)
     went = now.get(DeliveryStatus.DELIVERED, 0) + now.get(DeliveryStatus.FILTERED, 0)
-    dead = now.get(DeliveryStatus.FAILED, 0)
     pending = {n: count for n, count in left_by_channel.items() if count}
+    return Flushed(wanted, went, now.get(DeliveryStatus.FAILED, 0), pending, interrupted)
+
+
+def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
+    deadline = time.monotonic() + wait_timeout(args)  # everything below keeps to it, a busy store included
+    manager = open_manager(args)
+    shown = [False]
+
+    def progress(done: int, total: int) -> None:
+        if total > 20 and not args.json and sys.stderr.isatty():
+            shown[0] = True
+            print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
+
+    flushed = flush_outbox(store, manager, deadline, progress=progress)
+    if shown[0]:
+        print(file=sys.stderr)
+    wanted, went, dead, pending, interrupted = flushed
+    if pending is None:
+        return 130 if interrupted else DELIVERY_FAILED
+    total = len(wanted or ())
     if args.json:
         print(json.dumps({"pending_before": total, "delivered": went, "dead": dead, "pending_after": pending}))
     elif wanted is None:
