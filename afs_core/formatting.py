@@ -12,7 +12,7 @@ import unicodedata
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-from afs_core.events import NotificationEvent, NotificationLevel
+from afs_core.events import EventType, NotificationEvent, NotificationLevel
 
 LEVEL_EMOJI: Mapping[NotificationLevel, str] = {
     NotificationLevel.INFO: "ℹ️",
@@ -43,7 +43,7 @@ RUN_LINK_CHARS = 2000
 # Context keys with a known meaning: label and how to show the value.
 _COST_KEYS = frozenset({"threshold", "current_cost"})
 _DURATION_KEYS = frozenset({"duration", "silent_for", "stalled_for"})
-_HIDDEN_CONTEXT_KEYS = frozenset({"traceback", "error_type"})
+_HIDDEN_CONTEXT_KEYS = frozenset({"traceback", "error_type", "loss_curve"})  # shown by loss_summary
 _LABELS = {
     "final_loss": "Final loss",
     "batch_size": "Batch size",
@@ -219,6 +219,98 @@ def run_link(event: NotificationEvent) -> str | None:
     return None
 
 
+#: The events that close a stretch of training, and so may carry the run's loss curve
+#: (context ``loss_curve``: ``[step, value]`` pairs, oldest first).
+LOSS_CURVE_EVENTS = frozenset({
+    EventType.TRAINING_COMPLETED, EventType.TRAINING_FAILED, EventType.EVALUATION_COMPLETED, EventType.LOSS_DEGRADED,
+})
+#: The most points a curve keeps; a longer one is thinned evenly (its first and last kept).
+LOSS_CURVE_POINTS = 200
+SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
+#: Shown for a stretch of a sparkline whose values are NaN or infinite: a diverged loss
+#: must not look like a low one.
+SPARK_NOT_FINITE = "×"
+SPARK_WIDTH = 20
+
+
+def _is_number(value: object) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def loss_curve(event: NotificationEvent) -> list[tuple[float, float]]:
+    """The run's loss curve as ``(step, value)`` pairs, oldest first, for the events of
+    :data:`LOSS_CURVE_EVENTS`; ``[]`` for other events and for anything malformed.
+
+    The context may have come from another process, a plugin or an old store: one bad
+    pair (not two numbers, a step that is not finite) voids the whole curve rather than
+    drawing a wrong one. A value may be NaN or infinite: a loss that diverged is a fact
+    to show.
+    """
+    if event.event_type not in LOSS_CURVE_EVENTS:
+        return []
+    raw = event.context.get("loss_curve")
+    if not isinstance(raw, (list, tuple)):
+        return []
+    points: list[tuple[float, float]] = []
+    for pair in raw:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_is_number(item) for item in pair):
+            return []
+        try:
+            step, value = float(pair[0]), float(pair[1])
+        except OverflowError:  # an int too large for a float
+            return []
+        if not math.isfinite(step):
+            return []
+        points.append((step, value))
+    if len(points) > LOSS_CURVE_POINTS:
+        last = len(points) - 1
+        points = [points[round(i * last / (LOSS_CURVE_POINTS - 1))] for i in range(LOSS_CURVE_POINTS)]
+    return points
+
+
+def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
+    """``values`` as a line of Unicode blocks ``▁▂▃▄▅▆▇█``, at most ``width`` of them.
+
+    Longer series are resampled (each block the mean of its stretch); shorter ones get
+    one block per value. A flat series is drawn mid-height, and a stretch holding a NaN
+    or an infinity is :data:`SPARK_NOT_FINITE`, so a diverged run never looks flat or low.
+    """
+    if width <= 0 or not values:
+        return ""
+    count = min(len(values), width)
+    stretches = [values[len(values) * i // count: len(values) * (i + 1) // count] for i in range(count)]
+    means = [math.fsum(s) / len(s) if all(math.isfinite(v) for v in s) else math.nan for s in stretches]
+    finite = [m for m in means if math.isfinite(m)]
+    if not finite:
+        return SPARK_NOT_FINITE * count
+    low, high = min(finite), max(finite)
+    top = len(SPARK_BLOCKS) - 1
+    blocks = []
+    for mean in means:
+        if not math.isfinite(mean):
+            blocks.append(SPARK_NOT_FINITE)
+        elif high - low <= abs(high) * 1e-12:  # flat, or flat but for rounding
+            blocks.append(SPARK_BLOCKS[top // 2])
+        else:
+            blocks.append(SPARK_BLOCKS[round((mean - low) / (high - low) * top)])
+    return "".join(blocks)
+
+
+def loss_summary(event: NotificationEvent) -> str | None:
+    """The loss curve on one line of text, for channels that cannot show a picture:
+    ``loss ▇▅▃▂▂▁ 2.31 → best 0.41 · last 0.43`` (first value, lowest, latest). None
+    without a curve of at least two points."""
+    points = loss_curve(event)
+    if len(points) < 2:
+        return None
+    values = [value for _, value in points]
+    finite = [value for value in values if math.isfinite(value)]
+    text = f"loss {sparkline(values)} {format_number(values[0])} → "
+    if finite:
+        text += f"best {format_number(min(finite))} · "
+    return text + f"last {format_number(values[-1])}"
+
+
 def one_line(text: str, limit: int) -> str:
     """``text`` safe on one line (no control characters: no newline, escape or CR) and
     cut to ``limit`` characters: for what a service or a user wrote, in a log or a title."""
@@ -368,6 +460,9 @@ def render_text(event: NotificationEvent) -> str:
     lines = [headline(event)]
     if event.message:
         lines.append(event.message)
+    summary = loss_summary(event)
+    if summary:
+        lines.append(summary)
     fields = event_fields(event)
     if fields:
         lines.append(" · ".join(f"{label}: {value}" for label, value in fields))

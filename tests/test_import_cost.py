@@ -26,7 +26,7 @@ def run_probe(**env):
 
 def test_import_afs_core_loads_no_heavy_or_plugin_modules():
     modules = run_probe()
-    heavy = {"requests", "urllib3", "pluggy", "attrs", "dotenv", "afs_slack", "afs_discord", "afs_email", "afs_desktop",
+    heavy = {"requests", "urllib3", "matplotlib", "pluggy", "attrs", "dotenv", "afs_slack", "afs_discord", "afs_email", "afs_desktop",
              "torch", "transformers", "lightning", "keras"}
     assert not heavy & {m.split(".")[0] for m in modules["after_import"]}
 
@@ -42,4 +42,4 @@ def test_loading_every_installed_plugin_does_not_import_an_http_client():
     # Channels import their HTTP client when they first deliver, keeping start-up fast.
     modules = {m.split(".")[0] for m in run_probe()["after_notify"]}
     assert "pluggy" in modules
-    assert not modules & {"requests", "urllib3"}
+    assert not modules & {"requests", "urllib3", "matplotlib"}

@@ -17,7 +17,7 @@ from afs_core.channels.base import Channel
 from afs_core.channels.settings import Setting, boolean, read_settings
 from afs_core.errors import TransientDeliveryError
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import LEVEL_EMOJI, event_fields, source_line, strip_control, trim_traceback
+from afs_core.formatting import LEVEL_EMOJI, event_fields, loss_summary, source_line, strip_control, trim_traceback
 from afs_core.hookspecs import hookimpl
 
 _COLOURS = {
@@ -80,6 +80,9 @@ class ConsoleChannel(Channel):
             details.extend(strip_control(event.message).splitlines())
         if event.error_details and event.error_details not in event.message:
             details.extend(strip_control(event.error_details).splitlines())
+        summary = loss_summary(event)
+        if summary:
+            details.append(summary)
         fields = event_fields(event)
         if fields:
             details.append(strip_control(" · ".join(f"{k}: {v}" for k, v in fields), keep=""))

@@ -13,6 +13,8 @@ afs-core installed gets these fixtures:
 - ``make_event``: builds a valid :class:`~afs_core.events.NotificationEvent` with overrides.
 - ``manual_clock``: a :class:`ManualClock` for stores and engines, moved by
   ``clock.advance(seconds)``, so backoff, holds and leases are tested without sleeping.
+- ``without_matplotlib``: matplotlib cannot be imported during the test, as where the
+  ``[plots]`` extra is missing, so the text-only path is tested wherever it runs.
 - ``afs_isolated_env``: removes AFS, channel and rank settings from the environment,
   points ``AFS_HOME`` at a temporary directory, moves to an empty working directory
   and forgets the waits services asked for, so no developer ``.env`` or earlier test
@@ -27,6 +29,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -260,6 +263,15 @@ def webhook_server() -> Iterator[WebhookServer]:
 @pytest.fixture
 def manual_clock() -> ManualClock:
     return ManualClock()
+
+
+@pytest.fixture
+def without_matplotlib(monkeypatch: pytest.MonkeyPatch) -> None:
+    """matplotlib cannot be imported during the test, installed or not, as where the
+    ``afs-core[plots]`` extra is missing: channels must send their text alone."""
+    for name in [name for name in sys.modules if name.startswith("matplotlib.")]:
+        monkeypatch.setitem(sys.modules, name, None)  # None in sys.modules: "cannot import"
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
 
 
 @pytest.fixture(name="make_event")
