@@ -12,7 +12,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import ELLIPSIS, defuse_fences, event_fields, headline, strip_control, trim_traceback, truncate
+from afs_core.formatting import (
+    ELLIPSIS,
+    defuse_fences,
+    event_fields,
+    headline,
+    loss_summary,
+    strip_control,
+    trim_traceback,
+    truncate,
+)
 
 CONTENT = 2000
 EMBEDS_PER_MESSAGE = 10
@@ -47,11 +56,15 @@ def _fit(text: str, limit: int) -> str:
     return truncate(text.strip(), limit)
 
 
-def render(event: NotificationEvent) -> dict[str, Any]:
-    """One embed for ``event``."""
+def render(event: NotificationEvent, *, image: str | None = None) -> dict[str, Any]:
+    """One embed for ``event``; ``image``, the name of a file sent with it, is shown in it
+    (the loss curve), else the curve is a line of text in the description."""
     parts = [escape(event.message)] if event.message else []
     if event.error_details and event.error_details not in event.message:
         parts.append(escape(event.error_details))
+    summary = None if image else loss_summary(event)
+    if summary:
+        parts.append(escape(summary))
     description = "\n".join(parts)
     traceback = event.context.get("traceback")
     if isinstance(traceback, str) and traceback:
@@ -76,6 +89,8 @@ def render(event: NotificationEvent) -> dict[str, Any]:
         embed["description"] = _fit(description, DESCRIPTION)
     if footer:
         embed["footer"] = {"text": _fit(strip_control(footer), FOOTER)}
+    if image:
+        embed["image"] = {"url": f"attachment://{image}"}
     return fit_embed(embed)
 
 
@@ -144,7 +159,13 @@ def _cut_keeping_fences(text: str, keep: int) -> str:
 
 
 class FittedPayload(dict):  # type: ignore[type-arg]
-    """A payload this module built within the limits; delivering it needs no second pass."""
+    """A payload this module built within the limits; delivering it needs no second pass.
+
+    ``files`` are sent with it, as ``(file name, content type, bytes)``: the payload then
+    goes as multipart/form-data, and its ``attachments`` list them by index.
+    """
+
+    files: tuple[tuple[str, str, bytes], ...] = ()
 
 
 def fit_payload(payload: Mapping[str, Any]) -> dict[str, Any]:

@@ -3,22 +3,33 @@
 Rendering and limits live in :mod:`afs_discord.embeds`; posting and deadlines come
 from :class:`~afs_core.channels.webhook.WebhookChannel`. This module says what
 Discord's answers mean: its rate-limit headers and fractional, possibly global
-429s, its error words, a deleted webhook; and it packs batches of embeds.
+429s, its error words, a deleted webhook; it packs batches of embeds, and sends a
+message with a picture (the loss curve) as multipart/form-data.
 """
 
 from __future__ import annotations
 
 import re
+import secrets
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from afs_core import PermanentDeliveryError, SendsDirectly
 from afs_core.channels import HOLDS, Setting, WebhookChannel, json_object, seconds
-from afs_core.channels.webhook import parse_retry_after, validate_webhook_url
+from afs_core.channels.webhook import encode_json, parse_retry_after, validate_webhook_url
 from afs_core.events import NotificationEvent
-from afs_core.formatting import one_line
-from afs_discord.embeds import EMBEDS_PER_MESSAGE, EMBEDS_TOTAL, NO_MENTIONS, embed_size, fit_payload, render
+from afs_core.formatting import loss_curve, one_line
+from afs_core.plots import FILE_NAME, loss_curve_png
+from afs_discord.embeds import (
+    EMBEDS_PER_MESSAGE,
+    EMBEDS_TOTAL,
+    NO_MENTIONS,
+    FittedPayload,
+    embed_size,
+    fit_payload,
+    render,
+)
 
 if TYPE_CHECKING:
     from afs_core.channels.http import HttpAnswer
@@ -93,12 +104,20 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
     # -- rendering ------------------------------------------------------------------
 
     def format(self, event: NotificationEvent) -> dict[str, Any]:
-        payload: dict[str, Any] = {"embeds": [render(event)], "allowed_mentions": NO_MENTIONS}
+        # The loss curve as a picture in the embed where matplotlib is installed; else a line of text.
+        picture = loss_curve_png(loss_curve(event), title=event.title)
+        image = FILE_NAME if picture is not None else None
+        payload: dict[str, Any] = {"embeds": [render(event, image=image)], "allowed_mentions": NO_MENTIONS}
         if self.username:
             payload["username"] = one_line(self.username, 80)
         if self.avatar_url:
             payload["avatar_url"] = self.avatar_url
-        return fit_payload(payload)
+        if picture is not None:
+            payload["attachments"] = [{"id": 0, "filename": FILE_NAME, "description": "Loss curve"}]
+        fitted = fit_payload(payload)
+        if picture is not None:
+            fitted.files = ((FILE_NAME, "image/png", picture),)
+        return fitted
 
     # -- what Discord says ----------------------------------------------------------
 
@@ -142,7 +161,11 @@ class DiscordNotifier(SendsDirectly, WebhookChannel):
             raise PermanentDeliveryError(self._gone)
         if not isinstance(message, Mapping):
             raise PermanentDeliveryError(f"a Discord message must be a JSON object, got {type(message).__name__}")
-        return super().deliver(fit_payload(message))
+        payload = fit_payload(message)
+        if not isinstance(payload, FittedPayload) or not payload.files:
+            return super().deliver(payload)
+        body, content_type = form_data(payload, payload.files)
+        return self.read_answer(self.post(self.webhook_url, body=body, headers={"Content-Type": content_type}))
 
     # -- batches --------------------------------------------------------------------
 
@@ -191,6 +214,22 @@ def _pack(messages: Sequence[Any]) -> list[tuple[Any, list[int]]]:
         size = embed_chars
         packed.append((open_payload, [index]))
     return packed
+
+
+def form_data(payload: Mapping[str, Any], files: Sequence[tuple[str, str, bytes]]) -> tuple[bytes, str]:
+    """The multipart/form-data body of a message with files, and its Content-Type, as
+    Discord's docs ask: the JSON as ``payload_json``, file ``n`` as ``files[n]`` (its
+    ``attachments`` entry has ``id`` n)."""
+    boundary = f"afs-{secrets.token_hex(16)}"  # 128 random bits: no file will hold it by chance
+    parts = [(b'name="payload_json"', "application/json", encode_json(payload))]
+    for index, (name, content_type, data) in enumerate(files):
+        parts.append((f'name="files[{index}]"; filename="{name}"'.encode("ascii"), content_type, data))
+    body = b"".join(
+        b"--%s\r\nContent-Disposition: form-data; %s\r\nContent-Type: %s\r\n\r\n%s\r\n"
+        % (boundary.encode("ascii"), disposition, content_type.encode("ascii"), data)
+        for disposition, content_type, data in parts
+    )
+    return body + b"--%s--\r\n" % boundary.encode("ascii"), f"multipart/form-data; boundary={boundary}"
 
 
 def _discord_words(body: Mapping[str, Any], text: str) -> str:
