@@ -1092,27 +1092,30 @@ class Store:
         return [OutboxEntry(d, c, _status(st), t, a, e, n, r) for d, c, st, t, a, e, n, r in rows]
 
     @_survives_damage
-    def runs(self, *, limit: int = 200, metrics_since: float | None = None) -> list[RunSummary]:
-        """The runs in the history, the most recently active first. Read from the indexes
-        and a run's few start, end and failure events, never every event's text;
-        ``metrics_since``: metrics recorded after it count as activity."""
+    def runs(self, *, limit: int = 200, metrics_since: float | None = None, run_id: str | None = None
+             ) -> list[RunSummary]:
+        """The runs in the history (or the one ``run_id``), the most recently active first.
+        Read from the indexes and a run's few start, end and failure events, never every
+        event's text; ``metrics_since``: metrics recorded after it count as activity."""
         facts = ",".join("?" for _ in _RUN_FACT_EVENTS)
         runs = []
+        which = "run_id IS NOT NULL" if run_id is None else "run_id = ?"
         with self._read() as db:
             rows = db.execute(
-                "SELECT run_id, MIN(created), MAX(created), COUNT(*) FROM events WHERE run_id IS NOT NULL"
-                " GROUP BY run_id ORDER BY MAX(created) DESC LIMIT ?", (limit,)).fetchall()
+                f"SELECT run_id, MIN(created), MAX(created), COUNT(*) FROM events WHERE {which}"
+                " GROUP BY run_id ORDER BY MAX(created) DESC LIMIT ?", (*([] if run_id is None else [run_id]), limit),
+            ).fetchall()
             recent: dict[str, float] = {}
             if metrics_since is not None:
                 with contextlib.suppress(sqlite3.OperationalError):  # a store written before metrics were
                     recent = dict(db.execute("SELECT run_id, MAX(at) FROM metrics WHERE at > ? AND run_id IS NOT NULL"
                                              " GROUP BY run_id", (metrics_since,)).fetchall())
-            for run_id, started, last, count in rows:
+            for run, started, last, count in rows:
                 told = db.execute(
                     "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
                     " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
                     " json_extract(data, '$.cost'), json_extract(data, '$.context.duration') FROM events"
-                    f" WHERE run_id = ? AND event_type IN ({facts}) ORDER BY created", (run_id, *_RUN_FACT_EVENTS),
+                    f" WHERE run_id = ? AND event_type IN ({facts}) ORDER BY created", (run, *_RUN_FACT_EVENTS),
                 ).fetchall()
                 ends = db.execute(
                     "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
@@ -1120,8 +1123,8 @@ class Store:
                     " json_extract(data, '$.cost'), NULL FROM events WHERE event_id IN"
                     " (SELECT event_id FROM events WHERE run_id = ? ORDER BY created LIMIT 1)"
                     " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? ORDER BY created DESC LIMIT 1)",
-                    (run_id, run_id)).fetchall()
-                runs.append(_run_summary(run_id, started, max(last, recent.get(run_id, last)), count, [*ends, *told]))
+                    (run, run)).fetchall()
+                runs.append(_run_summary(run, started, max(last, recent.get(run, last)), count, [*ends, *told]))
         return runs
 
     @_survives_damage
@@ -1175,6 +1178,19 @@ class Store:
                 "SELECT created, json_extract(data, '$.cost') FROM events WHERE run_id = ?"
                 " AND json_extract(data, '$.cost') IS NOT NULL ORDER BY created", (run_id,)).fetchall()
         return [(float(at), float(cost)) for at, cost in rows if isinstance(cost, (int, float))]
+
+    @_survives_damage
+    def last_change(self) -> tuple[int, int, int]:
+        """Marks that move whenever an event, a try of a delivery or a metric is stored
+        (the dashboard polls them): cheap, read from the tables' ends."""
+        with self._read() as db:
+            marks = [db.execute(f"SELECT COALESCE(MAX(rowid), 0) FROM {table}").fetchone()[0]
+                     for table in ("events", "attempts")]
+            try:
+                marks.append(db.execute("SELECT COALESCE(MAX(rowid), 0) FROM metrics").fetchone()[0])
+            except sqlite3.OperationalError:  # a store written before metrics were
+                marks.append(0)
+        return int(marks[0]), int(marks[1]), int(marks[2])
 
     @_survives_damage
     def channel_failures(self, *, limit: int = 200) -> list[ChannelFailure]:
