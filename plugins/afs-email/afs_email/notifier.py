@@ -12,6 +12,8 @@ import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+import attrs
+
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
 from afs_core.channels import Setting, seconds, text_list, whole_number
 from afs_core.channels.deadline import Deadline
@@ -166,8 +168,8 @@ class EmailNotifier(SendsDirectly, Channel):
         if isinstance(message, EmailMessage):
             return message
         if isinstance(message, EmailReport):
-            report = EmailReport(header_safe(message.subject)[:200] or "[AFS] notification",
-                                 strip_control(message.text), strip_control(message.html))
+            report = attrs.evolve(message, subject=header_safe(message.subject)[:200] or "[AFS] notification",
+                                  text=strip_control(message.text), html=strip_control(message.html))
         else:  # a plugin's formatter returned text: send it as it is, escaped in the HTML part
             import html
 

@@ -2,7 +2,9 @@
 
 The HTML uses inline styles and a table, which Gmail and Outlook both render;
 every piece of user text is HTML-escaped, and nothing that becomes a header can
-carry a line break.
+carry a line break. The run's loss curve, where there is one, is a PNG shown inline
+in the HTML (a ``cid:`` image, which mail clients show without fetching anything)
+and a line of text in both parts.
 """
 
 from __future__ import annotations
@@ -14,7 +16,16 @@ from typing import TYPE_CHECKING
 import attrs
 
 from afs_core.events import NotificationEvent, NotificationLevel
-from afs_core.formatting import LEVEL_EMOJI, event_fields, strip_control, trim_traceback, truncate
+from afs_core.formatting import (
+    LEVEL_EMOJI,
+    event_fields,
+    loss_curve,
+    loss_summary,
+    strip_control,
+    trim_traceback,
+    truncate,
+)
+from afs_core.plots import FILE_NAME, HEIGHT, WIDTH, loss_curve_png
 
 if TYPE_CHECKING:
     from email.message import EmailMessage
@@ -36,6 +47,10 @@ class EmailReport:
     subject: str
     text: str
     html: str
+    #: A PNG the HTML shows as ``cid:<picture_cid>`` (the loss curve), sent in the same
+    #: multipart/related part as the HTML.
+    picture: bytes | None = None
+    picture_cid: str = ""
 
 
 def header_safe(text: str) -> str:
@@ -66,20 +81,40 @@ def render(event: NotificationEvent) -> EmailReport:
     traceback = event.context.get("traceback")
     traceback = trim_traceback(traceback) if isinstance(traceback, str) and traceback else ""
     error = event.error_details if event.error_details and event.error_details not in event.message else ""
+    summary = loss_summary(event)
+    picture = loss_curve_png(loss_curve(event), title=event.title) if summary else None
+    cid = _content_id() if picture is not None else ""
 
     lines = [f"{LEVEL_EMOJI[event.level]} {event.title}", ""]
     if event.message:
         lines += [event.message, ""]
     if error:
         lines += [error, ""]
+    if summary:
+        lines += [summary, *([PICTURE_NOTE] if picture is not None else []), ""]
     lines += [f"{label}: {value}" for label, value in [*fields, *source]]
     if traceback:
         lines += ["", traceback]
     text = strip_control("\n".join(lines)) + "\n"
-    return EmailReport(subject_for(event), text, _html(event, fields + source, error, traceback))
+    page = _html(event, fields + source, error, traceback, summary=summary, cid=cid)
+    return EmailReport(subject_for(event), text, page, picture, cid)
 
 
-def _html(event: NotificationEvent, rows: list[tuple[str, str]], error: str, traceback: str) -> str:
+#: What the text part says where the HTML part shows the loss curve.
+PICTURE_NOTE = "The loss curve is attached inline in the HTML version."
+
+
+def _content_id() -> str:
+    """A Content-ID unique to this email (RFC 2392), without its angle brackets."""
+    from email.utils import make_msgid
+
+    return make_msgid(idstring="loss-curve", domain="afs.localhost")[1:-1]
+
+
+def _html(
+    event: NotificationEvent, rows: list[tuple[str, str]], error: str, traceback: str, *, summary: str | None = None,
+    cid: str = "",
+) -> str:
     e = lambda value: html.escape(strip_control(value), quote=True)  # noqa: E731
     colour = COLOURS[event.level]
     cell = "padding:6px 12px;border-bottom:1px solid #eaeef2;font-size:14px;"
@@ -101,6 +136,11 @@ def _html(event: NotificationEvent, rows: list[tuple[str, str]], error: str, tra
         parts.append(f'<p style="margin:0 0 12px 0;font-size:15px;color:#1f2328;white-space:pre-wrap;">{e(event.message)}</p>')
     if error:
         parts.append(f'<p style="margin:0 0 12px 0;font-size:15px;color:{colour};white-space:pre-wrap;">{e(error)}</p>')
+    if summary and cid:
+        parts.append(f'<img src="cid:{e(cid)}" width="{WIDTH}" height="{HEIGHT}" alt="{e(summary)}" '
+                     'style="display:block;width:100%;max-width:600px;height:auto;margin:0 0 12px 0;border:0;">')
+    elif summary:
+        parts.append(f'<p style="margin:0 0 12px 0;font-size:14px;font-family:Consolas,Menlo,monospace;color:#1f2328;">{e(summary)}</p>')
     parts.append(f'<table role="presentation" cellspacing="0" cellpadding="0" style="border-collapse:collapse;width:100%;">{table}</table>')
     if traceback:
         parts.append(
@@ -114,7 +154,8 @@ def _html(event: NotificationEvent, rows: list[tuple[str, str]], error: str, tra
 
 
 def build_message(report: EmailReport, sender: str, recipients: list[str]) -> EmailMessage:
-    """The MIME message: multipart/alternative with the text part first, HTML last."""
+    """The MIME message: multipart/alternative with the text part first, HTML last; with
+    a picture, the HTML is a multipart/related of the page and its inline PNG."""
     from email.message import EmailMessage
     from email.utils import format_datetime, make_msgid
 
@@ -129,4 +170,9 @@ def build_message(report: EmailReport, sender: str, recipients: list[str]) -> Em
     # Quoted-printable keeps the message 7-bit, so servers without 8BITMIME pass it unchanged.
     message.set_content(report.text, cte="quoted-printable")
     message.add_alternative(report.html, subtype="html", cte="quoted-printable")
+    if report.picture is not None and report.picture_cid:
+        page = message.get_payload()[1]
+        page.add_related(report.picture, maintype="image", subtype="png", cid=f"<{report.picture_cid}>",
+                         disposition="inline", filename=FILE_NAME)
+        page.set_param("type", "text/html")  # RFC 2387: the type of the related part shown first
     return message
