@@ -20,6 +20,7 @@ from afs_core.formatting import (
     defuse_fences,
     event_fields,
     fit_lines,
+    loss_summary,
     one_line,
     run_link,
     source_line,
@@ -174,12 +175,15 @@ def _tags(event: NotificationEvent) -> list[str]:
 
 
 def body(event: NotificationEvent) -> str:
-    """The Markdown message: the event's message, its facts, the traceback's end and
-    where it came from, in at most :data:`MESSAGE_BYTES`; the event's message is cut first."""
+    """The Markdown message: the event's message, the loss curve as a line, its facts, the
+    traceback's end and where it came from, in at most :data:`MESSAGE_BYTES`; the event's
+    message is cut first."""
+    summary = loss_summary(event)
+    curve = _fit_escaped(summary, SOURCE_BYTES) if summary else ""
     facts = _facts(event)
     traceback = _traceback(event)
     source = _fit_escaped(source_line(event), SOURCE_BYTES)
-    fixed = [part for part in (facts, traceback, source) if part]
+    fixed = [part for part in (curve, facts, traceback, source) if part]
     room = MESSAGE_BYTES - utf8_size("\n\n".join(["", *fixed]))
     message = _fit_escaped(event.message.strip(), room) if event.message.strip() else ""
     return cut_to_bytes("\n\n".join(part for part in (message, *fixed) if part), MESSAGE_BYTES)

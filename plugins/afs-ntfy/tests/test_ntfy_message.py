@@ -213,3 +213,18 @@ def test_no_cut_at_any_byte_parts_a_character_from_what_belongs_to_it(unit):
         assert size(cut) <= limit
         if cut:
             assert cut.endswith("…") and len(cut[:-1]) % len(unit) == 0 and text.startswith(cut[:-1])
+
+
+LOSS_CURVE = [[step, 2.31 / (1 + step / 20) + 0.41] for step in range(100)]
+
+
+def test_the_loss_curve_is_a_line_between_the_message_and_the_facts(make_event):
+    sent = body(make_event(message="done", context={"loss_curve": LOSS_CURVE}))
+    message, curve, facts = sent.split("\n\n")[:3]
+    assert message == "done" and curve.startswith("loss █") and curve.endswith(" → best 0.7982 · last 0.7982") and facts.startswith("- **")
+    assert "Loss curve" not in sent
+
+
+def test_a_huge_message_with_a_curve_still_fits_and_keeps_the_curve(make_event):
+    sent = body(make_event(message="中" * 5000, context={"loss_curve": LOSS_CURVE}))
+    assert size(sent) <= MESSAGE_BYTES and "\n\nloss █" in sent

@@ -15,6 +15,7 @@ from afs_core.formatting import (
     defuse_fences,
     event_fields,
     headline,
+    loss_summary,
     source_line,
     strip_control,
     trim_traceback,
@@ -77,6 +78,9 @@ def render(event: NotificationEvent, channel: str | None = None) -> dict[str, An
         fitted = fit(text, SECTION_TEXT).strip()
         if fitted:  # Slack refuses an empty text object
             body.append({"type": "section", "text": _mrkdwn(fitted)})
+    summary = loss_summary(event)  # the loss curve as a line: webhooks cannot upload a picture
+    if summary:
+        body.append({"type": "section", "text": _mrkdwn(fit(summary, SECTION_TEXT))})
     traceback = event.context.get("traceback")
     tail: list[dict[str, Any]] = []
     if isinstance(traceback, str) and traceback:

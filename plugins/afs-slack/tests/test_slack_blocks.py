@@ -104,3 +104,19 @@ def test_payload_snapshot(name):
     payload = render(sample_events()[name])
     assert not limit_violations(payload)
     assert_matches_snapshot(payload, SNAPSHOTS / f"{name}.json")
+
+
+LOSS_CURVE = [[step, 2.31 / (1 + step / 20) + 0.41] for step in range(100)]
+
+
+def test_the_loss_curve_is_a_line_of_text_under_the_message():
+    payload = render(event(context={"loss_curve": LOSS_CURVE}, metrics={f"m{i}": i for i in range(1000)}))
+    assert not limit_violations(payload)
+    sections = [b["text"]["text"] for b in payload["attachments"][0]["blocks"] if "text" in b]
+    assert sections[0] == "done" and sections[1].startswith("loss █") and sections[1].endswith(" → best 0.7982 · last 0.7982")
+    assert "loss_curve" not in json.dumps(payload) and "Loss curve" not in json.dumps(payload)
+
+
+def test_no_loss_line_without_a_curve_or_for_an_epoch():
+    for sent in (event(), event(EventType.EPOCH_COMPLETED, context={"loss_curve": LOSS_CURVE})):
+        assert "loss █" not in json.dumps(render(sent), ensure_ascii=False)

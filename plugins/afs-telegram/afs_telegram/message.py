@@ -21,6 +21,7 @@ from afs_core.formatting import (
     event_fields,
     fit_lines,
     headline,
+    loss_summary,
     one_line,
     run_link,
     source_line,
@@ -104,6 +105,9 @@ def text(event: NotificationEvent) -> str:
     tail: list[Part] = []
     link = run_link(event)
     facts, traceback = _facts(event), _traceback(event)
+    summary = loss_summary(event)  # the loss curve as a line of text
+    if summary:
+        tail += [Part("\n\n"), Part(cut(summary, SOURCE_UNITS))]
     if facts:
         tail += [Part("\n\n"), Part(facts, "pre")]
     if traceback:

@@ -153,3 +153,18 @@ def test_payload_snapshot(name, markup):
     payload = render(sample_events()[name])
     markup(payload["text"])
     assert_matches_snapshot(payload, Path(__file__).parent / "snapshots" / f"{name}.json")
+
+
+LOSS_CURVE = [[step, 2.31 / (1 + step / 20) + 0.41] for step in range(100)]
+
+
+def test_the_loss_curve_is_a_line_of_plain_text_after_the_message(make_event, markup):
+    tags, shown = markup(text(make_event(message="done <b>", context={"loss_curve": LOSS_CURVE})))
+    assert tags == ["b", "pre", "i"]
+    after = shown.split("\ndone <b>\n\n", 1)[1]
+    assert after.startswith("loss █") and after.split("\n")[0].endswith(" → best 0.7982 · last 0.7982")
+
+
+def test_a_huge_message_with_a_curve_still_fits_and_keeps_the_curve(make_event, markup):
+    _, shown = markup(text(make_event(message="🚀" * 5000, context={"loss_curve": LOSS_CURVE})))
+    assert units(shown) <= TEXT_UNITS and "\n\nloss █" in shown
