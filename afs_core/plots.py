@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -30,6 +31,9 @@ _DPI = 100
 #: The attachment's file name, as channels refer to it (``attachment://loss.png``).
 FILE_NAME = "loss.png"
 _LINE, _BEST = "#1f6feb", "#1a7f37"
+# One picture at a time: figures share nothing, but matplotlib's font and text caches are
+# not documented as safe across threads, and two channels may deliver at once.
+_DRAWING = threading.Lock()
 
 
 def loss_curve_png(points: Sequence[tuple[float, float]], *, title: str | None = None) -> bytes | None:
@@ -49,7 +53,8 @@ def loss_curve_png(points: Sequence[tuple[float, float]], *, title: str | None =
     except ImportError:
         return None
     try:
-        return _draw(Figure, FigureCanvasAgg, steps, values, title)
+        with _DRAWING:
+            return _draw(Figure, FigureCanvasAgg, steps, values, title)
     except Exception:  # a picture is extra: its failure must not cost the message
         logger.warning("afs: the loss curve could not be drawn; sent without it", exc_info=True)
         return None

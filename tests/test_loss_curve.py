@@ -167,3 +167,14 @@ def test_import_afs_core_does_not_import_matplotlib():
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "False"
+
+
+def test_pictures_drawn_on_several_delivery_threads_at_once_are_each_whole(make_event):
+    pytest.importorskip("matplotlib", reason="the [plots] extra is not installed here")
+    from concurrent.futures import ThreadPoolExecutor
+
+    points = loss_curve(curve_event(make_event))
+    alone = loss_curve_png(points, title="run")
+    with ThreadPoolExecutor(4) as pool:
+        drawn = list(pool.map(lambda _: loss_curve_png(points, title="run"), range(8)))
+    assert alone is not None and drawn == [alone] * 8
