@@ -334,7 +334,7 @@ class ChannelFailure(NamedTuple):
 #: The event types that say how a run stands, newest wins (the dashboard's run states).
 RUN_STATE_EVENTS = ("training_started", "training_completed", "training_failed", "training_paused",
                     "training_resumed", "training_stalled", "training_progress_resumed")
-_RUN_FACT_EVENTS = (*RUN_STATE_EVENTS, "out_of_memory", "error_occurred", "nan_detected", "cost_threshold_exceeded")
+_RUN_FACT_EVENTS = (*RUN_STATE_EVENTS, "out_of_memory", "error_occurred", "nan_detected")
 
 
 @functools.lru_cache(maxsize=1)
@@ -1122,8 +1122,10 @@ class Store:
                     " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
                     " json_extract(data, '$.cost'), NULL FROM events WHERE event_id IN"
                     " (SELECT event_id FROM events WHERE run_id = ? ORDER BY created LIMIT 1)"
-                    " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? ORDER BY created DESC LIMIT 1)",
-                    (run, run)).fetchall()
+                    " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? ORDER BY created DESC LIMIT 1)"
+                    " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? AND event_type = ?"
+                    " ORDER BY created DESC LIMIT 1)",
+                    (run, run, run, "cost_threshold_exceeded")).fetchall()
                 runs.append(_run_summary(run, started, max(last, recent.get(run, last)), count, [*ends, *told]))
         return runs
 
