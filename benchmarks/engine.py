@@ -34,7 +34,8 @@ server.stop()
 # For the throughput figure: a minimal asyncio HTTP/1.1 keep-alive responder, so the
 # figure measures the engine rather than http.server's header parsing.
 FAST_SERVER = """
-import asyncio, os, sys
+import asyncio, os, sys, time
+STAMPS = sys.argv[2:] == ["stamps"]
 
 async def handle(reader, writer):
     body = sys.argv[1].encode()
@@ -48,6 +49,8 @@ async def handle(reader, writer):
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
             await reader.readexactly(length)
+            if STAMPS:  # when each request arrived, for the latency figure
+                print(repr(time.time()), flush=True)
             writer.write(answer)
     except (asyncio.IncompleteReadError, ConnectionError):
         writer.close()
@@ -63,8 +66,10 @@ asyncio.run(main())
 """
 
 
-def start_server(body: str = "ok", delay: float = 0.0, fast: bool = False) -> tuple[subprocess.Popen[str], str]:
-    argv = [sys.executable, "-c", FAST_SERVER, body] if fast else [sys.executable, "-c", SERVER, body, str(delay)]
+def start_server(body: str = "ok", delay: float = 0.0, fast: bool = False,
+                 stamps: bool = False) -> tuple[subprocess.Popen[str], str]:
+    argv = ([sys.executable, "-c", FAST_SERVER, body, *(["stamps"] if stamps else [])] if fast
+            else [sys.executable, "-c", SERVER, body, str(delay)])
     child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     assert child.stdout is not None
     return child, child.stdout.readline().strip()
@@ -85,6 +90,7 @@ def percentile(values: list[float], fraction: float) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=5000)
+    parser.add_argument("--latency-samples", type=int, default=50)
     args = parser.parse_args()
     os.environ["AFS_HOME"] = tempfile.mkdtemp(prefix="afs-bench-")
     os.environ["AFS_LOAD_PLUGINS"] = "slack,discord"
@@ -159,6 +165,22 @@ def main() -> None:
     print(f"throughput, one channel: {delivered} deliveries in {elapsed:.2f} s = {delivered / elapsed:.0f}/s "
           f"(from the first notify() to the last delivery, submission included)")
     throughput.close(timeout=1)
+
+    # 2b. Latency: notify() on an idle engine to the request reaching the server.
+    stamped, stamped_url = start_server('{"id": "1"}', fast=True, stamps=True)
+    servers.append((stamped, stamped_url))
+    idle = NotificationManager(plugins=plugins, store=open_store())
+    idle.register_handler("idle", DiscordNotifier(webhook_url=f"{stamped_url}/api/webhooks/8/latency"), policy=loud)
+    assert stamped.stdout is not None
+    delays = []
+    for step in range(args.latency_samples):
+        time.sleep(0.1)  # idle between events
+        sent = time.time()
+        idle.notify_epoch_completed("bench", "run-5", step)
+        delays.append((float(stamped.stdout.readline()) - sent) * 1000)
+    print(f"notify() to the request on the wire, idle engine, {args.latency_samples} events: median "
+          f"{statistics.median(delays):.1f} ms, p90 {percentile(delays, 0.9):.1f} ms")
+    idle.close(timeout=1)
 
     # 3. A burst of 10,000 events against a dead channel.
     import socket

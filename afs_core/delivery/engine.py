@@ -52,7 +52,10 @@ logger = logging.getLogger("afs.engine")
 POLL_SECONDS = 1.0  # how often an idle worker looks for work other processes left
 ORPHAN_SCAN_SECONDS = 5.0
 LEASE_SECONDS = 120.0
-INGEST_SECONDS = 0.02  # how often accepted events move from the journal into the store
+# notify() wakes the ingest thread; without a wake-up it looks this often (a busy store
+# to retry, log_metrics values to record), so an idle engine costs next to nothing.
+INGEST_SECONDS = 0.5
+BATCH_SECONDS = 0.005  # after moving events it waits this long, so a burst goes in batches
 PRUNE_SECONDS = 3600.0
 METRICS_HELD = 200_000  # log_metrics calls waiting for the ingest thread, at most
 FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
@@ -347,6 +350,7 @@ class DeliveryEngine:
         # for long costs curve points (counted in the log), never memory.
         self._metrics: collections.deque[MetricEntry] = collections.deque(maxlen=METRICS_HELD)
         self._metrics_dropped = 0
+        self._moved = 0  # events the last look moved into the store
         self._metrics_waiting: list[MetricRow] = []  # taken, not yet by a busy store
         self.journal: Journal | None = None
         if store.path is not None:
@@ -437,8 +441,6 @@ class DeliveryEngine:
             record: dict[str, Any] = {"event": event.to_dict(), "channels": list(channels), "at": self.clock.time()}
             if merge is not None:
                 record.update(merge=merge, not_before=record["at"] + ranks.MERGE_HOLD)
-            # No wake-up here: the ingest thread looks every INGEST_SECONDS, so a burst of
-            # notify() calls is not interrupted by a thread switch per call.
             if self.journal is None:
                 self._unjournaled.append(record)
             else:
@@ -448,6 +450,10 @@ class DeliveryEngine:
                     self._unjournaled.append(record)
                     self.store_trouble("journal", exc, "afs: the journal cannot be written (%s); notifications are "
                                        "held in memory until the store takes them", exc)
+            # The ingest thread is woken once per batch, not per call: until it has
+            # looked (the event stays set) a burst only appends, and it takes it in one go.
+            if not self._ingest_wake.is_set():
+                self._ingest_wake.set()
         return tracker
 
     def accept(self, event: NotificationEvent, channels: Sequence[str]) -> NotifyResult:
@@ -526,14 +532,17 @@ class DeliveryEngine:
                     self.log.log(logging.WARNING, "prune", "afs: old history could not be pruned: %s", exc)
             try:
                 scan = now - last_scan >= ORPHAN_SCAN_SECONDS
+                self._moved = 0
                 self.ingest(orphans=scan)
                 if scan:
                     last_scan = now
+                if self._moved:
+                    self._stopping.wait(BATCH_SECONDS)
             except Exception as exc:
                 self.log.log(logging.ERROR, ("ingest", type(exc)),
                              "afs: accepted events could not be moved into the store (%s); retrying", exc)
                 self._stopping.wait(1.0)
-            self._ingest_wake.wait(INGEST_SECONDS)
+            self._ingest_wake.wait(min(INGEST_SECONDS, ORPHAN_SCAN_SECONDS - (time.monotonic() - last_scan)))
             self._ingest_wake.clear()
 
     def ingest(self, orphans: bool = False, *, wait: bool | float = True) -> bool:
@@ -550,6 +559,7 @@ class DeliveryEngine:
             records = self.journal.read_new() if self.journal is not None else []
             held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
             self._waiting = []
+            self._moved += len(records) + len(held)
             if records or held or rows:  # in the order they were accepted
                 self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records, rows)
             self._restore_from_memory()
