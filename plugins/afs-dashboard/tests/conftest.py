@@ -30,7 +30,8 @@ IN_CI = os.environ.get("AFS_CI") == "1"
 ARTEFACTS = os.environ.get("AFS_ARTEFACTS")
 
 #: A third-party channel, installed through an entry point like any other: posts each
-#: event's id, type and title as JSON to HOOK_URL; a 4xx answer is a permanent failure.
+#: event's id, type and title as JSON to HOOK_URL; a 4xx answer is a permanent failure, a 5xx
+#: one is retried (after its Retry-After).
 HOOK_PLUGIN = """
 import json
 import urllib.error
@@ -57,8 +58,11 @@ class Hook(Channel):
             with OPENER.open(request, timeout=5) as answer:
                 answer.read()
         except urllib.error.HTTPError as exc:
-            kind = TransientDeliveryError if exc.code >= 500 else PermanentDeliveryError
-            raise kind(f"HTTP {exc.code}: {exc.read().decode(errors='replace')}") from None
+            words = f"HTTP {exc.code}: {exc.read().decode(errors='replace')}"
+            if exc.code < 500:
+                raise PermanentDeliveryError(words) from None
+            after = exc.headers.get("Retry-After")
+            raise TransientDeliveryError(words, retry_after=float(after) if after else None) from None
         except OSError as exc:
             raise TransientDeliveryError(f"could not connect: {exc}") from None
 

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from afs_core.testing.loopback import Scripted
+
 OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
@@ -115,6 +117,31 @@ def test_retry_sends_the_dead_delivery_to_the_service(world, browser, artefacts)
     assert sent[-1].json["type"] == "training_started"
     assert browser.find_elements(By.CSS_SELECTOR, "table.dead tr.delivery") == []
     shoot(browser, artefacts, "outbox-after-retry")
+
+
+def test_flush_delivers_what_is_pending(world, browser, artefacts):
+    from selenium.webdriver.common.by import By
+
+    hook = world["hook"]
+    hook.respond(Scripted(status=503, body="busy, come back later", headers={"Retry-After": "3600"}))
+    waiting = subprocess.run(
+        [sys.executable, "-c", "from afs_core import NotificationManager\n"
+         "m = NotificationManager.from_env()\n"
+         "m.notify_checkpoint_saved(model_name='tiny-gpt', run_id='run-done', checkpoint_path='/ckpt/9')\n"
+         "m.close(timeout=2)"],
+        env={**world["env"], "AFS_FLUSH_TIMEOUT": "0"}, cwd=world["root"], capture_output=True, text=True, timeout=60)
+    assert waiting.returncode == 0, waiting.stderr
+    before = len(hook.received)
+    browser.get(world["url"] + "/outbox")
+    pending = browser.find_elements(By.CSS_SELECTOR, "table.pending tr.delivery")
+    assert len(pending) == 1 and "HTTP 503: busy, come back later" in pending[0].text
+    browser.find_element(By.ID, "flush").click()
+    note = wait_for(lambda: browser.find_elements(By.CSS_SELECTOR, "p.note"), "the flush's answer", 20)
+    assert "1 of 1 pending deliveries went out" in note[0].text, note[0].text
+    sent = wait_for(lambda: hook.received[before:], "the webhook to receive the checkpoint")
+    assert sent[-1].json["type"] == "checkpoint_saved"
+    assert browser.find_elements(By.CSS_SELECTOR, "table.pending tr.delivery") == []
+    shoot(browser, artefacts, "outbox-after-flush")
 
 
 def test_a_post_without_the_csrf_token_is_refused(world):
