@@ -178,3 +178,18 @@ def test_pictures_drawn_on_several_delivery_threads_at_once_are_each_whole(make_
     with ThreadPoolExecutor(4) as pool:
         drawn = list(pool.map(lambda _: loss_curve_png(points, title="run"), range(8)))
     assert alone is not None and drawn == [alone] * 8
+
+
+def test_a_run_that_logged_its_loss_ends_with_the_line_on_the_console(tmp_path, afs_plugins):
+    from afs_core import NotificationManager
+    from afs_core.delivery.store import Store
+
+    stream = io.StringIO()
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    manager.register_channel("console", ConsoleChannel(stream=stream))
+    for step in range(300):
+        manager.log_metrics(step=step, run_id="r", model_name="m", loss=2.0 * math.exp(-step / 50) + 0.4)
+    manager.notify_training_completed("m", "r", 60.0)
+    manager.close(timeout=10)
+    line = next(line.strip() for line in stream.getvalue().splitlines() if line.strip().startswith("loss "))
+    assert line.startswith("loss █▆") and line.endswith("▁ 2.4 → best 0.4051 · last 0.4051")  # 2·e^(-299/50) + 0.4
