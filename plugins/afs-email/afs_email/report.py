@@ -38,6 +38,8 @@ COLOURS = {
     NotificationLevel.CRITICAL: "#82071e",
 }
 SUBJECT_LIMIT = 200
+#: What the text part says where the HTML part shows the loss curve.
+PICTURE_NOTE = "The loss curve is attached inline in the HTML version."
 
 
 @attrs.frozen
@@ -98,10 +100,6 @@ def render(event: NotificationEvent) -> EmailReport:
     text = strip_control("\n".join(lines)) + "\n"
     page = _html(event, fields + source, error, traceback, summary=summary, cid=cid)
     return EmailReport(subject_for(event), text, page, picture, cid)
-
-
-#: What the text part says where the HTML part shows the loss curve.
-PICTURE_NOTE = "The loss curve is attached inline in the HTML version."
 
 
 def _content_id() -> str:
