@@ -8,6 +8,7 @@ thread keeps its own connection to the store.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -53,17 +54,15 @@ class Settings:
     loopback_only: bool = True
 
 
-def _local_time(value: float | None) -> str:
-    import datetime as dt
-
+def _iso(value: float | None) -> str:
+    """A stored time for ``<time datetime=...>``: UTC, which the page's script shows in the viewer's zone."""
     if value is None:
         return ""
     return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _shown_time(value: float | None) -> str:
-    import datetime as dt
-
+def _when(value: float | None) -> str:
+    """The same time as text, for a browser without the script."""
     if value is None:
         return ""
     return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
@@ -72,7 +71,7 @@ def _shown_time(value: float | None) -> str:
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(iso=_local_time, when=_shown_time, duration=format_duration,
+    env.filters.update(iso=_iso, when=_when, duration=format_duration,
                        run_url=lambda run_id: "/runs/" + quote(str(run_id), safe=""))
     return env
 

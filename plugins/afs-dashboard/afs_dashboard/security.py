@@ -17,7 +17,7 @@ from urllib.parse import urlencode
 from starlette.datastructures import URL
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 TOKEN_COOKIE = "afs_dashboard_token"
 LOOPBACK_NAMES = frozenset({"127.0.0.1", "localhost", "::1", "[::1]"})
@@ -71,10 +71,9 @@ class Guard:
             await self._with_headers(refusal)(scope, receive, send)
             return
 
-        async def send_with_headers(message: dict[str, object]) -> None:
+        async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = list(message.get("headers") or [])  # type: ignore[call-overload]
-                headers += [(name.encode(), value.encode()) for name, value in HEADERS.items()]
+                headers = [*message.get("headers", ()), *((k.encode(), v.encode()) for k, v in HEADERS.items())]
                 message = {**message, "headers": headers}
             await send(message)
 
