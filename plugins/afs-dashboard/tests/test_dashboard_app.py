@@ -134,3 +134,11 @@ def test_the_command_is_in_afs_help_and_loading_it_stays_cheap():
     probe = "import sys, afs_dashboard.plugin; print(sorted(m for m in ('starlette', 'uvicorn', 'jinja2') if m in sys.modules))"
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60)
     assert loaded.stdout.strip() == "[]"
+
+
+def test_a_channel_not_configured_names_the_setting_it_misses(store, afs_plugins):
+    afs_plugins.register(KeyedPlugin(), name="keyed-plugin")
+    with client(store, env={}) as web:
+        keyed = next(c for c in web.get("/channels.json").json()["channels"] if c["name"] == "keyed")
+        assert keyed["state"] == "not configured" and keyed["missing"] == ["KEYED_TOKEN"]
+        assert "missing: KEYED_TOKEN" in web.get("/channels").text
