@@ -9,7 +9,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, TypeVar
 
 from afs_core.cli.common import DELIVERY_FAILED, OK, open_manager, open_store_taking_journals, wait_timeout
@@ -79,19 +79,33 @@ class Flushed(NamedTuple):
     interrupted: bool
 
 
+def pending_before(store: Any) -> list[tuple[int, str]]:
+    """What is pending (delivery id, channel) before a manager is opened to flush it:
+    its workers start at once, and a delivery they finish before :func:`flush_outbox`
+    looks must still be counted."""
+    try:
+        with store.patience(1.0):
+            return [(r.delivery_id, r.channel) for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)]
+    except (sqlite3.Error, OSError):
+        return []  # busy or unreadable: flush_outbox counts what it finds
+
+
 def flush_outbox(store: Any, manager: Any, deadline: float, *, progress: Callable[[int, int], None] | None = None,
-                 warn: Callable[[str], None] = lambda text: print(f"afs: {text}", file=sys.stderr)) -> Flushed:
+                 warn: Callable[[str], None] = lambda text: print(f"afs: {text}", file=sys.stderr),
+                 known: Sequence[tuple[int, str]] = ()) -> Flushed:
     """Deliver what is pending for ``manager``'s channels now, until nothing is left or
     ``deadline`` (monotonic) passes, then close the manager: ``afs outbox flush``, and
-    the dashboard's flush button. ``progress(done, total)`` is told as it goes."""
+    the dashboard's flush button. ``progress(done, total)`` is told as it goes;
+    ``known``: what :func:`pending_before` found before the manager was opened."""
     names = list(manager.channels)  # its workers deliver what is pending for its channels
     wanted: list[int] | None = None
     interrupted = False
 
     def pending_now() -> list[int]:
         store.make_due(names)  # "now": not after a backoff or a Retry-After
-        return [r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
-                if r.channel in names]
+        found = {r.delivery_id for r in store.outbox(statuses=(DeliveryStatus.PENDING,), limit=10**9)
+                 if r.channel in names}
+        return sorted(found | {delivery_id for delivery_id, channel in known if channel in names})
 
     try:
         wanted = _patiently(store, deadline, pending_now)
@@ -124,6 +138,7 @@ def flush_outbox(store: Any, manager: Any, deadline: float, *, progress: Callabl
 
 def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
     deadline = time.monotonic() + wait_timeout(args)  # everything below keeps to it, a busy store included
+    known = pending_before(store)
     manager = open_manager(args)
     shown = [False]
 
@@ -132,7 +147,7 @@ def _flush_outbox(args: argparse.Namespace, store: Any) -> int:
             shown[0] = True
             print(f"\r[{'#' * int(30 * done / total):<30}] {done}/{total}", end="", file=sys.stderr, flush=True)
 
-    flushed = flush_outbox(store, manager, deadline, progress=progress)
+    flushed = flush_outbox(store, manager, deadline, progress=progress, known=known)
     if shown[0]:
         print(file=sys.stderr)
     wanted, went, dead, pending, interrupted = flushed

@@ -193,15 +193,16 @@ def _open_manager(settings: Settings, channel: str | None) -> Any:
 def _flush(store: Store, settings: Settings, channel: str | None) -> str:
     """Deliver what is pending for the configured channels (or one), the way ``afs outbox flush`` does."""
     from afs_core.cli.common import UsageError
-    from afs_core.cli.outbox import flush_outbox
+    from afs_core.cli.outbox import flush_outbox, pending_before
     from afs_core.config import env_float
 
+    known = pending_before(store)
     try:
         manager = _open_manager(settings, channel)
     except UsageError:
         return "note=nothing"
     deadline = time.monotonic() + env_float(settings.env, "AFS_FLUSH_TIMEOUT", FLUSH_SECONDS)
-    flushed = flush_outbox(store, manager, deadline, warn=lambda text: None)
+    flushed = flush_outbox(store, manager, deadline, warn=lambda text: None, known=known)
     total = len(flushed.wanted or ())
     if not total and channel is None:
         return "note=nothing"
