@@ -69,7 +69,11 @@ def detect_world_size(env: Mapping[str, str] | None = None) -> int | None:
 
 @functools.lru_cache(maxsize=1)
 def host_name() -> str:
-    """This machine's name, as events, leases and journal files give it."""
+    """This machine's name, as events, leases and journal files give it; ``AFS_HOST``
+    stands in for it (a container's random name, or tests playing several hosts)."""
+    given = os.environ.get("AFS_HOST", "").strip()
+    if given:
+        return given
     # os.uname() is what socket.gethostname() reads on POSIX, without importing socket.
     if hasattr(os, "uname"):
         return os.uname().nodename or "unknown-host"
