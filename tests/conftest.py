@@ -136,3 +136,12 @@ class Runs:
 def runs(site: PluginSite, tmp_path: Path) -> Runs:
     site.install("afs-hook", HOOK_PLUGIN, entry_point="hook")
     return Runs(tmp_path)
+
+
+# The private PostgreSQL server of the shared-store tests (tests/pg_server.py), loaded by
+# path: the tests are not a package.
+_pg_spec = importlib.util.spec_from_file_location("afs_pg_server", Path(__file__).with_name("pg_server.py"))
+assert _pg_spec is not None and _pg_spec.loader is not None
+_pg_server = importlib.util.module_from_spec(_pg_spec)
+_pg_spec.loader.exec_module(_pg_server)
+postgres_server, pg_url = _pg_server.postgres_server, _pg_server.pg_url

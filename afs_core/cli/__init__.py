@@ -23,14 +23,14 @@ if TYPE_CHECKING:
 
 
 def _commands() -> dict[str, Callable[[argparse.Namespace], int]]:
-    from afs_core.cli import init, outbox, run, send, status
+    from afs_core.cli import init, outbox, run, send, status, store
 
     return {
         "status": status.cmd_status, "plugins": status.cmd_plugins, "history": outbox.cmd_history,
         "outbox": outbox.cmd_outbox, "run": run.cmd_run, "complete": send.cmd_complete, "error": send.cmd_error,
         "cost-alert": send.cmd_cost_alert, "evaluation": send.cmd_evaluation, "custom": send.cmd_custom,
         "test": send.cmd_test,
-        "init": init.cmd_init,
+        "init": init.cmd_init, "store": store.cmd_store,
     }
 
 

@@ -63,6 +63,8 @@ def open_store_taking_journals(args: argparse.Namespace) -> Store:
 def where(store: Store) -> dict[str, Any]:
     """Where the store is, for ``afs status``."""
     location = store.location
-    return {"path": None if location.path is None else str(location.path), "durable": store.durable,
+    url = getattr(store, "url", None)  # a shared database's, without its password
+    return {"path": (None if location.path is None else str(location.path)) if url is None else store.backend,
+            "durable": store.durable,
             "not_durable": None if store.durable else location.reason, "network_filesystem": location.network_fs,
             "read_only": location.reason if store.read_only else None}

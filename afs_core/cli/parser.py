@@ -198,6 +198,14 @@ def build_parser(
 
     commands.add_parser("plugins", parents=[common], help="installed plugins, channels and hooks")
 
+    store = commands.add_parser("store", parents=[common], help="the store: backend, schema version, counts",
+                                description="Which store this machine uses (SQLite under AFS_HOME, or the PostgreSQL "
+                                "database AFS_STORE_URL names), its schema version and what it holds.")
+    store_actions = store.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    store_actions.add_parser("info", parents=[nested], help="backend, schema version and counts (the default)")
+    store_actions.add_parser("migrate", parents=[nested], help="bring the schema up to date now (processes do it "
+                             "themselves when they start)")
+
     test = commands.add_parser("test", parents=[common], help="send a test notification through one channel")
     test.add_argument("name", metavar="CHANNEL")
 
@@ -230,5 +238,5 @@ def build_parser(
 #: The core's own subcommands: no plugin may take these names.
 BUILTIN_COMMANDS = frozenset({
     "status", "complete", "error", "cost-alert", "evaluation", "custom", "run", "history", "outbox", "plugins", "test",
-    "init",
+    "init", "store",
 })

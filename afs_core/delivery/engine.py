@@ -33,7 +33,7 @@ from afs_core.delivery.dispatch import deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.memory import StoredMemory
 from afs_core.delivery.metrics import MetricEntry, MetricRow, rows_from_entries
-from afs_core.delivery.pacing import Pacer
+from afs_core.delivery.pacing import Pacer, pace_target
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
 from afs_core.delivery.retry import RetryPolicy
@@ -118,7 +118,9 @@ class _Worker(threading.Thread):
         # could take a delivery while it is still being sent.
         timeout = getattr(channel, "timeout", None)
         per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
-        self.lease = max(LEASE_SECONDS, 3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
+        self.lease = max(engine.store.lease_seconds or LEASE_SECONDS,
+                         3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
+        self.pace_target = pace_target(name, channel)
         self._done: list[_Done] = []
 
     def run(self) -> None:
@@ -234,7 +236,15 @@ class _Worker(threading.Thread):
         self.clock.wait(self.wake, wait)
         self.wake.clear()
 
-    def _pace(self) -> bool:
+    def _pace(self, store: Store) -> bool:
+        limit = self.pacer.limit
+        if limit is not None:
+            try:  # a store shared with other processes paces this target for all of them
+                shared = store.reserve(self.pace_target, limit.per_second, limit.burst)
+            except STORE_ERRORS:
+                shared = None  # unreachable for now: this worker paces itself
+            if shared is not None:
+                return shared <= 0 or not self.clock.wait(self.stopping, shared)
         while True:
             wait = self.pacer.wait_time()
             if wait <= 0:
@@ -250,7 +260,7 @@ class _Worker(threading.Thread):
                 sending.append((item, event))
         if not sending:
             return
-        if not self._pace():
+        if not self._pace(store):
             for item, _ in sending:
                 self._release(store, item)
             return
@@ -353,9 +363,9 @@ class DeliveryEngine:
         self._moved = 0  # events the last look moved into the store
         self._metrics_waiting: list[MetricRow] = []  # taken, not yet by a busy store
         self.journal: Journal | None = None
-        if store.path is not None:
+        if store.journal_directory is not None:
             try:
-                self.journal = Journal(store.path.parent / "journal")
+                self.journal = Journal(store.journal_directory)
             except OSError as exc:  # accepted events then go straight to the store, from memory
                 self.store_trouble("journal", exc, "afs: the journal cannot be written (%s); notifications are held "
                                    "in memory until the store takes them", exc)
@@ -466,7 +476,7 @@ class DeliveryEngine:
         """
         self._ensure_running()
         key = ranks.merge_key(event)
-        if key is not None and not self._forked:
+        if key is not None and not self._forked and self.store.quick_writes:
             now = self.clock.time()
             try:
                 joined = self.store.enqueue_or_join(event, channels, dedup_key=key, since=now - ranks.MERGE_WINDOW,
@@ -485,6 +495,10 @@ class DeliveryEngine:
                 self._trackers[event.event_id] = tracker
                 self._wake(channels)
                 return NotifyResult(event, tracker=tracker)
+        if key is not None and not self._forked:  # a store across the network: joined from the journal
+            now = self.clock.time()
+            merge = {"key": key, "since": now - ranks.MERGE_WINDOW, "rank": event.source.rank}
+            return NotifyResult(event, tracker=self.submit(event, channels, merge=merge))
         return NotifyResult(event, tracker=self.submit(event, channels))
 
     def record_metrics(self, entry: MetricEntry) -> None:
@@ -817,10 +831,10 @@ def take_stopped_journals(store: Store) -> tuple[int, set[str]]:
     Returns how many events were taken and the channels they are for. A journal the
     store cannot take now (a full disk) stays for the next try.
     """
-    if store.path is None or store.read_only:
+    if store.journal_directory is None or store.read_only:
         return 0, set()
     taken, touched = 0, set()
-    journals = take_orphans(store.path.parent / "journal", start=store.journal_mark)
+    journals = take_orphans(store.journal_directory, start=store.journal_mark)
     try:
         for path, records in journals:
             if records:

@@ -35,3 +35,16 @@ class Pacer:
                 self._tokens -= 1.0
                 return 0.0
             return (1.0 - self._tokens) / self.limit.per_second
+
+
+def pace_target(name: str, channel: object) -> str:
+    """Who a channel's rate belongs to: its service endpoint (a webhook's URL), hashed
+    so no secret is kept; processes sharing a store pace one target together."""
+    import hashlib
+
+    where = next((value for value in (getattr(channel, attr, None) for attr in ("webhook_url", "url", "urls"))
+                  if value), None)
+    if where is None:
+        describe = getattr(channel, "describe", None)
+        where = describe() if callable(describe) else type(channel).__qualname__
+    return f"{name}:{hashlib.sha256(repr(where).encode()).hexdigest()[:24]}"

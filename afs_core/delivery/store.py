@@ -40,6 +40,19 @@ _STATUSES = {word: status for status, word in _WORDS.items()}
 PENDING, DEAD = _WORDS[DeliveryStatus.PENDING], _WORDS[DeliveryStatus.FAILED]
 
 
+class StoreUnavailable(sqlite3.OperationalError):
+    """The store cannot be reached now (a database server down, restarting, or too far):
+    it will pass. Told as SQLite's "busy", which every caller already waits out: accepted
+    events stay in the journal and go in, in order, once it answers."""
+
+    sqlite_errorcode = 5  # SQLITE_BUSY
+
+
+class StoreError(sqlite3.DatabaseError):
+    """A database server refused what the store asked (permissions, a schema it does
+    not know): unlike :class:`StoreUnavailable`, waiting does not make it pass."""
+
+
 def status_name(status: DeliveryStatus) -> str:
     """The word the store and the ``afs`` command use for ``status`` ("dead" for failed)."""
     return _WORDS[status]
@@ -115,7 +128,9 @@ CREATE INDEX IF NOT EXISTS attempts_failures ON attempts(at) WHERE outcome IN ('
 def open_store(
     env: Mapping[str, str] | None = None, *, clock: Clock = SYSTEM_CLOCK, read_only_ok: bool = False
 ) -> Store:
-    """The store where settings and this machine allow one (see :mod:`afs_core.delivery.location`).
+    """The store where settings and this machine allow one (see :mod:`afs_core.delivery.location`);
+    the PostgreSQL database ``AFS_STORE_URL`` names when it is set (a wrong URL, or
+    psycopg missing, is a ConfigurationError at once).
 
     ``AFS_HOME`` that cannot hold a store is a ConfigurationError: the user asked for
     it. Otherwise the first usable default place is taken, and with none at all the
@@ -123,11 +138,67 @@ def open_store(
     ``read_only_ok``: a store that exists but cannot be written (a read-only mount)
     is opened for reading, as ``afs history`` needs.
     """
+    env = os.environ if env is None else env
+    lease = _lease_seconds(env)
+    url = env.get("AFS_STORE_URL", "").strip()
+    if url:
+        return _open_postgres(url, env, clock, lease)
+    store = _open_sqlite(env, clock, read_only_ok)
+    store.lease_seconds = lease
+    return store
+
+
+def _lease_seconds(env: Mapping[str, str]) -> float | None:
+    from afs_core.config import env_float
+
+    return env_float(env, "AFS_LEASE_SECONDS", 0.0, minimum=1.0) if env.get("AFS_LEASE_SECONDS", "").strip() else None
+
+
+def _open_postgres(url: str, env: Mapping[str, str], clock: Clock, lease: float | None) -> Store:
+    """The shared store ``AFS_STORE_URL`` names; this host's journal stays under ``AFS_HOME``'s place."""
+    from afs_core.delivery.location import data_directories, private_temp_directory
+    from afs_core.errors import ConfigurationError
+
+    try:
+        from afs_core.delivery import pgstore
+
+        pgstore.check_url(url)
+        import psycopg  # noqa: F401  (the [postgres] extra)
+    except ValueError as exc:
+        raise ConfigurationError(f"AFS_STORE_URL: {exc}") from None
+    except ImportError:
+        raise ConfigurationError("AFS_STORE_URL names a PostgreSQL database, but psycopg is not installed: "
+                                 "pip install 'afs-core[postgres]'") from None
+    explicit = env.get("AFS_HOME", "").strip()
+    homes: list[Path | Callable[[], Path]] = [Path(explicit).expanduser()] if explicit else [
+        *data_directories(env), private_temp_directory]
+    problems = []
+    for candidate in homes:
+        try:
+            home = candidate if isinstance(candidate, Path) else candidate()
+            (home / "journal").mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as exc:
+            if explicit:
+                raise ConfigurationError(f"AFS_HOME {explicit!r} cannot hold the journal: {exc}") from None
+            problems.append(str(exc))
+            continue
+        store = pgstore.PostgresStore(url, home=home, clock=clock, lease_seconds=lease)
+        if store.url not in _told_urls:
+            _told_urls.add(store.url)
+            logger.info("afs: the outbox and history are in %s; this host's journal is in %s",
+                        pgstore.redact_url(url), home / "journal")
+        return store  # type: ignore[return-value]  # the same public methods (see pgstore)
+    raise ConfigurationError("no place can hold this host's journal: " + "; ".join(problems))
+
+
+_told_urls: set[str] = set()
+
+
+def _open_sqlite(env: Mapping[str, str], clock: Clock, read_only_ok: bool) -> Store:
     from afs_core.delivery.location import data_directories, network_filesystem, private_temp_directory, store_file
     from afs_core.errors import ConfigurationError
     from afs_core.source import host_name
 
-    env = os.environ if env is None else env
     explicit = env.get("AFS_HOME", "").strip()
     candidates: list[Path | Callable[[], Path]] = []  # a function: worked out only when reached
     if explicit:
@@ -433,6 +504,8 @@ class Store:
         self.read_only = read_only and path is not None
         #: Where the store is and, for one in memory, why (``afs status`` shows it).
         self.location = StoreLocation(self.path, reason="" if self.path else "the store was opened in memory")
+        #: How long a claim holds without renewal (None: the engine's default); ``AFS_LEASE_SECONDS``.
+        self.lease_seconds: float | None = None
         self._local = threading.local()
         self._generation = 0  # moves on when a damaged file is replaced
         self._recover_lock = threading.Lock()
@@ -440,10 +513,45 @@ class Store:
         self._memory_lock = threading.RLock()
         self._create()
 
+    #: Writes on the caller's thread are cheap here (a local file, half a second at most):
+    #: the engine stores a rank's failure at once rather than through the journal.
+    quick_writes = True
+
     @property
     def durable(self) -> bool:
         """Whether what is stored survives this process."""
         return self.path is not None
+
+    @property
+    def journal_directory(self) -> Path | None:
+        """Where processes on this store keep their journals (None: no journal, in memory)."""
+        return None if self.path is None else self.path.parent / "journal"
+
+    @property
+    def backend(self) -> str:
+        return "sqlite" if self.path is not None else "memory"
+
+    def migrate(self) -> list[int]:
+        """SQLite stores bring their tables up to date when opened: nothing to apply."""
+        return []
+
+    def info(self) -> dict[str, Any]:
+        """Backend, schema version and how much is stored (``afs store info``)."""
+        with self._read() as db:
+            counts = {}
+            for table in ("events", "deliveries", "attempts", "metrics", "run_state"):
+                try:
+                    counts[table] = int(db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0])
+                except sqlite3.OperationalError:  # a store written before the table was
+                    counts[table] = 0
+            pending = db.execute("SELECT COUNT(*) FROM deliveries WHERE status = ?", (PENDING,)).fetchone()[0]
+        return {"backend": self.backend, "path": None if self.path is None else str(self.path),
+                "schema_version": None, "pending": int(pending),  # tables made as they are needed
+                "counts": counts}
+
+    def reserve(self, target: str, per_second: float, burst: float) -> float | None:
+        """Pacing shared with other processes: None here, each worker paces itself."""
+        return None
 
     # -- connections ---------------------------------------------------------------
 

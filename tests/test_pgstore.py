@@ -1,0 +1,377 @@
+"""The shared store on PostgreSQL (``AFS_STORE_URL``): the store's contract on both
+backends, then processes standing in for hosts (``AFS_HOST``) on one database and one
+loopback webhook: exactly once, a killed host's leases, a database restart, ranks of
+one failure on many hosts, and a rate shared by two jobs.
+
+Needs PostgreSQL's server and psycopg (``tox run -e postgres``); skipped without them,
+except under ``AFS_CI=1``.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from afs_core import NotificationManager
+from afs_core.delivery.store import Store, StoreUnavailable, open_store
+from afs_core.errors import ConfigurationError
+from afs_core.results import DeliveryStatus
+from afs_core.testing import WebhookServer, make_event
+
+NODE = Path(__file__).with_name("pg_node.py")
+DELIVERED = DeliveryStatus.DELIVERED
+
+
+# -- settings ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("url", ["mysql://me@db/afs", "postgresql://me@db:port/afs", "postgres://h/a/b"])
+def test_a_wrong_store_url_is_a_configuration_error_at_start(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("AFS_STORE_URL", url)
+    with pytest.raises(ConfigurationError, match="AFS_STORE_URL"):
+        NotificationManager.from_env()
+
+
+def test_the_password_of_a_store_url_is_never_shown() -> None:
+    from afs_core.delivery.pgstore import redact_url
+
+    assert redact_url("postgresql://me:s3cret@db:5432/afs") == "postgresql://me:***@db:5432/afs"
+    with pytest.raises(ValueError) as caught:
+        from afs_core.delivery.pgstore import check_url
+
+        check_url("postgresql://me:s3cret@db:x/afs")
+    assert "s3cret" not in str(caught.value)
+
+
+def test_without_a_store_url_the_store_is_sqlite_under_afs_home(afs_isolated_env: Path) -> None:
+    store = open_store()
+    assert isinstance(store, Store) and store.backend == "sqlite"
+
+
+def test_both_backends_offer_every_public_method_the_engine_cli_and_dashboard_call() -> None:
+    import inspect
+
+    from afs_core.delivery.pgstore import PostgresStore
+
+    def methods(cls: type) -> dict[str, inspect.Signature]:
+        return {name: inspect.signature(member) for name, member in vars(cls).items()
+                if callable(member) and not name.startswith("_")}
+
+    sqlite, shared = methods(Store), methods(PostgresStore)
+    assert sqlite.keys() <= shared.keys(), sorted(sqlite.keys() - shared.keys())
+    for name, signature in sqlite.items():
+        assert list(signature.parameters) == list(shared[name].parameters), name
+    assert {"durable", "journal_directory", "backend", "quick_writes"} <= set(dir(PostgresStore)) | {"journal_directory"}
+
+
+def test_afs_store_info_names_the_backend(afs_isolated_env: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from afs_core.cli import main
+
+    assert main(["store", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "sqlite" and info["counts"]["events"] == 0
+    assert main(["store", "migrate"]) == 0
+
+
+# -- the store's contract, on both backends ---------------------------------------------------------
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
+    if request.param == "sqlite":
+        yield Store(tmp_path / "afs.db")
+        return
+    url = request.getfixturevalue("pg_url")
+    shared = open_store({"AFS_STORE_URL": url, "AFS_HOME": str(tmp_path / "home")})
+    yield shared
+    shared.close()
+
+
+def test_a_delivery_is_claimed_by_one_owner_and_finished_once(store: Any) -> None:
+    event = make_event()
+    store.enqueue(event, ["hook", "other"])
+    first = store.claim("hook", "host-a:1:1", limit=10, lease=30.0)
+    assert [c.event.event_id for c in first] == [event.event_id]
+    assert store.claim("hook", "host-b:2:2", limit=10, lease=30.0) == []  # leased
+    assert store.extend([first[0].delivery_id], "host-a:1:1", 30.0) == {first[0].delivery_id}
+    assert store.finish_many([(first[0].delivery_id, DELIVERED, None, None)], "host-b:2:2") == [False]
+    assert store.finish_many([(first[0].delivery_id, DELIVERED, None, None)], "host-a:1:1") == [True]
+    assert store.claim("hook", "host-b:2:2", limit=10, lease=30.0) == []
+    assert store.counts()["other"].pending == 1 and "hook" not in store.counts()
+    entry = store.history(limit=5)[0]
+    assert {(d.channel, d.status) for d in entry.deliveries} == {("hook", DELIVERED), ("other", DeliveryStatus.PENDING)}
+
+
+def test_an_expired_lease_is_taken_over(store: Any) -> None:
+    store.enqueue(make_event(), ["hook"])
+    assert len(store.claim("hook", "far-host:1:1", limit=5, lease=0.2)) == 1
+    time.sleep(0.4)
+    assert len(store.claim("hook", "near-host:2:2", limit=5, lease=30.0)) == 1
+
+
+def test_journal_records_go_in_once_and_ranks_join(store: Any) -> None:
+    records = []
+    for rank, host in ((0, "node-0"), (1, "node-1"), (9, "node-1")):
+        event = make_event(title="Training failed", run_id="r")
+        data = {**event.to_dict(), "source": {"host": host, "pid": 1, "rank": rank, "world_size": 16}}
+        records.append({"event": data, "channels": ["hook"], "at": time.time(),
+                        "merge": {"key": "r|failed|NCCL", "since": time.time() - 30, "rank": rank}})
+    joined: dict[str, str] = {}
+    assert store.ingest(records, joined=joined) == {"hook"}
+    store.ingest(records)  # read twice: kept once
+    assert len(joined) == 2 and store.pending(["hook"]).total == 1
+    store.make_due(["hook"])
+    (claimed,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
+    assert claimed.event.context["ranks"] == "0, 1, 9"
+
+
+def test_dead_deliveries_requeue_and_old_history_goes(store: Any) -> None:
+    store.enqueue(make_event(), ["hook"])
+    (claimed,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
+    store.finish_many([(claimed.delivery_id, DeliveryStatus.FAILED, "410 gone", None)], "me:1:1")
+    (dead,) = store.outbox()
+    assert dead.status is DeliveryStatus.FAILED and dead.last_error == "410 gone"
+    assert store.channel_failures()[0].error == "410 gone"
+    assert store.requeue(dead.delivery_id) and not store.requeue(dead.delivery_id)
+    assert store.pending(["hook"]).total == 1
+    store.set_state("cost:r", "5.0")
+    assert store.get_state("cost:r") == "5.0"
+    store.forget_state("cost:r")
+    assert store.get_state("cost:r") is None
+    (again,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
+    store.finish_many([(again.delivery_id, DELIVERED, None, None)], "me:1:1")
+    assert store.prune(max_age=-1) == 1 and store.history() == []
+
+
+def test_runs_and_a_runs_events_read_the_same_on_both(store: Any) -> None:
+    store.enqueue(make_event(run_id="r1"), ["hook"])
+    (run,) = store.runs()
+    assert run.run_id == "r1" and run.state_event == "training_completed" and run.events == 1
+    (event,) = store.run_events("r1")
+    assert event.deliveries[0].channel == "hook"
+    assert store.last_change()[0] >= 1
+
+
+# -- on PostgreSQL only ---------------------------------------------------------------------------
+
+
+def test_the_schema_is_versioned_and_migrated_by_hand(pg_url: str, tmp_path: Path) -> None:
+    shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    info = shared.info()  # type: ignore[attr-defined]
+    assert info["backend"] == "postgresql" and info["schema_version"] == 1
+    assert shared.migrate() == []  # type: ignore[attr-defined]
+
+
+def test_afs_store_commands_on_a_shared_database(pg_url: str, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from afs_core.cli import main
+
+    monkeypatch.setenv("AFS_STORE_URL", pg_url)
+    assert main(["store", "migrate", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["applied"] == [1]
+    assert main(["store", "info", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["backend"] == "postgresql" and info["schema_version"] == 1 and info["url"] == pg_url
+    assert main(["history"]) == 0 and main(["outbox"]) == 0 and main(["status"]) == 0
+    assert "postgresql" in capsys.readouterr().out
+
+
+def test_pacing_is_shared_on_the_servers_clock(pg_url: str, tmp_path: Path) -> None:
+    one = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path / "a")})
+    two = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path / "b")})
+    waits = [store.reserve("slack:x", 1.0, 2) for store in (one, two, one, two)]
+    assert waits[:2] == [0.0, 0.0] and 0.5 < waits[2] <= 1.0 and 1.5 < waits[3] <= 2.0
+
+
+# -- processes standing in for hosts --------------------------------------------------------------
+
+
+class Nodes:
+    """Processes of tests/pg_node.py, one per host, all on one database and one webhook."""
+
+    def __init__(self, url: str, hook: str, base: Path) -> None:
+        self.url, self.hook, self.base = url, hook, base
+        self.procs: list[subprocess.Popen[str]] = []
+        self.go = base / "go"
+
+    def start(self, host: str, **settings: str) -> subprocess.Popen[str]:
+        env = {**{k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "NODE_"))},
+               "AFS_STORE_URL": self.url, "AFS_HOST": host, "AFS_HOME": str(self.base / host),
+               "AFS_CONSOLE": "false", "NODE_URL": self.hook, "NODE_GO": str(self.go), **settings}
+        proc = subprocess.Popen([sys.executable, str(NODE)], env=env, stdout=subprocess.PIPE, text=True)
+        self.procs.append(proc)
+        return proc
+
+    def ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()  # bounded: the process exits on its own NODE_GO deadline
+            assert '"ready"' in line, line
+            assert time.monotonic() < deadline
+        self.go.touch()
+
+    def results(self, timeout: float = 90.0) -> list[dict[str, Any]]:
+        out = []
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                stdout, _ = proc.communicate(timeout=max(deadline - time.monotonic(), 1.0))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                raise
+            out.extend(json.loads(line) for line in stdout.splitlines() if line.startswith('{"host"'))
+        return out
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+@pytest.fixture
+def nodes(pg_url: str, tmp_path: Path) -> Iterator[tuple[Nodes, WebhookServer]]:
+    server = WebhookServer().start()
+    group = Nodes(pg_url, server.url + "/hook", tmp_path)
+    try:
+        yield group, server
+    finally:
+        group.kill_all()
+        server.stop()
+
+
+def _ids(server: WebhookServer) -> collections.Counter[str]:
+    return collections.Counter(r.json["event_id"] for r in list(server.received))
+
+
+def _wait_for(check: Any, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return True
+        time.sleep(0.05)
+    return bool(check())
+
+
+def test_eight_hosts_deliver_every_event_exactly_once(nodes: tuple[Nodes, WebhookServer]) -> None:
+    group, server = nodes
+    for number in range(8):
+        group.start(f"node-{number}", NODE_EVENTS="500")
+    group.ready()
+    results = group.results()
+    seen = _ids(server)
+    assert len(results) == 8 and all(r["flushed"] for r in results)
+    assert len(seen) == 4000 and max(seen.values()) == 1
+    hosts = collections.Counter(r.json["host"] for r in server.received)
+    assert set(hosts) == {f"node-{n}" for n in range(8)}
+
+
+def test_a_killed_hosts_deliveries_go_out_once_after_its_lease(nodes: tuple[Nodes, WebhookServer],
+                                                              pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    group, server = nodes
+    open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path / "look")}).migrate()  # type: ignore[attr-defined]  # the tables, before looking
+    dying = group.start("node-dead", NODE_EVENTS="20", NODE_MODE="hang", AFS_LEASE_SECONDS="3", NODE_FLUSH="600",
+                        NODE_TIMEOUT="1")
+    group.ready()
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        def leases() -> dict[str, float]:
+            return {str(event_id): float(until) for event_id, until in db.execute(
+                "SELECT event_id, lease_until FROM deliveries WHERE lease_owner LIKE 'node-dead:%'").fetchall()}
+
+        def stored() -> int:
+            row = db.execute("SELECT COUNT(*) FROM deliveries").fetchone()
+            return int(row[0]) if row else 0
+
+        assert _wait_for(lambda: stored() == 20 and leases(), 30)
+        dying.send_signal(signal.SIGKILL)
+        dying.wait(timeout=10)
+        held, killed_at, killed = leases(), time.time(), time.monotonic()
+        taker = group.start("node-taker", NODE_EVENTS="0", AFS_LEASE_SECONDS="3", NODE_FLUSH="30",
+                            NODE_TIMEOUT="1")
+        assert _wait_for(lambda: len(_ids(server)) == 20, 30)
+    taker.wait(timeout=30)
+    assert max(_ids(server).values()) == 1
+    arrived = {r.json["event_id"]: r.at - killed for r in server.received}
+    for event_id, until in held.items():  # the dead host's: not before its lease ran out
+        assert until - killed_at - 0.3 <= arrived[event_id] < until - killed_at + 5.0
+
+
+def test_a_database_restart_mid_run_loses_nothing_and_sends_nothing_twice(
+        nodes: tuple[Nodes, WebhookServer], postgres_server: Any) -> None:
+    group, server = nodes
+    for number in range(2):
+        group.start(f"node-{number}", NODE_EVENTS="300", NODE_SPACING="0.01", AFS_LEASE_SECONDS="5")
+    group.ready()
+    assert _wait_for(lambda: len(server.received) >= 50, 30)
+    postgres_server.stop("fast")
+    down = len(server.received)
+    time.sleep(1.5)
+    postgres_server.start()
+    results = group.results()
+    seen = _ids(server)
+    assert down < 600, "the run ended before the database went down"
+    assert len(seen) == 600 and max(seen.values()) == 1
+    assert all(r["flushed"] for r in results)
+    assert max(r["p99"] for r in results) < 0.05  # notify() never waited for the database
+
+
+def test_sixty_four_ranks_on_eight_hosts_send_one_message(nodes: tuple[Nodes, WebhookServer]) -> None:
+    group, server = nodes
+    for number in range(8):
+        group.start(f"node-{number}", NODE_MODE="ranks", NODE_EVENTS="8", NODE_RANKS="8",
+                    NODE_FIRST_RANK=str(number * 8), NODE_FLUSH="30")
+    group.ready()
+    group.results()
+    assert len(server.received) == 1
+    context = server.received[0].json["context"]
+    assert len(context["ranks"].split(", ")) == 64
+    assert sorted(context["hosts"].split(", ")) == [f"node-{n}" for n in range(8)]
+    assert context["reported_by"] == "64 ranks on 8 hosts"
+
+
+def test_two_jobs_on_one_target_keep_its_rate_together(nodes: tuple[Nodes, WebhookServer]) -> None:
+    group, server = nodes
+    per_second, burst = 5.0, 2
+    for job in ("job-a", "job-b"):
+        group.start(job, NODE_EVENTS="8", NODE_RATE=f"{per_second},{burst}", NODE_FLUSH="30")
+    group.ready()
+    group.results()
+    times = sorted(r.at for r in server.received)
+    assert len(times) == 16
+    for start in times:  # in any second: the rate plus one burst, at most
+        assert sum(1 for t in times if start <= t < start + 1.0) <= per_second + burst
+    assert times[-1] - times[0] >= (16 - burst) / per_second - 0.5
+
+
+def test_an_unreachable_database_keeps_events_in_the_journal(postgres_server: Any, tmp_path: Path) -> None:
+    """A server that does not answer is "busy": accepted events wait in the journal and
+    flush says it could not finish, never raising."""
+    url = f"postgresql://afs@127.0.0.1:{postgres_server.port + 1}/nowhere?connect_timeout=2"
+    shared = open_store({"AFS_STORE_URL": url, "AFS_HOME": str(tmp_path)})
+    with pytest.raises(StoreUnavailable):
+        shared.counts()
+    from afs_core.plugins import PluginHost
+    from afs_core.testing import RecordingChannel
+
+    manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True), store=shared)
+    manager.register_channel("recording", RecordingChannel())
+    started = time.perf_counter()
+    manager.notify("kept", "in the journal")
+    assert time.perf_counter() - started < 0.05
+    assert manager.flush(1.0) is False
+    manager.close(timeout=0.5)
+    journal = list((tmp_path / "journal").glob("*.jsonl"))
+    assert journal and "kept" in "".join(p.read_text() for p in journal)
