@@ -325,7 +325,9 @@ def test_a_database_restart_mid_run_loses_nothing_and_sends_nothing_twice(
     assert down < 600, "the run ended before the database went down"
     assert len(seen) == 600 and max(seen.values()) == 1
     assert all(r["flushed"] for r in results)
-    assert max(r["p99"] for r in results) < 0.05  # notify() never waited for the database
+    # notify() never waited for the database (a connection attempt alone takes seconds to
+    # give up); what it costs here is ten processes sharing two cores.
+    assert max(r["p99"] for r in results) < 0.5
 
 
 def test_sixty_four_ranks_on_eight_hosts_send_one_message(nodes: tuple[Nodes, WebhookServer]) -> None:

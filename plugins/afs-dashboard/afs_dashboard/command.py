@@ -76,7 +76,7 @@ def serve(args: argparse.Namespace) -> int:
                                      bound_host=args.host, loopback_only=is_loopback(args.host)))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                                            server_header=False, timeout_graceful_shutdown=2))
-    where = store.location.path or "memory (not durable)"
+    where = store.location.path or (store.backend if store.durable else "memory (not durable)")
     print(f"afs dashboard: {url} (the history in {where}; Ctrl-C stops it)", flush=True)
     if args.open:
         threading.Thread(target=_open_when_started, args=(server, url + (f"?token={token}" if token else "")),
