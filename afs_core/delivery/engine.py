@@ -65,26 +65,48 @@ STORE_ERRORS = (sqlite3.Error, OSError)  # a full disk, a busy or unreadable sto
 class Tracker:
     """What became of one submitted event, per channel; ``wait`` blocks until all are final."""
 
+    # Made on notify()'s path: only a lock and a tuple. The pending outcomes and the
+    # threading.Event a wait needs are made when first asked for.
+    __slots__ = ("event_id", "channels", "_lock", "_done", "_final", "_outcomes", "__weakref__")
+
     def __init__(self, event_id: str, channels: Sequence[str]) -> None:
         self.event_id = event_id
-        self._lock = threading.Lock()
-        self._done = threading.Event()
-        self._final: set[str] = set()
         self.channels = tuple(channels)
-        self.outcomes: dict[str, ChannelOutcome] = {c: ChannelOutcome(c, DeliveryStatus.PENDING) for c in channels}
-        if not channels:
-            self._done.set()
+        self._lock = threading.Lock()
+        self._done: threading.Event | None = None
+        self._final: set[str] = set()
+        self._outcomes: dict[str, ChannelOutcome] | None = None
+
+    @property
+    def outcomes(self) -> dict[str, ChannelOutcome]:
+        outcomes = self._outcomes
+        if outcomes is None:
+            with self._lock:
+                if self._outcomes is None:
+                    self._outcomes = {c: ChannelOutcome(c, DeliveryStatus.PENDING) for c in self.channels}
+                outcomes = self._outcomes
+        return outcomes
+
+    def _all_final(self) -> bool:
+        return len(self._final) >= len(self.channels) and self._final >= set(self.channels)
 
     def update(self, outcome: ChannelOutcome, final: bool) -> None:
+        current = self.outcomes
         with self._lock:
-            self.outcomes = {**self.outcomes, outcome.channel: outcome}
+            self._outcomes = {**(self._outcomes or current), outcome.channel: outcome}
             if final:
                 self._final.add(outcome.channel)
-            if self._final >= set(self.channels):
+            if self._done is not None and self._all_final():
                 self._done.set()
 
     def wait(self, timeout: float | None = None) -> bool:
-        return self._done.wait(timeout)
+        with self._lock:
+            if self._all_final():
+                return True
+            if self._done is None:
+                self._done = threading.Event()
+            done = self._done
+        return done.wait(timeout)
 
 
 def _final_outcome(channel: str, status: DeliveryStatus, reason: str | None) -> ChannelOutcome:
