@@ -2,6 +2,9 @@
 
 import json
 import os
+import signal
+import subprocess
+import sys
 
 import afs_core.delivery.journal as journal_module
 from afs_core.delivery.journal import Journal, read_whole, take_orphans
@@ -73,6 +76,7 @@ def test_a_live_writers_journal_is_not_taken_even_when_its_pid_looks_dead(tmp_pa
 
 
 def test_a_line_the_full_disk_cut_short_does_not_swallow_the_next(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "MAP_JOURNALS", False)  # a file appended to with write()
     journal = Journal(tmp_path)
     journal.append(record(0))
     real_write = os.write
@@ -111,3 +115,60 @@ def test_an_unreadable_journal_is_kept_aside_and_not_tried_again(tmp_path):
     assert list(take_orphans(tmp_path)) == []
     assert (tmp_path / f"{path.name}.unreadable").is_dir() and not path.exists()
     assert list(take_orphans(tmp_path)) == []
+
+
+def test_appending_to_a_mapped_journal_makes_no_write_call(tmp_path, monkeypatch):
+    """The caller's thread keeps the GIL through notify(): no system call to let go of it."""
+    journal = Journal(tmp_path)
+    journal.append(record(0))  # the file is opened (and its room reserved) once
+
+    def no_write(fd, data):
+        raise AssertionError("append called write()")
+
+    monkeypatch.setattr(journal_module.os, "write", no_write)
+    for i in range(1, 50):
+        journal.append(record(i))
+    assert [r["event"]["event_id"] for r in journal.read_new()] == [f"e{i}" for i in range(50)]
+
+
+def test_a_disk_with_no_room_to_reserve_gets_its_lines_written(tmp_path, monkeypatch):
+    def no_room(fd, offset, length):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(journal_module.os, "posix_fallocate", no_room, raising=False)
+    journal = Journal(tmp_path)
+    for i in range(5):
+        journal.append(record(i))
+    (path,) = tmp_path.glob("*.jsonl")
+    assert b"\0" not in path.read_bytes()  # no reserved room: lines alone
+    assert [r["event"]["event_id"] for r in read_whole(path)] == [f"e{i}" for i in range(5)]
+
+
+def test_a_killed_writers_mapped_journal_is_read_to_its_last_line(tmp_path):
+    """Killed, its file was never cut to its lines: what follows them is room never written."""
+    code = (
+        "import os, signal, sys\n"
+        "from pathlib import Path\n"
+        "from afs_core.delivery.journal import Journal\n"
+        "journal = Journal(Path(sys.argv[1]))\n"
+        "for i in range(30):\n"
+        "    journal.append({'event': {'event_id': f'e{i}'}, 'channels': ['c'], 'at': float(i)})\n"
+        "os.kill(os.getpid(), signal.SIGKILL)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], timeout=60)
+    assert done.returncode == -signal.SIGKILL
+    (path,) = tmp_path.glob("*.jsonl")
+    assert path.read_bytes().endswith(b"\0")  # mapped: the reserved room is still there
+    ((found, records),) = take_orphans(tmp_path)
+    assert found == path and [r["event"]["event_id"] for r in records] == [f"e{i}" for i in range(30)]
+
+
+def test_a_journal_cut_to_its_lines_when_a_full_map_rotates(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
+    journal = Journal(tmp_path)
+    for i in range(12):
+        journal.append(record(i))
+    files = sorted(tmp_path.glob("*.jsonl"), key=lambda p: int(p.name.rsplit("-", 1)[1].split(".")[0]))
+    assert len(files) == 3
+    assert all(b"\0" not in path.read_bytes() for path in files[:-1])  # let go of: its lines alone
+    assert [r["event"]["event_id"] for r in journal.read_new()] == [f"e{i}" for i in range(12)]

@@ -1,7 +1,14 @@
 """The fast half of the outbox: each process appends accepted events to its own file.
 
-One ``write()`` of a line is all ``notify()`` pays, and once it returned the line
-survives the process being killed. A background thread moves lines into the
+Copying a line into the file's memory map is all ``notify()`` pays, and once it
+returned the line is in the kernel's page cache, so it survives the process being
+killed. No system call means the caller never lets go of the GIL mid-notify (a
+``write()`` did, and the engine's threads took it for their turn). The map's room is
+reserved on disk first (``posix_fallocate``), so a full disk is an error when a file
+is opened, never a SIGBUS while writing into it; where that cannot be reserved (no
+room, a file system or platform without it) the file is appended to with ``write()``.
+A mapped file is cut to its lines when it is let go; one whose process was killed
+ends in NUL bytes, the room never written, which a reader leaves out. A background thread moves lines into the
 SQLite store and acknowledges them once the store holds them durably; only then is
 a file let go. The writer holds a lock on its file for as long as it lives, so a
 journal whose lock can be taken belongs to a process that is gone (whatever its
@@ -15,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import mmap
 import os
 import threading
 import time
@@ -25,9 +33,10 @@ from typing import Any
 
 from afs_core.source import host_name
 
-ROTATE_BYTES = 4 * 1024 * 1024
+ROTATE_BYTES = 4 * 1024 * 1024  # a file is let go once this much was read (or its map is full)
 SUFFIX = ".jsonl"
 UNREADABLE = ".unreadable"
+MAP_JOURNALS = True  # False: every file is appended to with write() (tests cover both)
 
 logger = logging.getLogger("afs.journal")
 
@@ -45,6 +54,21 @@ def _pid_alive(pid: int) -> bool:
     except OSError:
         return True
     return True
+
+
+def _mapped(fd: int, path: Path) -> mmap.mmap | None:
+    """The file's map, its room reserved on disk; None where that cannot be (the file is
+    then appended to with write())."""
+    if not MAP_JOURNALS or not hasattr(os, "posix_fallocate"):
+        return None
+    try:
+        os.posix_fallocate(fd, 0, ROTATE_BYTES)
+        return mmap.mmap(fd, ROTATE_BYTES, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+    except (OSError, ValueError) as exc:
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # no reserved room left behind: the file is appended to
+        logger.debug("afs: journal %s is written with write(): %s", path.name, exc)
+        return None
 
 
 def _lock(fd: int) -> bool:
@@ -75,21 +99,41 @@ class Journal:
         # descriptor). The descriptor stays open, and with it the file's lock, until the
         # store holds the file's lines: till then no other process takes it for an orphan.
         self._retired: list[tuple[Path, int, bytes, int]] = []
-        self._unacknowledged: list[tuple[Path, int]] = []  # read whole, not yet stored for good
+        # Read whole, not yet stored for good: (path, descriptor, bytes of lines in it).
+        self._unacknowledged: list[tuple[Path, int, int]] = []
         self._torn = False  # the last line was cut short and its end not written
+        self._map: mmap.mmap | None = None  # the file's map, where lines are copied
+        self._end = 0  # bytes written into the map
         _JOURNALS.add(self)
 
-    def _open(self) -> None:
+    def _open(self, mapped: bool = True) -> None:
         name = f"{host_name()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         path = self.directory / name
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
         _lock(fd)  # held while this process lives: the file is not an orphan
+        self._map = _mapped(fd, path) if mapped else None
+        self._end = 0
         self._fd = fd
         self._path = path
         self._pid = os.getpid()
         self._read_offset = self._acked_offset = 0
         self._partial = b""
         self._torn = False
+
+    def _rotate(self, mapped: bool) -> None:
+        """A new file for the lines to come; the current one is read to its end first."""
+        assert self._path is not None
+        self._unmap()
+        self._retired.append((self._path, self._read_offset, self._partial, self._fd))
+        self._open(mapped)
+
+    def _unmap(self) -> None:
+        """Let go of the map, and of the room it had left: the file holds its lines alone."""
+        if self._map is not None:
+            self._map.close()
+            self._map = None
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._end)
 
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line; raises OSError when the disk takes none or part
@@ -98,6 +142,13 @@ class Journal:
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
+            if self._map is not None:
+                if self._end + len(line) > len(self._map):  # full: a fresh map (a huge line: a plain file)
+                    self._rotate(mapped=len(line) <= ROTATE_BYTES)
+                if self._map is not None:
+                    self._map[self._end:self._end + len(line)] = line
+                    self._end += len(line)
+                    return
             if self._torn:  # end the piece a full disk left, so this line starts clean
                 os.write(self._fd, b"\n")
                 self._torn = False
@@ -121,22 +172,24 @@ class Journal:
             if self._path is None or self._pid != os.getpid():
                 return []
             path, offset, partial = self._path, self._read_offset, self._partial
-            if offset >= ROTATE_BYTES:
-                old_fd = self._fd
+            end = self._end if self._map is not None else None  # what was written of the map
+            if offset >= ROTATE_BYTES and self._map is None:
+                old = (self._path, self._read_offset, self._partial, self._fd)
                 try:
                     self._open()
                 except OSError:
                     pass  # no room for a new file: go on with this one
                 else:
-                    self._retired.append((path, offset, partial, old_fd))
+                    self._retired.append(old)
                     path, offset, partial = self._path, 0, b""
+                    end = 0 if self._map is not None else None
             retired, self._retired = self._retired, []
         records: list[dict[str, Any]] = []
         for old_path, old_offset, old_partial, old_fd in retired:  # the rest of rotated files first
-            rest, _, _ = _read_from(old_path, old_offset, old_partial)
+            rest, lines_end, _ = _read_from(old_path, old_offset, old_partial)
             records += rest
-            self._unacknowledged.append((old_path, old_fd))
-        new, offset, partial = _read_from(path, offset, partial)
+            self._unacknowledged.append((old_path, old_fd, lines_end))
+        new, offset, partial = _read_from(path, offset, partial, end=end)
         with self._lock:
             if path == self._path:
                 self._read_offset, self._partial = offset, partial
@@ -146,7 +199,7 @@ class Journal:
         """For each file read from: how many of its bytes were read as whole lines (what
         the store holds once it took them in)."""
         with self._lock:
-            found = {path.name: os.fstat(fd).st_size for path, fd in self._unacknowledged}
+            found = {path.name: end for path, _, end in self._unacknowledged}
             if self._path is not None and self._pid == os.getpid():
                 found[self._path.name] = self._read_offset - len(self._partial)
         return found
@@ -155,12 +208,12 @@ class Journal:
         """Everything read so far is in the store for good: rotated files may go (their
         names are returned), and this file may go at close."""
         done, self._unacknowledged = self._unacknowledged, []
-        for path, fd in done:
+        for path, fd, _ in done:
             path.unlink(missing_ok=True)
             os.close(fd)
         with self._lock:
             self._acked_offset = self._read_offset
-        return [path.name for path, _ in done]
+        return [path.name for path, _, _ in done]
 
     def close(self) -> str | None:
         """Stop writing; the file is removed once everything in it was read and stored
@@ -169,18 +222,19 @@ class Journal:
         removed = None
         with self._lock:
             if self._fd >= 0 and self._pid == os.getpid():
+                self._unmap()
                 size = self._path.stat().st_size if self._path and self._path.exists() else 0
                 done = self._read_offset >= size and not self._partial and self._acked_offset >= self._read_offset
                 if self._path is not None and done and not self._unacknowledged:
                     self._path.unlink(missing_ok=True)
                     removed = self._path.name
                 os.close(self._fd)  # the lock goes with it
-                for _, fd in self._unacknowledged:  # kept on disk for the next process
+                for _, fd, _ in self._unacknowledged:  # kept on disk for the next process
                     os.close(fd)
                 for *_, fd in self._retired:
                     os.close(fd)
                 self._unacknowledged, self._retired = [], []
-            self._fd, self._pid = -1, -1
+            self._fd, self._pid, self._map = -1, -1, None
         return removed
 
 
@@ -245,18 +299,21 @@ if hasattr(os, "register_at_fork"):
 
 
 def _read_from(
-    path: Path, offset: int, partial: bytes, strict: bool = False
+    path: Path, offset: int, partial: bytes, strict: bool = False, end: int | None = None
 ) -> tuple[list[dict[str, Any]], int, bytes]:
+    """Lines from ``offset`` on (to ``end``, where this process knows what it wrote)."""
     try:
         with open(path, "rb") as handle:
             handle.seek(offset)
-            data = handle.read()
+            data = handle.read() if end is None else handle.read(max(end - offset, 0))
     except FileNotFoundError:
         return [], offset, b""
     except OSError:
         if strict:
             raise
         return [], offset, partial
+    if end is None:  # another process's file: a mapped one killed before it was cut to its lines
+        data = data.rstrip(b"\0")  # ends in room never written
     offset += len(data)
     data = partial + data
     lines = data.split(b"\n")
