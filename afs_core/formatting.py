@@ -279,7 +279,7 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
         return ""
     count = min(len(values), width)
     stretches = [values[len(values) * i // count: len(values) * (i + 1) // count] for i in range(count)]
-    means = [math.fsum(s) / len(s) if all(math.isfinite(v) for v in s) else math.nan for s in stretches]
+    means = [math.fsum(v / len(s) for v in s) if all(math.isfinite(v) for v in s) else math.nan for s in stretches]
     finite = [m for m in means if math.isfinite(m)]
     if not finite:
         return SPARK_NOT_FINITE * count
@@ -289,10 +289,10 @@ def sparkline(values: Sequence[float], width: int = SPARK_WIDTH) -> str:
     for mean in means:
         if not math.isfinite(mean):
             blocks.append(SPARK_NOT_FINITE)
-        elif high - low <= abs(high) * 1e-12:  # flat, or flat but for rounding
+        elif high / 2 - low / 2 <= abs(high / 2) * 1e-12:  # flat, or flat but for rounding (halves: no overflow)
             blocks.append(SPARK_BLOCKS[top // 2])
         else:
-            blocks.append(SPARK_BLOCKS[round((mean - low) / (high - low) * top)])
+            blocks.append(SPARK_BLOCKS[round((mean / 2 - low / 2) / (high / 2 - low / 2) * top)])
     return "".join(blocks)
 
 

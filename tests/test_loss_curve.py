@@ -193,3 +193,10 @@ def test_a_run_that_logged_its_loss_ends_with_the_line_on_the_console(tmp_path, 
     manager.close(timeout=10)
     line = next(line.strip() for line in stream.getvalue().splitlines() if line.strip().startswith("loss "))
     assert line.startswith("loss █▆") and line.endswith("▁ 2.4 → best 0.4051 · last 0.4051")  # 2·e^(-299/50) + 0.4
+
+
+def test_a_sparkline_over_the_whole_float_range_is_drawn_not_raised():
+    from afs_core.formatting import sparkline
+
+    assert sparkline([1e308, 1e308, -1e308, -1e308]) == "██▁▁"
+    assert sparkline([1e308] * 40 + [-1e308] * 40, width=2) == "█▁"

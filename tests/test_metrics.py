@@ -156,3 +156,54 @@ def test_processes_sharing_a_store_keep_each_others_metrics(tmp_path):
     series = Store(tmp_path / "home" / "afs.db").metric_series("shared")
     assert [p.value for p in series["a"]] == [float(s) for s in range(50)]
     assert [p.value for p in series["b"]] == [float(s) for s in range(50)]
+
+
+def test_a_diverged_run_is_stored_as_json_every_reader_takes(tmp_path, afs_plugins):
+    manager = manager_on(tmp_path, afs_plugins, RecordingChannel())
+    manager.notify_training_completed("m", "r-nan", 60.0, final_loss=float("nan"))
+    manager.notify_evaluation_completed("m", "r-nan", {"loss": float("inf"), "acc": 0.5})
+    manager.close(timeout=10)
+    import sqlite3
+
+    db = sqlite3.connect(tmp_path / "afs.db")
+    assert [valid for (valid,) in db.execute("SELECT json_valid(data) FROM events")] == [1, 1]
+    stored = {e.event_type: e.event for e in Store(tmp_path / "afs.db").history(run_id="r-nan")}
+    assert stored["evaluation_completed"]["metrics"]["loss"] == "Infinity"
+
+
+def test_metrics_out_of_any_range_are_skipped_and_block_nothing(tmp_path, afs_plugins):
+    channel = RecordingChannel()
+    manager = manager_on(tmp_path, afs_plugins, channel)
+    manager.log_metrics(step=10**20, run_id="r-big", loss=1.0)  # a step SQLite cannot hold: kept without it
+    manager.log_metrics(step=-(2**63) - 1, run_id="r-big", loss=2.0)
+    manager.log_metrics(step=1, run_id="r-big", loss=10**400, acc=0.5)  # a value no float holds: skipped
+    manager.notify_training_completed("m", "r-big", 60.0)
+    assert manager.close(timeout=10)
+    assert len(channel.messages) == 1  # the event was not held up behind them
+    series = Store(tmp_path / "afs.db").metric_series("r-big")
+    assert [p.value for p in series["acc"]] == [0.5]
+    assert sorted(p.value for p in series["loss"]) == [1.0, 2.0] and {p.step for p in series["loss"]} == {None}
+
+
+def test_a_resumed_run_is_drawn_in_step_order(tmp_path, afs_plugins):
+    manager = manager_on(tmp_path, afs_plugins)
+    for step in [*range(0, 100), *range(80, 150)]:  # resumed from the checkpoint of step 80
+        manager.log_metrics(step=step, run_id="r-resumed", loss=1.0 / (step + 1))
+    manager.close(timeout=10)
+    steps = [p.step for p in Store(tmp_path / "afs.db").metric_series("r-resumed")["loss"]]
+    assert steps == sorted(steps) and steps[0] == 0 and steps[-1] == 149
+
+
+def test_a_long_series_is_thinned_in_the_store_keeping_its_extremes(tmp_path, afs_plugins):
+    store = Store(tmp_path / "afs.db")
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    values = [math.sin(step / 300) + (5.0 if step == 31_337 else 0.0) - (3.0 if step == 7_001 else 0.0)
+              for step in range(50_000)]
+    for step, value in enumerate(values):
+        manager.log_metrics(step=step, run_id="r-long", loss=value)
+    manager.close(timeout=30)
+    kept = store.metric_series("r-long", max_points=500)["loss"]
+    assert len(kept) <= 500
+    assert (kept[0].step, kept[-1].step) == (0, 49_999)
+    assert max(p.value for p in kept) == max(values) and min(p.value for p in kept) == min(values)
+    assert [p.step for p in kept] == sorted(p.step for p in kept)

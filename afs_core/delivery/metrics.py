@@ -3,8 +3,10 @@
 Metrics are recorded, never sent: the history's curves (``afs dashboard``), and the loss
 curve an end-of-run message carries (its picture, its sparkline), are drawn from them.
 A step's values wait in memory for the ingest thread (half a second at most), so
-recording one costs the training loop no write and no conversion; what a killed process had not yet
-handed over is the only thing lost, and it is never an event.
+recording one costs the training loop no write and no conversion; what a killed
+process had not yet handed over is the only thing lost, and it is never an event.
+Metrics a forked child (a data-loader worker) logs through its parent's manager are
+not recorded: the parent records the run's.
 """
 
 from __future__ import annotations
@@ -56,33 +58,55 @@ class MetricEntry(NamedTuple):
 
 
 def rows_from_entries(entries: Iterable[MetricEntry]) -> list[MetricRow]:
+    """The rows of many ``log_metrics`` calls; a call whose values cannot be read (a
+    mapping that raises) is left out, never in the way of the others."""
     rows: list[MetricRow] = []
     for entry in entries:
-        rows += rows_from_values(*entry)
+        try:
+            rows += rows_from_values(*entry)
+        except Exception:
+            continue
     return rows
 
 
 def as_number(value: Any) -> float | None:
-    """``value`` as a float when it is a real number (NumPy and framework scalars too), else None."""
-    if isinstance(value, bool):
-        return None
-    if isinstance(value, numbers.Real):
-        return float(value)
-    item = getattr(value, "item", None)  # a 0-d tensor or array
-    if callable(item):
-        try:
-            inner = item()
-        except Exception:
+    """``value`` as a float when it is a real number (NumPy and framework scalars too), else
+    None; also None for one too large for a float (10**400): skipped, never an error."""
+    try:
+        if isinstance(value, bool):
             return None
-        if isinstance(inner, numbers.Real) and not isinstance(inner, bool):
-            return float(inner)
+        if isinstance(value, numbers.Real):
+            return float(value)
+        item = getattr(value, "item", None)  # a 0-d tensor or array
+        if callable(item):
+            inner = item()
+            if isinstance(inner, numbers.Real) and not isinstance(inner, bool):
+                return float(inner)
+    except Exception:
+        return None
     return None
 
 
+_STEP_RANGE = range(-(2**63), 2**63)  # what SQLite's INTEGER holds
+
+
 def as_step(value: Any) -> int | None:
+    """``value`` as a step when it is an integer SQLite can hold, else None (no step)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         return None
-    return int(value)
+    step = int(value)
+    return step if step in _STEP_RANGE else None
+
+
+def without_nan(value: Any) -> Any:
+    """``value`` with each NaN or infinity, however deep, as the text JSON lacks a number for."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, Mapping):
+        return {key: without_nan(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [without_nan(item) for item in value]
+    return value
 
 
 def rows_from_values(source: str, run_id: str | None, model_name: str | None, step: Any,
@@ -133,10 +157,11 @@ def _order(value: float) -> float:
 
 def drawable(points: Iterable[MetricPoint]) -> list[MetricPoint]:
     """A series as drawn: where some points were logged with a step, the points without
-    one (an event's copy of a value) are left out, so the x axis means one thing."""
+    one (an event's copy of a value) are left out, so the x axis means one thing; in
+    step order (a resumed run logs steps again: its curve does not jump back)."""
     points = list(points)
     if any(p.step is not None for p in points):
-        return [p for p in points if p.step is not None]
+        return sorted((p for p in points if p.step is not None), key=lambda p: (p.step, p.at))
     return points
 
 

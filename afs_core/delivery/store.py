@@ -117,7 +117,7 @@ CREATE TABLE IF NOT EXISTS metrics (
     at REAL NOT NULL,
     UNIQUE (source, name)
 );
-CREATE INDEX IF NOT EXISTS metrics_series ON metrics(run_id, name, at);
+CREATE INDEX IF NOT EXISTS metrics_points ON metrics(run_id, name, step, value, at);
 CREATE INDEX IF NOT EXISTS metrics_age ON metrics(at);
 CREATE INDEX IF NOT EXISTS events_run ON events(run_id, created);
 CREATE INDEX IF NOT EXISTS events_run_type ON events(run_id, event_type, created);
@@ -791,7 +791,7 @@ class Store:
         end-of-run event gets its run's loss curve (:mod:`afs_core.delivery.metrics`)."""
         _record(db, metrics.rows_from_event(event, created))
         event = _with_loss_curve(db, event)
-        data = json.dumps(event, separators=(",", ":"), default=str)
+        data = strict_json(event)
         db.execute(
             "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
             " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -1154,7 +1154,7 @@ class Store:
         with self._read() as db:
             names = [name for (name,) in db.execute(
                 "SELECT DISTINCT name FROM metrics WHERE run_id = ? ORDER BY name", (run_id,))]
-            return {name: metrics.downsample(_series(db, run_id, name), max_points) for name in names}
+            return {name: metrics.downsample(_series(db, run_id, name, max_points), max_points) for name in names}
 
     @_survives_damage
     def history(self, *, run_id: str | None = None, limit: int = 50) -> list[HistoryEntry]:
@@ -1220,21 +1220,18 @@ class Store:
                                              " GROUP BY run_id", (metrics_since,)).fetchall())
             for run, started, last, count in rows:
                 told = db.execute(
-                    "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
-                    " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
-                    " json_extract(data, '$.cost'), json_extract(data, '$.context.duration') FROM events"
+                    f"SELECT event_type, created, ranks, {_FACT_COLUMNS} FROM events"
                     f" WHERE run_id = ? AND event_type IN ({facts}) ORDER BY created", (run, *_RUN_FACT_EVENTS),
                 ).fetchall()
                 ends = db.execute(
-                    "SELECT event_type, created, ranks, json_extract(data, '$.model_name'),"
-                    " json_extract(data, '$.source.host'), json_extract(data, '$.source.rank'),"
-                    " json_extract(data, '$.cost'), NULL FROM events WHERE event_id IN"
+                    f"SELECT event_type, created, ranks, {_FACT_COLUMNS} FROM events WHERE event_id IN"
                     " (SELECT event_id FROM events WHERE run_id = ? ORDER BY created LIMIT 1)"
                     " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? ORDER BY created DESC LIMIT 1)"
                     " OR event_id IN (SELECT event_id FROM events WHERE run_id = ? AND event_type = ?"
                     " ORDER BY created DESC LIMIT 1)",
                     (run, run, run, "cost_threshold_exceeded")).fetchall()
-                runs.append(_run_summary(run, started, max(last, recent.get(run, last)), count, [*ends, *told]))
+                runs.append(_run_summary(run, started, max(last, recent.get(run, last)), count,
+                                         [_facts(row) for row in (*ends, *told)]))
         return runs
 
     @_survives_damage
@@ -1285,9 +1282,16 @@ class Store:
         """(time, cost so far) for each of the run's events that carried a cost, oldest first."""
         with self._read() as db:
             rows = db.execute(
-                "SELECT created, json_extract(data, '$.cost') FROM events WHERE run_id = ?"
-                " AND json_extract(data, '$.cost') IS NOT NULL ORDER BY created", (run_id,)).fetchall()
-        return [(float(at), float(cost)) for at, cost in rows if isinstance(cost, (int, float))]
+                f"SELECT created, {_field('$.cost')} AS cost, CASE WHEN json_valid(data) THEN NULL ELSE data END"
+                " AS text FROM events WHERE run_id = ? AND (cost IS NOT NULL OR text IS NOT NULL) ORDER BY created",
+                (run_id,)).fetchall()
+        found = []
+        for at, cost, text in rows:
+            if text is not None:  # an older row SQLite cannot read (bare NaN): read here
+                cost = _fields_of(text)[_FACT_PATHS.index("cost")]
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+                found.append((float(at), float(cost)))
+        return found
 
     @_survives_damage
     def last_change(self) -> tuple[int, int, int]:
@@ -1318,10 +1322,48 @@ def _record(db: sqlite3.Connection, rows: Iterable[MetricRow]) -> None:
                    " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
 
-def _series(db: sqlite3.Connection, run_id: str, name: str) -> list[MetricPoint]:
-    return metrics.drawable(MetricPoint(step, value, at) for step, value, at in db.execute(
-        "SELECT step, value, at FROM metrics WHERE run_id = ? AND name = ? AND value IS NOT NULL ORDER BY at, rowid",
-        (run_id, name)))
+def strict_json(value: Any) -> str:
+    """JSON that every reader takes (SQLite's json functions, browsers): a NaN or an
+    infinity (a diverged loss) is written as the text "NaN", "Infinity", "-Infinity"."""
+    try:
+        return json.dumps(value, separators=(",", ":"), default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(metrics.without_nan(value), separators=(",", ":"), default=str, allow_nan=False)
+
+
+def _series(db: sqlite3.Connection, run_id: str, name: str, limit: int) -> list[MetricPoint]:
+    """The series as :func:`metrics.drawable` has it, in at most about ``limit`` points, by
+    step (else by time). A long one is cut into buckets in SQLite itself, each giving the
+    row of its minimum and of its maximum, so a run of a million steps costs no Python
+    loop over them."""
+    where = "run_id = ? AND name = ? AND value IS NOT NULL"
+    count, stepped, low_step, high_step, first_at, last_at = db.execute(
+        f"SELECT COUNT(*), COUNT(step), MIN(step), MAX(step), MIN(at), MAX(at) FROM metrics WHERE {where}",
+        (run_id, name)).fetchone()
+    if not count:
+        return []
+    if stepped:  # points without a step are an event's copy of a value: left out
+        where += " AND step IS NOT NULL"
+        axis, low, high = "step", low_step, high_step
+    else:
+        axis, low, high = "at", first_at, last_at
+    order = f"ORDER BY {axis}, at, rowid"
+    if (stepped or count) <= limit:
+        rows = db.execute(f"SELECT step, value, at FROM metrics WHERE {where} {order}", (run_id, name)).fetchall()
+    else:
+        buckets = max((limit - 2) // 2, 1)
+        width = (high - low) / buckets or 1.0
+        found = set()
+        for pick in ("MIN", "MAX"):  # SQLite: the other columns come from the row of the min/max
+            found.update(db.execute(
+                f"SELECT step, {pick}(value), at FROM metrics WHERE {where}"
+                f" GROUP BY CAST(({axis} - ?) / ? AS INTEGER)", (run_id, name, low, width)).fetchall())
+        for end in ("", " DESC"):
+            found.update(db.execute(f"SELECT step, value, at FROM metrics WHERE {where} ORDER BY {axis}{end},"
+                                    f" at{end} LIMIT 1", (run_id, name)).fetchall())
+        key = (lambda r: (r[0], r[2])) if stepped else (lambda r: (r[2], 0))
+        rows = sorted(found, key=key)
+    return [MetricPoint(step, value, at) for step, value, at in rows]
 
 
 def _with_loss_curve(db: sqlite3.Connection, event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -1335,10 +1377,45 @@ def _with_loss_curve(db: sqlite3.Connection, event: Mapping[str, Any]) -> Mappin
     name = metrics.loss_name(names)
     if name is None:
         return event
-    pairs = metrics.curve_pairs(metrics.downsample(_series(db, run_id, name), metrics.CURVE_POINTS))
+    pairs = metrics.curve_pairs(metrics.downsample(_series(db, run_id, name, metrics.CURVE_POINTS),
+                                                   metrics.CURVE_POINTS))
     if len(pairs) < 2:
         return event
     return {**event, "context": {**context, "loss_curve": pairs}}
+
+
+def _field(path: str) -> str:
+    """SQL for an event's field at ``path``: NULL where the stored text is not valid JSON
+    (older versions stored NaN and Infinity bare), where SQLite's json_extract would fail
+    the whole query."""
+    return f"CASE WHEN json_valid(data) THEN json_extract(data, '{path}') END"
+
+
+#: What a run's summary reads of an event: these fields, then its text where SQLite cannot read it.
+_FACT_PATHS = ("model_name", "source.host", "source.rank", "cost", "context.duration")
+_FACT_COLUMNS = ", ".join([*(_field(f"$.{path}") for path in _FACT_PATHS),
+                           "CASE WHEN json_valid(data) THEN NULL ELSE data END"])
+
+
+def _facts(row: Sequence[Any]) -> tuple[Any, ...]:
+    """(event_type, created, ranks, *fields) from a row selected with ``_FACT_COLUMNS``."""
+    *known, text = row
+    return tuple(known) if text is None else (*known[:3], *_fields_of(text))
+
+
+def _fields_of(text: str) -> tuple[Any, ...]:
+    """``_FACT_PATHS`` of an event SQLite could not read (bare NaN), read as Python reads it."""
+    try:
+        event = json.loads(text)
+    except ValueError:
+        return tuple(None for _ in _FACT_PATHS)
+    found = []
+    for path in _FACT_PATHS:
+        value = event
+        for key in path.split("."):
+            value = value.get(key) if isinstance(value, dict) else None
+        found.append(value if isinstance(value, (str, int, float)) else None)
+    return tuple(found)
 
 
 def _run_summary(run_id: str, started: float, last_seen: float, count: int,
