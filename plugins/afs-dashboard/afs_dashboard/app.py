@@ -9,11 +9,15 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
+import math
+import sqlite3
+import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import attrs
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -29,6 +33,8 @@ from afs_dashboard import security, views
 
 HERE = Path(__file__).resolve().parent
 FLUSH_SECONDS = 10.0
+#: The most digits a count in an outbox note may have (longer: not a count, the note is left out).
+_NOTE_DIGITS = 18
 
 #: What the outbox page says after an action (codes in the address, never free text).
 NOTES = {
@@ -68,11 +74,22 @@ def _when(value: float | None) -> str:
     return dt.datetime.fromtimestamp(value, dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
+def run_url(run_id: object, before: float | None = None) -> str:
+    """A run's page: ``/runs/<id>`` (every character that means something in a path
+    quoted), or ``/run?id=<id>`` for an id no path can carry as it is: one ending in
+    ``.json`` (read as the page's JSON twin), and ``.`` or ``..`` (which browsers take
+    for the folder itself or the one above). ``before``: the events older than that."""
+    text = str(run_id)
+    query = {} if before is None else {"before": repr(float(before))}
+    if text in ("", ".", "..") or text.endswith(".json"):
+        return "/run?" + urlencode({"id": text, **query})
+    return "/runs/" + quote(text, safe="") + ("?" + urlencode(query) if query else "")
+
+
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(HERE / "templates"), autoescape=select_autoescape(default=True),
                       trim_blocks=True, lstrip_blocks=True)
-    env.filters.update(iso=_iso, when=_when, duration=format_duration,
-                       run_url=lambda run_id: "/runs/" + quote(str(run_id), safe=""))
+    env.filters.update(iso=_iso, when=_when, duration=format_duration, run_url=run_url)
     return env
 
 
@@ -82,6 +99,36 @@ def create_app(store: Store, settings: Settings) -> Starlette:
     csrf = security.new_csrf_token()
     built, _ = views.configured_channels(settings.env)
     redact = views.Redactor(views.channel_secrets(built))
+    reopen_lock = threading.Lock()
+
+    def reopen(stale: Store) -> bool:
+        """Open the store file again, making its tables: another process put a file
+        without them in its place (a damaged store replaced while this one read it)."""
+        nonlocal store
+        with reopen_lock:
+            if store is not stale:
+                return True  # another request did it
+            if not isinstance(stale, Store) or stale.path is None or stale.read_only:
+                return False
+            fresh = Store(stale.path, clock=stale.clock, shared_filesystem=stale.shared_filesystem)
+            fresh.location, fresh.lease_seconds = stale.location, stale.lease_seconds
+            store = fresh
+        return True
+
+    def reopening(endpoint: Callable[[Request], Response]) -> Callable[[Request], Response]:
+        """``endpoint``, asked again on the store opened afresh when its tables are gone."""
+
+        @functools.wraps(endpoint)
+        def guarded(request: Request) -> Response:
+            stale = store
+            try:
+                return endpoint(request)
+            except sqlite3.OperationalError as exc:
+                if not str(exc).startswith("no such table") or not reopen(stale):
+                    raise
+            return endpoint(request)
+
+        return guarded
 
     def page(request: Request, template: str, data: dict[str, Any], status: int = 200) -> Response:
         if request.url.path.endswith(".json"):
@@ -100,7 +147,8 @@ def create_app(store: Store, settings: Settings) -> Starlette:
         if code not in NOTES:
             return None
         numbers = {key: int(value) for key in ("id", "went", "total", "dead", "left")
-                   if (value := request.query_params.get(key, "")).isdigit()}
+                   if (value := request.query_params.get(key, "")).isascii() and value.isdigit()
+                   and len(value) <= _NOTE_DIGITS}
         try:
             return NOTES[code].format(**numbers)
         except KeyError:
@@ -113,12 +161,19 @@ def create_app(store: Store, settings: Settings) -> Starlette:
         return page(request, "runs.html", views.runs_page(store, time.time(), settings.quiet_after))
 
     def run(request: Request) -> Response:
-        run_id = request.path_params["run_id"]
-        if request.url.path.endswith(".json"):
-            run_id = run_id[: -len(".json")]
+        if "run_id" in request.path_params:
+            run_id = request.path_params["run_id"]
+            if request.url.path.endswith(".json"):
+                run_id = run_id[: -len(".json")]
+        elif "id" in request.query_params:  # /run?id=..., for any id
+            run_id = request.query_params["id"]
+        else:
+            return PlainTextResponse("id= must name a run", status_code=400)
         try:
             before = float(request.query_params["before"]) if "before" in request.query_params else None
         except ValueError:
+            before = math.nan
+        if before is not None and not math.isfinite(before):
             return PlainTextResponse("before= must be a time in seconds", status_code=400)
         data = views.run_page(store, run_id, time.time(), settings.quiet_after, redact, before=before)
         if data is None:
@@ -165,16 +220,18 @@ def create_app(store: Store, settings: Settings) -> Starlette:
 
     routes = [
         Route("/", home),
-        Route("/runs", runs),
-        Route("/runs.json", runs),
-        Route("/runs/{run_id:path}", run),
-        Route("/outbox", outbox),
-        Route("/outbox.json", outbox),
+        Route("/runs", reopening(runs)),
+        Route("/runs.json", reopening(runs)),
+        Route("/runs/{run_id:path}", reopening(run)),
+        Route("/run", reopening(run)),
+        Route("/run.json", reopening(run)),
+        Route("/outbox", reopening(outbox)),
+        Route("/outbox.json", reopening(outbox)),
         Route("/outbox/{delivery_id:int}/retry", retry, methods=["POST"]),
         Route("/outbox/flush", flush, methods=["POST"]),
-        Route("/channels", channels),
-        Route("/channels.json", channels),
-        Route("/version", version),
+        Route("/channels", reopening(channels)),
+        Route("/channels.json", reopening(channels)),
+        Route("/version", reopening(version)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
     app = Starlette(routes=routes)
@@ -236,9 +293,12 @@ def _retry(store: Store, settings: Settings, delivery_id: int) -> str:
 
 
 def _plain(value: Any) -> Any:
-    """The page's data as JSON: the drawn curves are left out (their points are counted)."""
+    """The page's data as JSON: the drawn curves are left out (their points are counted),
+    and NaN and the infinities, which JSON cannot hold, are written as text."""
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items() if k != "svg"}
     if isinstance(value, (list, tuple)):
         return [_plain(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
     return value

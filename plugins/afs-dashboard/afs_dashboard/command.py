@@ -69,6 +69,8 @@ def serve(args: argparse.Namespace) -> int:
     from afs_dashboard.app import Settings, create_app
 
     store = open_store_taking_journals(args)
+    if store.durable and not store.read_only:
+        store.check()  # a damaged file is set aside now, not found out page by page
     port = sock.getsockname()[1]
     shown_host = f"[{args.host.strip('[]')}]" if ":" in args.host else args.host
     url = f"http://{shown_host}:{port}/"
