@@ -61,3 +61,32 @@ def test_a_plugin_cannot_take_a_core_command(site):
     done = afs("status", "--json", plugins="greedy")
     assert done.returncode == 0 and "channels" in json.loads(done.stdout)
     assert "'status' is already taken by afs-core" in done.stderr
+
+
+def test_a_known_plugin_command_without_its_plugin_says_what_to_install(afs_plugins, capsys, monkeypatch):
+    # afs_plugins: a host without afs-dashboard's command, as where it is not installed.
+    from importlib import metadata
+
+    from afs_core.cli import main
+
+    def not_installed(name):
+        raise metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(metadata, "distribution", not_installed)
+    for argv in (["dashboard"], ["dashboard", "--help"], ["dashboard", "--port", "0"]):
+        assert main(argv) == 2
+        told = capsys.readouterr()
+        assert told.err.strip() == "afs dashboard comes with the afs-dashboard distribution: pip install afs-dashboard"
+        assert told.out == ""
+    assert "invalid choice: 'nope'" in afs("nope", plugins="none").stderr  # any other name: argparse's word
+
+
+def test_a_known_plugin_command_installed_but_not_loaded_says_so(afs_plugins, capsys, monkeypatch):
+    from importlib import metadata
+
+    from afs_core.cli import main
+
+    monkeypatch.setattr(metadata, "distribution", lambda name: object())
+    assert main(["dashboard"]) == 2
+    err = capsys.readouterr().err
+    assert "afs-dashboard distribution, which is installed but was not loaded" in err and "invalid choice" not in err

@@ -13,7 +13,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 from afs_core.cli.common import USAGE, UsageError
-from afs_core.cli.parser import BUILTIN_COMMANDS, build_parser
+from afs_core.cli.parser import BUILTIN_COMMANDS, build_parser, missing_plugin_command
 from afs_core.errors import ConfigurationError, PluginLoadError
 
 if TYPE_CHECKING:
@@ -48,6 +48,10 @@ def _plugin_commands() -> dict[str, CommandSpec]:
 
 def main(argv: Sequence[str] | None = None, prog: str = "afs") -> int:
     plugin_commands = _plugin_commands()
+    missing = missing_plugin_command(sys.argv[1:] if argv is None else argv, prog, plugin_commands)
+    if missing is not None:
+        print(missing, file=sys.stderr)
+        return USAGE
     args = build_parser(prog, plugin_commands).parse_args(argv)
     try:
         if args.command in plugin_commands:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 import re
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from afs_core.cli.common import USAGE
@@ -240,3 +240,23 @@ BUILTIN_COMMANDS = frozenset({
     "status", "complete", "error", "cost-alert", "evaluation", "custom", "run", "history", "outbox", "plugins", "test",
     "init", "store",
 })
+
+#: Commands that plugin distributions add, by the distribution: ``afs NAME`` without it
+#: says what to install, not "invalid choice". Only names: nothing of the plugin is imported.
+PLUGIN_COMMANDS = {"dashboard": "afs-dashboard"}
+
+
+def missing_plugin_command(argv: Sequence[str], prog: str, available: Collection[str]) -> str | None:
+    """What to say when ``argv`` asks for a known plugin's command that is not here (None: it is not that)."""
+    name = next((arg for arg in argv if not arg.startswith("-")), None)
+    if name is None or name not in PLUGIN_COMMANDS or name in available:
+        return None
+    distribution = PLUGIN_COMMANDS[name]
+    from importlib import metadata
+
+    try:
+        metadata.distribution(distribution)
+    except metadata.PackageNotFoundError:
+        return f"{prog} {name} comes with the {distribution} distribution: pip install {distribution}"
+    return (f"{prog} {name} comes with the {distribution} distribution, which is installed but was not loaded "
+            f"(AFS_LOAD_PLUGINS leaves it out, or it failed: {prog} plugins says)")
