@@ -42,6 +42,13 @@ def test_a_wrong_store_url_is_a_configuration_error_at_start(monkeypatch: pytest
         NotificationManager.from_env()
 
 
+def test_a_store_url_without_psycopg_says_which_extra_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as where the [postgres] extra is not installed
+    monkeypatch.setenv("AFS_STORE_URL", "postgresql://afs@db.example.org/afs")
+    with pytest.raises(ConfigurationError, match=r"afs-core\[postgres\]"):
+        NotificationManager.from_env()
+
+
 def test_the_password_of_a_store_url_is_never_shown() -> None:
     from afs_core.delivery.pgstore import redact_url
 
