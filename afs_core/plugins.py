@@ -135,16 +135,14 @@ class PluginHost:
     # -- loading ------------------------------------------------------------------
 
     def _load_entry_points(self, allow: frozenset[str] | None) -> None:
-        from importlib.metadata import entry_points
+        from afs_core.discovery import entry_points  # cached while what is installed is unchanged
 
         seen: set[tuple[str, str]] = set()
-        for ep in entry_points(group=ENTRY_POINT_GROUP):
+        for ep in entry_points(ENTRY_POINT_GROUP):
             if (ep.name, ep.value) in seen:  # the same distribution found twice on sys.path
                 continue
             seen.add((ep.name, ep.value))
-            dist = getattr(ep, "dist", None)
-            dist_name = dist.metadata["Name"] if dist is not None else None
-            version = dist.version if dist is not None else None
+            dist_name, version = ep.dist_name, ep.version
             if allow is not None and ep.name not in allow and dist_name not in allow:
                 logger.debug("plugin %r (%s) not in AFS_LOAD_PLUGINS; skipped", ep.name, dist_name)
                 continue
