@@ -169,6 +169,16 @@ def test_runs_and_a_runs_events_read_the_same_on_both(store: Any) -> None:
     assert store.last_change()[0] >= 1
 
 
+def test_a_diverged_run_is_stored_and_read_back_on_both(store: Any) -> None:
+    store.enqueue(make_event("training_failed", "Training failed", run_id="nan-run", metrics={"loss": float("nan")},
+                             cost=3.5), ["hook"])
+    (entry,) = store.history()
+    assert entry.event["metrics"]["loss"] == "NaN"  # strict JSON: readable by any JSON reader
+    (run,) = store.runs()
+    assert run.state_event == "training_failed" and run.cost == 3.5
+    assert store.run_costs("nan-run")[0][1] == 3.5
+
+
 # -- on PostgreSQL only ---------------------------------------------------------------------------
 
 

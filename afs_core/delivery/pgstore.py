@@ -56,6 +56,7 @@ from afs_core.delivery.store import (
     _owner_is_dead,
     _run_summary,
     _status,
+    strict_json,
 )
 from afs_core.events import NotificationEvent
 from afs_core.results import DeliveryStatus
@@ -375,7 +376,7 @@ class PostgresStore:
              hosts: str | None = None, attempts: Mapping[str, int] | None = None) -> None:
         _record(db, metrics.rows_from_event(event, created))
         event = _with_loss_curve(db, event)
-        data = json.dumps(event, separators=(",", ":"), default=str)
+        data = strict_json(event)  # NaN and Infinity as text, as the SQLite store writes them
         db.execute(
             "INSERT INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, hosts,"
             " model_name, host, rank, cost, duration, data) VALUES"
