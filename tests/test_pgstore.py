@@ -394,3 +394,27 @@ def test_an_unreachable_database_keeps_events_in_the_journal(postgres_server: An
     manager.close(timeout=0.5)
     journal = list((tmp_path / "journal").glob("*.jsonl"))
     assert journal and "kept" in "".join(p.read_text() for p in journal)
+
+
+def test_run_state_on_the_callers_thread_never_waits_on_a_database_that_failed(
+        postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import psycopg
+
+    url = f"postgresql://afs@127.0.0.1:{postgres_server.port + 1}/nowhere"
+    shared = open_store({"AFS_STORE_URL": url, "AFS_HOME": str(tmp_path)})
+    tries: list[dict[str, Any]] = []
+    connect = psycopg.connect
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        tries.append(kwargs)
+        return connect(*args, **kwargs)
+
+    monkeypatch.setattr(psycopg, "connect", counted)
+    with pytest.raises(StoreUnavailable):
+        shared.set_state("cost:r", "1")
+    assert tries[0]["connect_timeout"] == 2 and tries[0]["tcp_user_timeout"] == 30_000
+    started = time.perf_counter()
+    for _ in range(100):  # a monitor saving its state: each raises at once, no new connection
+        with pytest.raises(StoreUnavailable):
+            shared.get_state("cost:r")
+    assert len(tries) == 1 and time.perf_counter() - started < 0.5

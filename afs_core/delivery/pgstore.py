@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import math
+import os
 import threading
 import time
 import urllib.parse
@@ -69,7 +70,12 @@ logger = logging.getLogger("afs.store")
 SCHEMES = ("postgresql", "postgres")
 LEASE_SECONDS = 30.0  # a dead host's deliveries are taken over this long after its last renewal
 RECONNECT_SECONDS = 0.5  # after a failed connection, calls fail at once for this long
-CONNECT_TIMEOUT = 5  # seconds (libpq's connect_timeout), unless the URL says otherwise
+QUICK_RECONNECT_SECONDS = 30.0  # ... and calls on training code's thread (run state) for this long
+CONNECT_TIMEOUT = 5  # seconds (libpq's connect_timeout), unless the URL or PGCONNECT_TIMEOUT says otherwise
+# A server gone in the middle of a query (a network cut) is noticed within about half a
+# minute rather than the operating system's two hours; what the URL sets wins.
+_CONNECTION_DEFAULTS = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
+                        "tcp_user_timeout": 30_000}
 _NOW = "extract(epoch from clock_timestamp())"  # the server's clock, in the store's unit (Unix seconds)
 _MIGRATION_LOCK = 0x41F5_0001  # pg_advisory_xact_lock key: one process migrates at a time
 
@@ -239,12 +245,13 @@ class PostgresStore:
     def _connect(self) -> psycopg.Connection[Any]:
         import psycopg
 
-        if time.monotonic() - self._failed_at < RECONNECT_SECONDS:
-            raise StoreUnavailable(self._failure)
         patience = getattr(self._local, "patience", None)
+        if time.monotonic() - self._failed_at < (QUICK_RECONNECT_SECONDS if patience else RECONNECT_SECONDS):
+            raise StoreUnavailable(self._failure)
         params = urllib.parse.parse_qs(urllib.parse.urlsplit(self.url).query)
         extra: dict[str, Any] = {"application_name": "afs"}
-        if "connect_timeout" not in params:
+        extra.update((name, value) for name, value in _CONNECTION_DEFAULTS.items() if name not in params)
+        if "connect_timeout" not in params and (patience or not os.environ.get("PGCONNECT_TIMEOUT")):
             extra["connect_timeout"] = max(2, math.ceil(patience)) if patience else CONNECT_TIMEOUT
         try:
             db = psycopg.connect(self.url, autocommit=True, **extra)
@@ -288,12 +295,15 @@ class PostgresStore:
 
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
-        """Connections made inside the block give up after about ``seconds`` (libpq waits 2 s at least)."""
+        """Calls inside the block are the caller's (training code's, a command's): a
+        connection gives up after about ``seconds`` (libpq waits 2 s at least), and none
+        is tried for half a minute after one failed (the engine's threads keep trying)."""
+        before = getattr(self._local, "patience", None)
         self._local.patience = seconds
         try:
             yield
         finally:
-            self._local.patience = None
+            self._local.patience = before
 
     def close(self) -> None:
         db = getattr(self._local, "db", None)
@@ -563,18 +573,20 @@ class PostgresStore:
         return removed
 
     def set_state(self, key: str, value: str) -> None:
-        with self._transaction() as db:
+        """Called from training code (a monitor's state): where the database cannot be
+        reached it raises at once (for half a minute after a failed try), never waits."""
+        with self.patience(0.5), self._transaction() as db:
             db.execute("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
                        " DO UPDATE SET value = excluded.value, updated = excluded.updated",
                        (key, value, self.clock.time()))
 
     def get_state(self, key: str) -> str | None:
-        with self._read() as db:
+        with self.patience(0.5), self._read() as db:
             row = db.execute("SELECT value FROM run_state WHERE key = %s", (key,)).fetchone()
         return str(row[0]) if row else None
 
     def forget_state(self, key: str) -> None:
-        with self._transaction() as db:
+        with self.patience(0.5), self._transaction() as db:
             db.execute("DELETE FROM run_state WHERE key = %s", (key,))
 
     def journal_mark(self, name: str) -> int:
