@@ -418,3 +418,23 @@ def test_run_state_on_the_callers_thread_never_waits_on_a_database_that_failed(
         with pytest.raises(StoreUnavailable):
             shared.get_state("cost:r")
     assert len(tries) == 1 and time.perf_counter() - started < 0.5
+
+
+def test_a_process_holds_one_connection_whatever_its_threads(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    from afs_core.plugins import PluginHost
+    from afs_core.testing import RecordingChannel
+
+    shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True), store=shared)
+    for name in ("one", "two", "three"):  # a worker thread each, besides the ingest thread
+        manager.register_channel(name, RecordingChannel())
+    for number in range(20):
+        manager.notify(f"event {number}", "m")
+    assert manager.flush(30)
+    with psycopg.connect(pg_url, autocommit=True) as db:
+        row = db.execute("SELECT COUNT(*) FROM pg_stat_activity WHERE application_name = 'afs'"
+                         " AND datname = current_database()").fetchone()
+    manager.close(timeout=5)
+    assert row is not None and row[0] == 1

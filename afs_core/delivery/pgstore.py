@@ -225,7 +225,12 @@ class PostgresStore:
         self.lease_seconds = lease_seconds or LEASE_SECONDS
         self.journal_directory: Path | None = home / "journal"
         self.location = StoreLocation(None, explicit=True)
-        self._local = threading.local()
+        self._local = threading.local()  # the caller's patience, per thread
+        # One connection per process, one transaction at a time: a 64-node job's hundreds
+        # of processes must not each open a connection per thread (max_connections).
+        self._conn: psycopg.Connection[Any] | None = None
+        self._use = threading.RLock()
+        self._pid = os.getpid()
         self._failed_at = float("-inf")
         self._failure = ""
         # Brought up to date by the first connection (on the engine's threads, never at
@@ -263,35 +268,46 @@ class PostgresStore:
         return db
 
     def _db(self) -> psycopg.Connection[Any]:
-        db: psycopg.Connection[Any] | None = getattr(self._local, "db", None)
+        """This process's connection (made again when lost); called holding ``_use``."""
+        db = self._conn
         if db is None or db.closed:
-            db = self._local.db = self._connect()
+            db = self._conn = self._connect()
         if not self._schema_checked:
             self._ensure_schema(db)
         return db
 
     @contextlib.contextmanager
     def _transaction(self) -> Iterator[psycopg.Cursor[Any]]:
-        """One transaction on this thread's connection; a lost connection is dropped
-        (the next call connects again) and said as StoreUnavailable."""
+        """One transaction on this process's connection, one at a time; a lost
+        connection is dropped (the next call connects again) and said as StoreUnavailable.
+        A caller with patience waits for the connection no longer than that."""
         import psycopg
 
-        db = self._db()
+        if self._pid != os.getpid():  # a forked child: the parent's connection and lock are not its own
+            self._conn, self._use, self._pid = None, threading.RLock(), os.getpid()
+        patience = getattr(self._local, "patience", None)
+        if not self._use.acquire(timeout=-1 if patience is None else max(patience, 0.0)):
+            raise StoreUnavailable("the store's connection stayed busy with this process's other work")
         try:
-            with db.transaction(), db.cursor() as cursor:
-                yield cursor
-        except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-            self._drop(db)
-            raise StoreUnavailable(f"the database did not answer: {_short(exc)}") from None
-        except psycopg.Error as exc:
-            raise StoreError(f"the database refused: {_short(exc)}") from None
+            db = self._db()
+            try:
+                with db.transaction(), db.cursor() as cursor:
+                    yield cursor
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                self._drop(db)
+                raise StoreUnavailable(f"the database did not answer: {_short(exc)}") from None
+            except psycopg.Error as exc:
+                raise StoreError(f"the database refused: {_short(exc)}") from None
+        finally:
+            self._use.release()
 
     _read = _transaction
 
     def _drop(self, db: psycopg.Connection[Any]) -> None:
         with contextlib.suppress(Exception):
             db.close()
-        self._local.db = None
+        if self._conn is db:
+            self._conn = None
 
     @contextlib.contextmanager
     def patience(self, seconds: float) -> Iterator[None]:
@@ -306,9 +322,9 @@ class PostgresStore:
             self._local.patience = before
 
     def close(self) -> None:
-        db = getattr(self._local, "db", None)
-        if db is not None:
-            self._drop(db)
+        with self._use:
+            if self._conn is not None and self._pid == os.getpid():
+                self._drop(self._conn)
 
     def check(self) -> bool:
         """PostgreSQL keeps its own files whole; nothing to check here."""
