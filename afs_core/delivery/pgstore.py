@@ -78,6 +78,7 @@ _CONNECTION_DEFAULTS = {"keepalives_idle": 10, "keepalives_interval": 5, "keepal
                         "tcp_user_timeout": 30_000}
 _NOW = "extract(epoch from clock_timestamp())"  # the server's clock, in the store's unit (Unix seconds)
 _MIGRATION_LOCK = 0x41F5_0001  # pg_advisory_xact_lock key: one process migrates at a time
+_PRUNE_LOCK = 0x41F5_0002  # ... and one prunes: every process of every host prunes hourly
 
 # Each step takes the schema from the version before it; applied in order, each in its
 # own transaction with its version, never edited once released.
@@ -580,6 +581,9 @@ class PostgresStore:
         cutoff = self.clock.time() - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
         with self._transaction() as db:
+            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK})").fetchone()
+            if not row or not row[0]:
+                return 0  # another process is pruning the same history right now
             db.execute("DELETE FROM metrics WHERE at < %s", (cutoff,))
             db.execute("DELETE FROM metrics WHERE seq <= (SELECT seq FROM metrics ORDER BY seq DESC LIMIT 1"
                        " OFFSET %s)", (max_metrics,))
