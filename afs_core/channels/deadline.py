@@ -28,11 +28,15 @@ class _Watchdog:
 
     def watch(self, deadline: Deadline) -> None:
         with self._condition:
+            # The thread sleeps until the nearest deadline: woken only when this one is
+            # nearer (not once per request: requests with one timeout come in order).
+            nearer = not self._heap or deadline.expires_at < self._heap[0][0]
             heapq.heappush(self._heap, (deadline.expires_at, next(self._counter), deadline))
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="afs-deadlines", daemon=True)
                 self._thread.start()
-            self._condition.notify()
+            elif nearer:
+                self._condition.notify()
 
     def _run(self) -> None:
         while True:

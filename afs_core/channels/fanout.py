@@ -60,8 +60,10 @@ def deliver_to_each(
                 if target in receipts:
                     done.append(target)
                 channel.memory.set(memory_key, json.dumps({"done": done, "refused": refused}))
+    many = len(targets) > 1  # one target: nothing was kept (its retry is the whole event's)
     if not waiting and not refused:
-        channel.memory.set(memory_key, None)
+        if many:
+            channel.memory.set(memory_key, None)
         return receipts
     failures = {**refused, **{target: exc.reason for target, exc in waiting.items()}}
     said = "; ".join(f"{label(target)}: {reason}" for target, reason in failures.items())
@@ -69,6 +71,7 @@ def deliver_to_each(
     if waiting:
         hints = [exc.retry_after for exc in waiting.values() if exc.retry_after is not None]
         raise TransientDeliveryError(f"{said}{got}", retry_after=max(hints) if hints else None)
-    channel.memory.set(memory_key, None)
+    if many:
+        channel.memory.set(memory_key, None)
     raise PermanentDeliveryError(f"{said}{got}")
 
