@@ -438,3 +438,28 @@ def test_a_process_holds_one_connection_whatever_its_threads(pg_url: str, tmp_pa
                          " AND datname = current_database()").fetchone()
     manager.close(timeout=5)
     assert row is not None and row[0] == 1
+
+
+def test_a_journal_a_killed_process_left_goes_into_the_shared_store_once(pg_url: str, tmp_path: Path) -> None:
+    """The next process on the same host takes it in, from the mark this host's journal
+    files have in the database (named per host: pids repeat across machines)."""
+    from afs_core.plugins import PluginHost
+    from afs_core.source import host_name
+    from afs_core.testing import RecordingChannel
+
+    journal = tmp_path / "journal"
+    journal.mkdir()
+    events = [make_event(title=f"left {n}", run_id=f"left-{n}") for n in range(3)]
+    (journal / f"{host_name()}-999999-1.jsonl").write_text(
+        "".join(json.dumps({"event": e.to_dict(), "channels": ["rec"], "at": time.time()}) + "\n" for e in events))
+    delivered: list[str] = []
+    for _ in range(2):  # a second process finds nothing more to take
+        shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+        manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True), store=shared)
+        channel = RecordingChannel()
+        manager.register_channel("rec", channel)
+        assert manager.flush(30)
+        manager.close(timeout=5)
+        delivered += [str(message) for message in channel.messages]
+    assert len(delivered) == 3 and all(any(f"left {n}" in m for m in delivered) for n in range(3))
+    assert not list(journal.glob("*999999*"))
