@@ -59,6 +59,7 @@ BATCH_SECONDS = 0.005  # after moving events it waits this long, so a burst goes
 PRUNE_SECONDS = 3600.0
 METRICS_HELD = 200_000  # log_metrics calls waiting for the ingest thread, at most
 FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
+FLUSH_LOOK_SECONDS = 0.02  # ...and at most this often
 STORE_ERRORS = (sqlite3.Error, OSError)  # a full disk, a busy or unreadable store
 
 
@@ -729,6 +730,10 @@ class DeliveryEngine:
             with self._lock:
                 self._wake(list(self._workers))
             clock.wait(self.progress, FLUSH_POLL_SECONDS if remaining is None else min(remaining, FLUSH_POLL_SECONDS))
+            # Progress comes with every batch a worker records; counting what is left
+            # after each would cost the workers' store and CPU more than the flush needs.
+            clock.wait(self._stopping, FLUSH_LOOK_SECONDS if remaining is None
+                       else min(max(remaining, 0.0), FLUSH_LOOK_SECONDS))
 
     def _say_left(self, left: PendingSummary, *, timed_out: bool) -> None:
         if timed_out:
