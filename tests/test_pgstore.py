@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from afs_core import NotificationManager
+from afs_core.delivery.pgstore import MIGRATIONS, SCHEMA_VERSION
 from afs_core.delivery.store import Store, StoreUnavailable, open_store
 from afs_core.errors import ConfigurationError
 from afs_core.results import DeliveryStatus
@@ -185,8 +186,20 @@ def test_a_diverged_run_is_stored_and_read_back_on_both(store: Any) -> None:
 def test_the_schema_is_versioned_and_migrated_by_hand(pg_url: str, tmp_path: Path) -> None:
     shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
     info = shared.info()  # type: ignore[attr-defined]
-    assert info["backend"] == "postgresql" and info["schema_version"] == 1
+    assert info["backend"] == "postgresql" and info["schema_version"] == SCHEMA_VERSION
     assert shared.migrate() == []  # type: ignore[attr-defined]
+
+
+def test_a_database_of_an_earlier_version_is_migrated_step_by_step(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as db:  # as the first release left it
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+        db.execute(MIGRATIONS[0].encode())
+        db.execute("INSERT INTO schema_version VALUES (1, 0)")
+    shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    assert shared.migrate() == list(range(2, SCHEMA_VERSION + 1))  # type: ignore[attr-defined]
+    assert shared.throttle("slack", "epoch_completed", "r", 60.0) == (True, 0)  # type: ignore[attr-defined]
 
 
 def test_afs_store_commands_on_a_shared_database(pg_url: str, monkeypatch: pytest.MonkeyPatch,
@@ -195,10 +208,10 @@ def test_afs_store_commands_on_a_shared_database(pg_url: str, monkeypatch: pytes
 
     monkeypatch.setenv("AFS_STORE_URL", pg_url)
     assert main(["store", "migrate", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["applied"] == [1]
+    assert json.loads(capsys.readouterr().out)["applied"] == list(range(1, SCHEMA_VERSION + 1))
     assert main(["store", "info", "--json"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["backend"] == "postgresql" and info["schema_version"] == 1 and info["url"] == pg_url
+    assert info["backend"] == "postgresql" and info["schema_version"] == SCHEMA_VERSION and info["url"] == pg_url
     assert main(["history"]) == 0 and main(["outbox"]) == 0 and main(["status"]) == 0
     assert "postgresql" in capsys.readouterr().out
 
@@ -463,3 +476,18 @@ def test_a_journal_a_killed_process_left_goes_into_the_shared_store_once(pg_url:
         delivered += [str(message) for message in channel.messages]
     assert len(delivered) == 3 and all(any(f"left {n}" in m for m in delivered) for n in range(3))
     assert not list(journal.glob("*999999*"))
+
+
+def test_a_runs_repeats_are_held_back_across_hosts_and_told_once(pg_url: str, tmp_path: Path) -> None:
+    """Two processes deliver one run's epochs to one channel: one goes out per window,
+    whichever process claims it, and the next one (or a closing digest) tells of the rest."""
+    from afs_core.delivery.policy import Throttle
+    from afs_core.events import EventType
+
+    stores = [open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path / name)}) for name in ("a", "b")]
+    throttles = [Throttle(60.0, {EventType.EPOCH_COMPLETED}) for _ in stores]
+    epochs = [make_event(EventType.EPOCH_COMPLETED, f"epoch {n}", run_id="r") for n in range(6)]
+    sent = [throttles[n % 2].check(event, store=stores[n % 2], channel="slack") for n, event in enumerate(epochs)]
+    assert [send for send, _ in sent] == [True, False, False, False, False, False]
+    assert throttles[0].pending_digests(stores[0], "slack") == [(EventType.EPOCH_COMPLETED, "r", 5)]
+    assert throttles[1].pending_digests(stores[1], "slack") == []  # told once, by whichever closed first

@@ -307,7 +307,8 @@ class _Worker(threading.Thread):
                          "held back by this channel's level or event-type settings")
             return None
         # Only a first attempt is judged: a retry is the same event, not a repeat of it.
-        send, digest = self.throttle.check(event, self.clock.monotonic()) if item.attempts == 0 else (True, None)
+        send, digest = self.throttle.check(event, self.clock.monotonic(), store=store, channel=self.channel_name) \
+            if item.attempts == 0 else (True, None)
         if not send:
             self._finish(store, item, DeliveryStatus.FILTERED, "throttled: a repeat within the window")
             return None
@@ -803,7 +804,7 @@ class DeliveryEngine:
             workers = list(self._workers.values())
         sent = 0
         for worker in workers:
-            for event_type, run_id, count in worker.throttle.pending_digests():
+            for event_type, run_id, count in worker.throttle.pending_digests(self.store, worker.channel_name):
                 label = event_type.value.replace("_", " ")
                 summary = NotificationEvent(
                     event_type, f"{count} more '{label}' held back", f"{count} more '{label}' events were not sent "

@@ -157,6 +157,18 @@ MIGRATIONS: tuple[str, ...] = (
         stamp DOUBLE PRECISION NOT NULL
     );
     """,
+    # 2: repeats held back by any process of a run, counted once for the digest.
+    """
+    CREATE TABLE throttle (
+        channel TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        last_sent DOUBLE PRECISION NOT NULL,
+        held INTEGER NOT NULL DEFAULT 0,
+        told INTEGER NOT NULL DEFAULT 0,
+        PRIMARY KEY (channel, event_type, run_id)
+    );
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -630,6 +642,32 @@ class PostgresStore:
                 {"target": target, "burst": float(burst), "rate": float(per_second)}).fetchone()
         tokens = float(row[0]) if row else 0.0
         return 0.0 if tokens >= 0 else -tokens / per_second
+
+    def throttle(self, channel: str, event_type: str, run_id: str, window: float) -> tuple[bool, int]:
+        """Whether a repeat of (event type, run) goes to ``channel`` now, for every
+        process on this database: (send, how many were held back before it). Decided in
+        one statement on the server's clock, so two hosts never both send within the window."""
+        now = "extract(epoch from now())"  # one value within the statement
+        due = f"{now} - t.last_sent >= %(w)s"
+        with self._transaction() as db:
+            row = db.execute(  # SET reads the row as it was: ``told`` keeps the count the send tells of
+                "INSERT INTO throttle AS t (channel, event_type, run_id, last_sent, held, told)"
+                f" VALUES (%(c)s, %(t)s, %(r)s, {now}, 0, 0) ON CONFLICT (channel, event_type, run_id) DO UPDATE SET"
+                f" held = CASE WHEN {due} THEN 0 ELSE t.held + 1 END,"
+                f" told = CASE WHEN {due} THEN t.held ELSE t.told END,"
+                f" last_sent = CASE WHEN {due} THEN {now} ELSE t.last_sent END"
+                f" RETURNING t.last_sent = {now}, t.told",
+                {"c": channel, "t": event_type, "r": run_id, "w": window}).fetchone()
+        assert row is not None
+        return bool(row[0]), int(row[1])
+
+    def take_held(self, channel: str, event_type: str, run_id: str) -> int:
+        """How many repeats are held back with no digest yet, now taken (a closing summary)."""
+        with self._transaction() as db:
+            row = db.execute(
+                "UPDATE throttle SET told = held, held = 0 WHERE channel = %(c)s AND event_type = %(t)s"
+                " AND run_id = %(r)s RETURNING told", {"c": channel, "t": event_type, "r": run_id}).fetchone()
+        return int(row[0]) if row and row[0] is not None else 0
 
     # -- reading ---------------------------------------------------------------------------
 

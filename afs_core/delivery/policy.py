@@ -9,9 +9,11 @@ Errors and critical events are never throttled.
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 import time
 from collections.abc import Collection, Mapping
+from typing import Any
 
 import attrs
 
@@ -92,8 +94,16 @@ class ChannelPolicy:
         return event.event_type not in self.exclude
 
 
+_SHARED_ERRORS = (sqlite3.Error, OSError)  # a store that cannot answer now: this process decides alone
+
+
 class Throttle:
-    """Per channel: holds back repeats of the same (type, run) within the window."""
+    """Per channel: holds back repeats of the same (type, run) within the window.
+
+    Given a store that shares the counts (``store``, ``channel``), the window and the
+    number held back are those of every process on it: a run's repeats are held back
+    whichever host's worker claims them, and one digest tells of them all.
+    """
 
     def __init__(self, window: float, throttled: Collection[EventType]) -> None:
         self.window = window
@@ -102,13 +112,23 @@ class Throttle:
         self._last: dict[tuple[EventType, str | None], float] = {}
         self._held: dict[tuple[EventType, str | None], int] = {}
 
-    def check(self, event: NotificationEvent, now: float | None = None) -> tuple[bool, str | None]:
+    def check(self, event: NotificationEvent, now: float | None = None, *, store: Any = None,
+              channel: str = "") -> tuple[bool, str | None]:
         """(send?, digest): the digest says how many were held back since the last one."""
         if (self.window <= 0 or event.event_type not in self.throttled or event.level >= NotificationLevel.ERROR
                 or "held_back" in event.context):  # a digest is never held back itself
             return True, None
         now = time.monotonic() if now is None else now
         key = (event.event_type, event.run_id)
+        shared = self._shared(store, channel, event)
+        if shared is not None:
+            send, held = shared
+            with self._lock:  # which keys this process saw held back, for its closing digests
+                if send:
+                    self._held.pop(key, None)
+                else:
+                    self._held[key] = self._held.get(key, 0) + 1
+            return send, (self._digest(event.event_type, held) if send and held else None)
         with self._lock:
             last = self._last.get(key)
             if last is not None and now - last < self.window:
@@ -118,11 +138,36 @@ class Throttle:
             held = self._held.pop(key, 0)
         if not held:
             return True, None
-        label = event.event_type.value.replace("_", " ")
-        return True, f"and {held} more '{label}' in the last {format_duration(self.window)}"
+        return True, self._digest(event.event_type, held)
 
-    def pending_digests(self) -> list[tuple[EventType, str | None, int]]:
-        """Held-back counts not yet reported by a later event (for a closing summary)."""
+    def _digest(self, event_type: EventType, held: int) -> str:
+        label = event_type.value.replace("_", " ")
+        return f"and {held} more '{label}' in the last {format_duration(self.window)}"
+
+    def _shared(self, store: Any, channel: str, event: NotificationEvent) -> tuple[bool, int] | None:
+        shares = getattr(store, "throttle", None)
+        if shares is None:
+            return None
+        try:
+            found: tuple[bool, int] | None = shares(channel, event.event_type.value, event.run_id or "", self.window)
+        except _SHARED_ERRORS:
+            return None
+        return found
+
+    def pending_digests(self, store: Any = None, channel: str = "") -> list[tuple[EventType, str | None, int]]:
+        """Held-back counts not yet reported by a later event (for a closing summary);
+        with a store that shares them, the count every process held back, taken once."""
         with self._lock:
             held, self._held = self._held, {}
-        return [(event_type, run_id, count) for (event_type, run_id), count in held.items() if count]
+        take = getattr(store, "take_held", None)
+        digests = []
+        for (event_type, run_id), count in held.items():
+            if take is not None:
+                try:
+                    shared: int | None = take(channel, event_type.value, run_id or "")
+                except _SHARED_ERRORS:
+                    shared = None
+                count = count if shared is None else shared  # 0: a later event, anywhere, told of them
+            if count:
+                digests.append((event_type, run_id, count))
+        return digests

@@ -553,6 +553,14 @@ class Store:
         """Pacing shared with other processes: None here, each worker paces itself."""
         return None
 
+    def throttle(self, channel: str, event_type: str, run_id: str, window: float) -> tuple[bool, int] | None:
+        """Throttle counts shared with other processes: None here, each worker keeps its own."""
+        return None
+
+    def take_held(self, channel: str, event_type: str, run_id: str) -> int | None:
+        """See :meth:`throttle`: None here."""
+        return None
+
     # -- connections ---------------------------------------------------------------
 
     def _create(self) -> None:
