@@ -409,6 +409,30 @@ def test_an_unreachable_database_keeps_events_in_the_journal(postgres_server: An
     assert journal and "kept" in "".join(p.read_text() for p in journal)
 
 
+def test_a_long_outage_costs_no_more_memory_than_one_read_of_the_journal(postgres_server: Any, tmp_path: Path) -> None:
+    """While the database is away, what the engine read waits in memory and every later
+    event stays in the journal on disk, however long the outage lasts."""
+    url = f"postgresql://afs@127.0.0.1:{postgres_server.port + 1}/nowhere?connect_timeout=2"
+    from afs_core.plugins import PluginHost
+    from afs_core.testing import RecordingChannel
+
+    manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True),
+                                  store=open_store({"AFS_STORE_URL": url, "AFS_HOME": str(tmp_path)}))
+    manager.register_channel("recording", RecordingChannel())
+    engine = manager._get_engine()
+    for wave in range(5):  # five waves, several of the ingest thread's tries apart
+        for i in range(40):
+            manager.notify("wave", f"{wave}/{i}")
+        deadline = time.monotonic() + 10
+        while not engine._waiting and time.monotonic() < deadline:
+            time.sleep(0.02)
+        time.sleep(0.6)
+        assert 0 < len(engine._waiting) <= 40  # the first read waits; the rest is on disk
+    manager.close(timeout=0.5)
+    kept = "".join(p.read_text() for p in (tmp_path / "journal").glob("*.jsonl"))
+    assert all(f"4/{i}" in kept for i in range(40))
+
+
 def test_run_state_on_the_callers_thread_never_waits_on_a_database_that_failed(
         postgres_server: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import psycopg

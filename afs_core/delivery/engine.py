@@ -593,8 +593,12 @@ class DeliveryEngine:
         if not taken:
             return False
         try:
-            rows, self._metrics_waiting = self._metrics_waiting + self._take_metrics(), []
-            records = self.journal.read_new() if self.journal is not None else []
+            # While the store takes nothing (busy, or a database away), what was read waits
+            # in memory and the rest stays where it is (the journal on disk, the bounded
+            # metrics queue): memory does not grow with the length of the outage.
+            rows, self._metrics_waiting = self._metrics_waiting or self._take_metrics(), []
+            reading = self.journal is not None and not self._waiting
+            records = self.journal.read_new() if reading and self.journal is not None else []
             held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
             self._waiting = []
             self._moved += len(records) + len(held)
