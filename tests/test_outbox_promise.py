@@ -351,4 +351,3 @@ def test_history_pruned_by_another_process_is_not_sent_again_after_a_kill(runs, 
     after = runs.python(FLUSH.format(timeout=30), runs.env(webhook_server.url + "/hook"))
     assert after.stdout.split()[0] == "True"
     assert sorted(ids(webhook_server)) == sorted(accepted)  # the killed run's journal brought none back
-
