@@ -8,13 +8,14 @@ reserved on disk first (``posix_fallocate``), so a full disk is an error when a 
 is opened, never a SIGBUS while writing into it; where that cannot be reserved (no
 room, a file system or platform without it) the file is appended to with ``write()``.
 A mapped file is cut to its lines when it is let go; one whose process was killed
-ends in NUL bytes, the room never written, which a reader leaves out. A background thread moves lines into the
-SQLite store and acknowledges them once the store holds them durably; only then is
-a file let go. The writer holds a lock on its file for as long as it lives, so a
-journal whose lock can be taken belongs to a process that is gone (whatever its
-pid says inside another container), and whoever comes next moves its lines.
-Moving is idempotent (events and deliveries are keyed), so a line read twice does
-no harm.
+ends in NUL bytes, the room never written, which a reader leaves out.
+
+A background thread moves lines into the store and acknowledges them once the store
+holds them durably; only then is a file let go. The writer holds a lock on its file
+for as long as it lives, so a journal whose lock can be taken belongs to a process
+that is gone (whatever its pid says inside another container), and whoever comes
+next moves its lines. Moving is idempotent (events and deliveries are keyed), so a
+line read twice does no harm.
 """
 
 from __future__ import annotations
