@@ -72,8 +72,11 @@ def rows_from_entries(entries: Iterable[MetricEntry]) -> list[MetricRow]:
 def as_number(value: Any) -> float | None:
     """``value`` as a float when it is a real number (NumPy and framework scalars too), else
     None; also None for one too large for a float (10**400): skipped, never an error."""
+    kind = type(value)
+    if kind is float:  # nearly every value: no ABC check
+        return value  # type: ignore[no-any-return]
     try:
-        if isinstance(value, bool):
+        if kind is bool:
             return None
         if isinstance(value, numbers.Real):
             return float(value)
@@ -92,8 +95,9 @@ _STEP_RANGE = range(-(2**63), 2**63)  # what SQLite's INTEGER holds
 
 def as_step(value: Any) -> int | None:
     """``value`` as a step when it is an integer SQLite can hold, else None (no step)."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        return None
+    if type(value) is not int:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            return None
     step = int(value)
     return step if step in _STEP_RANGE else None
 
