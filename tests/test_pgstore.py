@@ -515,3 +515,129 @@ def test_a_runs_repeats_are_held_back_across_hosts_and_told_once(pg_url: str, tm
     assert [send for send, _ in sent] == [True, False, False, False, False, False]
     assert throttles[0].pending_digests(stores[0], "slack") == [(EventType.EPOCH_COMPLETED, "r", 5)]
     assert throttles[1].pending_digests(stores[1], "slack") == []  # told once, by whichever closed first
+
+
+# -- found by trying to break it -----------------------------------------------------------
+
+
+def _manager_on(url: str, home: Path) -> tuple[NotificationManager, Any]:
+    from afs_core.plugins import PluginHost
+    from afs_core.testing import RecordingChannel
+
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True),
+                                  store=open_store({"AFS_STORE_URL": url, "AFS_HOME": str(home)}))
+    manager.register_channel("recording", channel)
+    return manager, channel
+
+
+def test_a_nul_character_in_a_title_or_a_metric_name_is_stored_not_refused(pg_url: str, tmp_path: Path) -> None:
+    manager, channel = _manager_on(pg_url, tmp_path)
+    manager.log_metrics(step=1, run_id="r-nul", **{"lo\x00ss": 1.0})
+    for title in ("before", "bad\x00title", "after"):
+        manager.notify(title, "x", run_id="r-nul")
+    assert manager.flush(30)
+    manager.close(timeout=5)
+    assert len(channel.messages) == 3
+    store = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    assert sorted(e.title for e in store.history(run_id="r-nul")) == ["after", "bad\ufffdtitle", "before"]
+    assert list(store.metric_series("r-nul")) == ["lo\ufffdss"]
+
+
+def test_a_read_only_database_keeps_events_in_the_journal_and_they_go_out_once(
+        pg_url: str, postgres_server: Any, tmp_path: Path) -> None:
+    """A standby during a failover refuses writes: sending from memory then would send
+    them again once the journal goes in. They wait, and go out once."""
+    import psycopg
+
+    database = pg_url.rsplit("/", 1)[1]
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+    first, first_channel = _manager_on(pg_url, tmp_path)
+    for title in "abc":
+        first.notify(title, "x", run_id="r-ro")
+    assert first.flush(2) is False
+    first.close(timeout=1)
+    with psycopg.connect(postgres_server.url(), autocommit=True) as admin:
+        admin.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = off')
+    second, second_channel = _manager_on(pg_url, tmp_path)
+    assert second.flush(30)
+    second.close(timeout=5)
+    assert first_channel.messages == [] and len(second_channel.messages) == 3
+
+
+SKEWED_PRUNE = """
+import sys, time
+real = time.time
+time.time = lambda: real() + 40 * 86400  # this host's clock: 40 days ahead
+from afs_core.delivery.store import open_store
+store = open_store({"AFS_STORE_URL": sys.argv[1], "AFS_HOME": sys.argv[2]})
+print(store.prune(max_age=30 * 86400))
+"""
+
+
+def test_a_host_whose_clock_is_ahead_prunes_no_one_elses_history(pg_url: str, tmp_path: Path) -> None:
+    manager, _ = _manager_on(pg_url, tmp_path / "good")
+    for i in range(5):
+        manager.notify(f"kept {i}", "x", run_id="r-kept")
+    assert manager.flush(30)
+    manager.close(timeout=5)
+    done = subprocess.run([sys.executable, "-c", SKEWED_PRUNE, pg_url, str(tmp_path / "skewed")],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.strip() == "0", done.stderr
+    store = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    assert len(store.history(run_id="r-kept")) == 5
+
+
+def test_training_code_waits_on_a_locked_table_no_longer_than_its_patience(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    store = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    store.set_state("cost:r", "1")  # connected, schema in place
+    with psycopg.connect(pg_url) as other:
+        other.execute("LOCK TABLE run_state IN ACCESS EXCLUSIVE MODE")  # held until this block ends
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable):
+            store.get_state("cost:r")
+        assert time.monotonic() - started < 5  # its patience is half a second; the lock lasts the block
+        other.rollback()
+
+
+def test_a_password_given_as_a_query_parameter_is_never_shown() -> None:
+    from afs_core.delivery.pgstore import redact_url
+
+    shown = redact_url("postgresql://sec@db.example:5432/team?sslmode=require&password=S3cr3tPW")
+    assert "S3cr3tPW" not in shown and "password=***" in shown and "sslmode=require" in shown
+    assert "S3cr3tPW" not in redact_url("postgresql://sec:S3cr3tPW@[::1/team")
+
+
+SKEWED_SEND = """
+import sys, time
+real = time.time
+time.time = lambda: real() + float(sys.argv[3])  # this host's clock, off by that much
+from afs_core import NotificationManager
+from afs_core.delivery.store import open_store
+from afs_core.plugins import PluginHost
+from afs_core.testing import RecordingChannel
+channel = RecordingChannel()
+manager = NotificationManager(plugins=PluginHost(load_entry_points=False, strict=True),
+                              store=open_store({"AFS_STORE_URL": sys.argv[1], "AFS_HOME": sys.argv[2]}))
+manager.register_channel("recording", channel)
+for i in range(3):
+    manager.notify(f"skewed {i}", "x", run_id="r-skew")
+print(manager.flush(10), len(channel.messages))
+manager.close(timeout=1)
+"""
+
+
+@pytest.mark.parametrize("skew", [120.0, -600.0])
+def test_a_host_whose_clock_is_off_sends_at_once_on_the_servers_time(pg_url: str, tmp_path: Path,
+                                                                      skew: float) -> None:
+    done = subprocess.run([sys.executable, "-c", SKEWED_SEND, pg_url, str(tmp_path), str(skew)],
+                          capture_output=True, text=True, timeout=60)
+    assert done.stdout.split() == ["True", "3"], done.stderr
+    import psycopg
+
+    with psycopg.connect(pg_url) as db:  # stored in the server's time, not the host's
+        (created,) = db.execute("SELECT max(created) - extract(epoch from clock_timestamp()) FROM events").fetchone()
+    assert abs(created) < 30

@@ -473,6 +473,8 @@ class DeliveryEngine:
         if channels:
             self._trackers[event.event_id] = tracker
             record: dict[str, Any] = {"event": event.to_dict(), "channels": list(channels), "at": self.clock.time()}
+            if not getattr(self.clock, "aligned", True):  # a shared store's clock, not yet measured
+                record["unaligned"] = True
             if merge is not None:
                 record.update(merge=merge, not_before=record["at"] + ranks.MERGE_HOLD)
             if self.journal is None:
@@ -704,7 +706,6 @@ class DeliveryEngine:
             return False  # left to the parent, once this process has exited
         clock = self.clock
         deadline = None if timeout is None else clock.monotonic() + timeout
-        due_by = None if timeout is None else clock.time() + timeout
         took_orphans = False
         while True:
             self.progress.clear()
@@ -715,6 +716,9 @@ class DeliveryEngine:
             try:
                 with self.store.patience(patience):
                     took_orphans = self.ingest(orphans=not took_orphans, wait=False) or took_orphans
+                    # Taken after the ingest: a shared store's clock is set from its server
+                    # once connected, and the first ingest may be what connects.
+                    due_by = None if remaining is None else clock.time() + max(remaining, 0.0)
                     left = self.pending(due_by)
             except STORE_ERRORS as exc:
                 if not _busy(exc):  # waiting would not make it readable

@@ -72,6 +72,8 @@ LEASE_SECONDS = 30.0  # a dead host's deliveries are taken over this long after 
 RECONNECT_SECONDS = 0.5  # after a failed connection, calls fail at once for this long
 QUICK_RECONNECT_SECONDS = 30.0  # ... and calls on training code's thread (run state) for this long
 CONNECT_TIMEOUT = 5  # seconds (libpq's connect_timeout), unless the URL or PGCONNECT_TIMEOUT says otherwise
+LOCK_TIMEOUT_MS = 2_000  # a lock held elsewhere longer than this: "busy", tried again (unless options= says)
+STATEMENT_TIMEOUT_MS = 60_000  # ... and a statement running longer than this
 # A server gone in the middle of a query (a network cut) is noticed within about half a
 # minute rather than the operating system's two hours; what the URL sets wins.
 _CONNECTION_DEFAULTS = {"keepalives_idle": 10, "keepalives_interval": 5, "keepalives_count": 3,
@@ -178,10 +180,19 @@ def is_store_url(url: str) -> bool:
 
 
 def redact_url(url: str) -> str:
-    """``url`` without its password, for logs and ``afs store info``."""
-    parts = urllib.parse.urlsplit(url.strip())
+    """``url`` without its password (``user:password@`` or libpq's ``?password=``), for
+    logs and ``afs store info``."""
+    try:
+        parts = urllib.parse.urlsplit(url.strip())
+    except ValueError:
+        return "a postgresql:// URL that cannot be read"
+    if parts.query:
+        query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+        if any(name.lower() == "password" for name, _ in query):
+            hidden = [(name, "***" if name.lower() == "password" else value) for name, value in query]
+            parts = parts._replace(query=urllib.parse.urlencode(hidden, safe="*"))
     if parts.password is None:
-        return url.strip()
+        return urllib.parse.urlunsplit(parts)
     netloc = parts.netloc.rsplit("@", 1)
     user = netloc[0].split(":", 1)[0]
     return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[1]}"))
@@ -234,7 +245,9 @@ class PostgresStore:
                  lease_seconds: float | None = None) -> None:
         check_url(url)
         self.url = url.strip()
-        self.clock = clock
+        # Every host's times (created, due, the merge window, the prune cutoff) are the
+        # server's: a host whose clock is off neither delays nor prunes the others' events.
+        self.clock: Clock = ServerClock() if clock is SYSTEM_CLOCK else clock
         self.lease_seconds = lease_seconds or LEASE_SECONDS
         self.journal_directory: Path | None = home / "journal"
         self.location = StoreLocation(None, explicit=True)
@@ -271,8 +284,15 @@ class PostgresStore:
         extra.update((name, value) for name, value in _CONNECTION_DEFAULTS.items() if name not in params)
         if "connect_timeout" not in params and (patience or not os.environ.get("PGCONNECT_TIMEOUT")):
             extra["connect_timeout"] = max(2, math.ceil(patience)) if patience else CONNECT_TIMEOUT
+        if "options" not in params and not os.environ.get("PGOPTIONS"):
+            # A lock another session holds (or a query that hangs) must not hold a worker, a
+            # command or training code's thread for as long as it lasts: it is "busy".
+            extra["options"] = f"-c lock_timeout={LOCK_TIMEOUT_MS} -c statement_timeout={STATEMENT_TIMEOUT_MS}"
         try:
             db = psycopg.connect(self.url, autocommit=True, **extra)
+            _text_without_nul(db)
+            if isinstance(self.clock, ServerClock):
+                self.clock.set_from(db)
         except psycopg.Error as exc:
             self._failed_at = time.monotonic()
             self._failure = f"the database {redact_url(self.url)} cannot be reached: {_short(exc)}"
@@ -302,15 +322,21 @@ class PostgresStore:
         if not self._use.acquire(timeout=-1 if patience is None else max(patience, 0.0)):
             raise StoreUnavailable("the store's connection stayed busy with this process's other work")
         try:
-            db = self._db()
+            try:
+                db = self._db()
+            except psycopg.Error as exc:  # the schema could not be checked or brought up to date
+                raise _refused(exc, "the store's schema could not be checked") from None
             try:
                 with db.transaction(), db.cursor() as cursor:
+                    if patience is not None:  # the caller's thread waits on a lock no longer than that
+                        cursor.execute(f"SET LOCAL lock_timeout = {max(int(patience * 1000), 1)}")
                     yield cursor
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
-                self._drop(db)
+                if not _passing(exc):
+                    self._drop(db)
                 raise StoreUnavailable(f"the database did not answer: {_short(exc)}") from None
             except psycopg.Error as exc:
-                raise StoreError(f"the database refused: {_short(exc)}") from None
+                raise _refused(exc, "the database refused") from None
         finally:
             self._use.release()
 
@@ -442,12 +468,12 @@ class PostgresStore:
                joined: dict[str, str] | None = None, *, metric_rows: Iterable[MetricRow] = ()) -> set[str]:
         """Move journal records into the database, as :meth:`Store.ingest` does (idempotent;
         ranks' failures joined across hosts; ``marks`` kept per host)."""
-        now = self.clock.time()
         touched: set[str] = set()
         if joined is not None:
             joined.clear()
         rows = list(metric_rows)
         with self._transaction() as db:
+            now = self.clock.time()  # connected: the server's time
             _record(db, rows)
             if marks:
                 db.executemany(
@@ -465,11 +491,16 @@ class PostgresStore:
                     event = record.get("event") or {}
                     channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
                     at = float(record.get("at", now))
+                    # Stamped before this host knew the server's time (or by a clock ahead of
+                    # it): taken as accepted now, its due time and merge window moved along.
+                    shift = now - at if record.get("unaligned") or at > now + 1.0 else 0.0
+                    at += shift
                     attempts = record.get("attempts")
                     for field in ("event_id", "event_type", "level", "title"):
                         if not isinstance(event[field], str):
                             raise TypeError(field)
                     key, since, rank = _merge_of(record)
+                    since += shift
                     host = _host_of(event)
                     if key is not None and db.execute("SELECT 1 FROM events WHERE event_id = %s",
                                                       (event["event_id"],)).fetchone() is None:
@@ -478,7 +509,8 @@ class PostgresStore:
                             if joined is not None:
                                 joined[event["event_id"]] = into
                             continue
-                    self._put(db, event, channels, created=at, not_before=float(record.get("not_before") or at),
+                    self._put(db, event, channels, created=at,
+                              not_before=float(record.get("not_before") or at - shift) + shift,
                               updated=now, attempts=attempts if isinstance(attempts, dict) else None, dedup_key=key,
                               ranks=None if key is None or rank is None else str(rank),
                               hosts=None if key is None else host)
@@ -590,12 +622,12 @@ class PostgresStore:
 
     def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000,
               max_metrics: int = 1_000_000) -> int:
-        cutoff = self.clock.time() - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
         with self._transaction() as db:
-            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK})").fetchone()
+            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK}), {_NOW} - %s", (max_age,)).fetchone()
             if not row or not row[0]:
                 return 0  # another process is pruning the same history right now
+            cutoff = float(row[1])  # the server's clock: a host whose clock is ahead prunes nothing early
             db.execute("DELETE FROM metrics WHERE at < %s", (cutoff,))
             db.execute("DELETE FROM metrics WHERE seq <= (SELECT seq FROM metrics ORDER BY seq DESC LIMIT 1"
                        " OFFSET %s)", (max_metrics,))
@@ -805,6 +837,59 @@ class PostgresStore:
                 " JOIN deliveries d ON d.id = a.delivery_id JOIN events e ON e.event_id = d.event_id"
                 " WHERE a.outcome IN ('retry', 'dead') ORDER BY a.at DESC LIMIT %s", (limit,)).fetchall()
         return [ChannelFailure(*row) for row in rows]
+
+
+class ServerClock(Clock):
+    """The database server's wall clock, as this host's clock plus the offset measured at
+    each connection (half the round trip taken off); the host's own until connected."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+        self.aligned = False  # what the engine stamps before then is moved at ingest
+
+    def time(self) -> float:
+        return time.time() + self.offset
+
+    def set_from(self, db: psycopg.Connection[Any]) -> None:
+        before = time.time()
+        row = db.execute(f"SELECT {_NOW}").fetchone()
+        after = time.time()
+        if row and row[0] is not None:
+            self.offset = float(row[0]) - (before + after) / 2
+            self.aligned = True
+
+
+def _text_without_nul(db: psycopg.Connection[Any]) -> None:
+    """PostgreSQL's text holds no NUL character: one in a title or a metric's name (which
+    SQLite stores) is written as U+FFFD, so its event is stored rather than refused."""
+    from psycopg.types.string import StrBinaryDumper, StrDumperUnknown
+
+    class Text(StrDumperUnknown):
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+    class BinaryText(StrBinaryDumper):
+        def dump(self, obj: str) -> Any:
+            return super().dump(obj.replace("\x00", "\ufffd") if "\x00" in obj else obj)
+
+    db.adapters.register_dumper(str, Text)
+    db.adapters.register_dumper(str, BinaryText)
+
+
+# SQLSTATEs that pass: a read-only database (a standby during failover), a role not yet
+# granted what it needs, a lock or statement timeout. Waited out like a server away: the
+# events wait in the journal (sending them from memory would send them twice later).
+_PASSING = frozenset({"25006", "42501", "55P03", "57014", "57P01", "57P03"})
+
+
+def _passing(exc: BaseException) -> bool:
+    return getattr(exc, "sqlstate", None) in _PASSING
+
+
+def _refused(exc: BaseException, doing: str) -> StoreError | StoreUnavailable:
+    if _passing(exc):
+        return StoreUnavailable(f"{doing}: {_short(exc)}")
+    return StoreError(f"{doing}: {_short(exc)}")
 
 
 def _short(exc: BaseException) -> str:

@@ -27,7 +27,7 @@ from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, R
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from afs_core.delivery.store import Store
+from afs_core.delivery.store import Store, StoreUnavailable
 from afs_core.formatting import format_duration
 from afs_dashboard import security, views
 
@@ -234,10 +234,19 @@ def create_app(store: Store, settings: Settings) -> Starlette:
         Route("/version", reopening(version)),
         Mount("/static", StaticFiles(directory=HERE / "static"), name="static"),
     ]
-    app = Starlette(routes=routes)
+    app = Starlette(routes=routes, exception_handlers={StoreUnavailable: _store_away})
     allowed = {*security.LOOPBACK_NAMES, settings.bound_host.lower()} if settings.loopback_only else None
     app.add_middleware(security.Guard, token=settings.token, allowed_hosts=allowed)
     return app
+
+
+async def _store_away(request: Request, exc: Exception) -> Response:
+    """The store cannot be reached now (a database server restarting): say so, and the
+    page's script tries again, rather than an error page."""
+    text = f"The store cannot be reached now: {exc}. This page tries again shortly."
+    if request.url.path.endswith(".json") or request.url.path == "/version":
+        return JSONResponse({"error": text}, status_code=503, headers={"Retry-After": "5"})
+    return PlainTextResponse(text, status_code=503, headers={"Retry-After": "5"})
 
 
 def _open_manager(settings: Settings, channel: str | None) -> Any:

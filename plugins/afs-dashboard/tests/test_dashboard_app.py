@@ -142,3 +142,18 @@ def test_a_channel_not_configured_names_the_setting_it_misses(store, afs_plugins
         keyed = next(c for c in web.get("/channels.json").json()["channels"] if c["name"] == "keyed")
         assert keyed["state"] == "not configured" and keyed["missing"] == ["KEYED_TOKEN"]
         assert "missing: KEYED_TOKEN" in web.get("/channels").text
+
+
+def test_a_store_that_cannot_be_reached_is_a_503_that_says_so(store, monkeypatch):
+    """A shared database restarting: the page says the store is away and the script tries
+    again, rather than an error page."""
+    from afs_core.delivery.store import StoreUnavailable
+
+    def away(*args, **kwargs):
+        raise StoreUnavailable("the database postgresql://afs@db/team cannot be reached")
+
+    monkeypatch.setattr(store, "runs", away)
+    for path in ("/runs", "/runs.json"):
+        answer = client(store).get(path)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert "cannot be reached" in answer.text
