@@ -133,11 +133,14 @@ def classify_status(
     status: int, reason: str, *, retry_after: float | None = None
 ) -> DeliveryError | None:
     """``None`` for success; otherwise the error: 408, 429 and 5xx are transient,
-    every other 4xx (and anything unexpected) permanent."""
+    every other 4xx (and anything unexpected) permanent; a 3xx is a redirect, never
+    followed (the event would go where the settings did not say)."""
     if 200 <= status < 300:
         return None
     if status in (408, 429) or status >= 500:
         return TransientDeliveryError(f"HTTP {status}: {reason}", retry_after=retry_after)
+    if 300 <= status < 400:
+        return PermanentDeliveryError(f"HTTP {status}: {reason} (a redirect, not followed)")
     return PermanentDeliveryError(f"HTTP {status}: {reason}")
 
 
