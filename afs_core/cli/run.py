@@ -99,6 +99,7 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
                 target.flush()
             except (BrokenPipeError, OSError, ValueError):
                 reader_gone = True
+                _let_go_of(target)
         lines = (partial + chunk[-(LINE_KEEP * 64):]).split(b"\n")
         partial = lines.pop()[-LINE_KEEP * 4:]
         with lock:
@@ -106,6 +107,23 @@ def _pump(source: IO[bytes], target: Any, tail: collections.deque[str], lock: th
     if partial:
         with lock:
             tail.append(partial.decode("utf-8", "replace"))
+
+
+def _let_go_of(target: Any) -> None:
+    """Our reader is gone: what is left in ``target``'s buffer would fail again when the
+    interpreter flushes it at exit (exit status 120). Its descriptor is pointed at the
+    null device, so that flush succeeds and the command's own exit status stands."""
+    try:
+        fd = target.fileno()
+        null = os.open(os.devnull, os.O_WRONLY)
+    except (OSError, ValueError, AttributeError):
+        return
+    try:
+        os.dup2(null, fd)
+    except OSError:
+        pass
+    finally:
+        os.close(null)
 
 
 def run_watched(
