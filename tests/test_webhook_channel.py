@@ -193,3 +193,121 @@ def test_an_http_url_is_split_after_its_spaces_go():
                                                                                    "/hook", "q=1")
     with pytest.raises(ConfigurationError, match="X_URL must start with https:// and name a host$"):
         parse_http_url("mailto:a@b.example", setting="X_URL")
+
+
+# -- the connection: kept alive, made anew when the server let it go ---------------------
+
+def test_sends_share_one_kept_alive_connection_until_the_server_says_close(acme, webhook_server, make_event):
+    for _ in range(3):
+        assert send_now(acme, make_event()).delivered
+    ports = [request.client_port for request in webhook_server.received]
+    assert len(set(ports)) == 1  # one TCP connection for the three requests
+    webhook_server.respond(status=200, body="ok", headers={"Connection": "close"})
+    assert send_now(acme, make_event()).delivered
+    assert send_now(acme, make_event()).delivered
+    assert webhook_server.received[4].client_port != ports[0]  # the closed one was not used again
+
+
+def test_a_connection_the_server_dropped_while_idle_is_made_anew_not_a_failure(make_event):
+    """A keep-alive server that closes an idle connection (without saying so first):
+    the next send must see that before it writes, not fail on the dead socket."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+    port = listener.getsockname()[1]
+    seen: list[int] = []
+    answer = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+
+    def serve() -> None:
+        for _ in range(2):  # two connections, one request each, each closed after its answer
+            connection, (_, peer_port) = listener.accept()
+            with connection:
+                connection.settimeout(10)
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    data += connection.recv(65536)
+                head, _, body = data.partition(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length")))
+                while len(body) < length:
+                    body += connection.recv(65536)
+                connection.sendall(answer)
+                seen.append(peer_port)
+
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
+    channel = Acme.from_env({"ACME_WEBHOOK_URL": f"http://127.0.0.1:{port}/hook/{TOKEN}", "ACME_TIMEOUT": "5"})
+    try:
+        assert send_now(channel, make_event()).delivered
+        deadline = time.monotonic() + 5
+        while len(seen) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.05)  # the server's close has reached this side
+        outcome = send_now(channel, make_event())
+        assert outcome.delivered, outcome.error
+        server.join(timeout=5)
+        assert len(seen) == 2 and seen[0] != seen[1]
+    finally:
+        channel.close()
+        listener.close()
+
+
+def test_sends_from_several_threads_at_once_each_get_their_answer(acme, webhook_server, make_event):
+    """The training thread's direct sends and a worker may post at the same moment:
+    they never share one connection (their answers would cross)."""
+    import threading
+
+    outcomes = []
+
+    def send(count: int) -> None:
+        for _ in range(count):
+            outcomes.append(send_now(acme, make_event()))
+
+    threads = [threading.Thread(target=send, args=(15,)) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(outcomes) == 60 and all(outcome.delivered for outcome in outcomes)
+    assert len(webhook_server.received) == 60
+
+
+def test_https_checks_the_certificate_and_keeps_the_tls_connection(make_event, monkeypatch):
+    """Over https the server's certificate is checked (here signed by a CA the
+    system does not know: refused, nothing sent); trusted, two sends share one
+    TLS connection."""
+    import ssl
+
+    import trustme
+
+    from afs_core.channels import http as afs_http
+    from afs_core.testing.loopback import WebhookServer
+
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server = WebhookServer()
+    server._server.socket = server_context.wrap_socket(server._server.socket, server_side=True)
+    server.start()
+    url = server.url.replace("http://", "https://")
+    try:
+        channel = Acme.from_env({"ACME_WEBHOOK_URL": f"{url}/hook/{TOKEN}", "ACME_TIMEOUT": "5"})
+        refused = send_now(channel, make_event())
+        channel.close()
+        assert not refused.delivered and "TLS handshake failed" in refused.error and TOKEN not in refused.error
+        assert server.received == []
+
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        monkeypatch.setattr(afs_http, "_tls_context", trusting)
+        channel = Acme.from_env({"ACME_WEBHOOK_URL": f"{url}/hook/{TOKEN}", "ACME_TIMEOUT": "5"})
+        try:
+            assert send_now(channel, make_event()).delivered
+            assert send_now(channel, make_event()).delivered
+        finally:
+            channel.close()
+        assert len(server.received) == 2 and server.received[0].client_port == server.received[1].client_port
+    finally:
+        server.stop()

@@ -209,7 +209,7 @@ def test_the_engine_asks_once_when_refused_and_keeps_no_secret(ntfy, server, afs
     history = [json.dumps(entry._asdict(), default=str) for entry in store.history()]
     files = [path.read_bytes().decode("utf-8", "replace") for path in tmp_path.glob("afs.db*")]
     no_secret(caplog.text, dead.last_error, *history, *files)
-    assert "POST / HTTP/1.1" in caplog.text  # urllib3 logged the request: the check saw it
+    assert "POST / HTTP/1.1" in caplog.text  # the request line was logged: the check saw it
 
 
 # -- through the command line -----------------------------------------------------------

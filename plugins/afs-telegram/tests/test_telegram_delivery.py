@@ -196,7 +196,7 @@ def test_the_token_is_in_no_log_line_error_or_answer(telegram, server, make_even
     server.respond(bot_answer(401, f"Unauthorized: token {telegram.token.reveal()} is wrong"))
     with caplog.at_level(logging.DEBUG):
         outcome = send_now(telegram, make_event())
-    assert "sendMessage" in caplog.text and "POST /***/sendMessage" in caplog.text  # urllib3's line, masked
+    assert "sendMessage" in caplog.text and "POST /***/sendMessage" in caplog.text  # the request line, masked
     no_secret(caplog.text, outcome.error, repr(telegram), telegram.describe())
 
 

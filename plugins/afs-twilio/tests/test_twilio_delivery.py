@@ -324,7 +324,7 @@ def test_secrets_never_reach_logs_errors_or_history(twilio, webhook_server, afs_
     assert_no_secret(repr(records))
     for path in tmp_path.glob("afs.db*"):
         assert_no_secret(path.read_bytes().decode("latin-1"))
-    assert "/2010-04-01/Accounts/" in caplog.text  # urllib3 did log the request line
+    assert "/2010-04-01/Accounts/" in caplog.text  # the request line was logged
 
 
 def test_a_secret_echoed_across_the_quotes_cut_is_masked_before_the_cut(twilio, webhook_server, make_event):
