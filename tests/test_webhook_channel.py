@@ -311,3 +311,47 @@ def test_https_checks_the_certificate_and_keeps_the_tls_connection(make_event, m
         assert len(server.received) == 2 and server.received[0].client_port == server.received[1].client_port
     finally:
         server.stop()
+
+
+def test_a_proxy_from_the_environment_carries_the_request(make_event, monkeypatch):
+    """HTTP_PROXY set: the request goes to the proxy (absolute URL, urllib3's proxy
+    pools), not to the host; nothing listens there."""
+    from afs_core.testing.loopback import WebhookServer
+
+    for name in ("no_proxy", "NO_PROXY", "http_proxy", "https_proxy", "all_proxy", "ALL_PROXY", "HTTPS_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    proxy = WebhookServer().start()
+    monkeypatch.setenv("HTTP_PROXY", proxy.url)
+    channel = Acme.from_env({"ACME_WEBHOOK_URL": f"http://127.0.0.1:9/hook/{TOKEN}", "ACME_TIMEOUT": "5"})
+    try:
+        assert send_now(channel, make_event()).delivered
+        assert [request.path for request in proxy.received] == [f"/hook/{TOKEN}"]
+    finally:
+        channel.close()
+        proxy.stop()
+
+
+def test_a_direct_send_imports_neither_urllib3_nor_requests(webhook_server, tmp_path):
+    """The first delivery runs on the training process's GIL: with no proxy set it
+    loads http.client and ssl only."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from afs_core import send_now\n"
+        "from afs_core.events import NotificationEvent, EventType\n"
+        "import test_webhook_channel as t\n"
+        f"channel = t.Acme.from_env({{'ACME_WEBHOOK_URL': '{webhook_server.url}/hook/x', 'ACME_TIMEOUT': '5'}})\n"
+        "event = NotificationEvent(EventType.TRAINING_COMPLETED, 'title', 'message')\n"
+        "assert send_now(channel, event).delivered\n"
+        "print(sorted(name for name in ('urllib3', 'requests') if name in sys.modules))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
+    env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])
+    done = subprocess.run([sys.executable, "-c", code], env=env, cwd=tmp_path, capture_output=True, text=True,
+                          timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
+    assert len(webhook_server.received) == 1

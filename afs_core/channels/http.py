@@ -5,35 +5,36 @@ connection and then dribbles a byte a second could hold a send forever. Here a
 watchdog shuts the request's socket when the deadline passes. A URL reached
 directly is posted over one kept-alive ``http.client`` connection per host: the
 delivery thread spends less than half the time per request that urllib3's pools
-cost it, and every microsecond there is taken from the training loop's GIL. A URL
-behind a proxy (from the environment, as ``requests`` finds it) goes through
-urllib3's proxy pools. Needs ``requests``, which the HTTP channel distributions
-declare; ``import afs_core`` never loads it.
+cost it, and every microsecond there is taken from the training loop's GIL; nor does
+the first send import urllib3 and ``requests`` (40 ms, on the same GIL). A URL
+behind a proxy goes through urllib3's proxy pools (:mod:`afs_core.channels.proxied`,
+loaded only then), with the proxy ``requests`` would find for it.
 """
 
 from __future__ import annotations
 
 import http.client
 import logging
+import os
 import select
 import socket
 import ssl
+import sys
 import threading
 import urllib.parse
 from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import certifi
-import requests
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from afs_core.channels.deadline import Deadline
 from afs_core.channels.webhook import encode_json
 from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
+
+if TYPE_CHECKING:
+    from afs_core.channels.proxied import ProxiedPools
 
 _current = threading.local()
 logger = logging.getLogger("afs.http")
@@ -61,7 +62,9 @@ _scrubber = _ScrubSecrets()
 logging.getLogger("urllib3.connectionpool").addFilter(_scrubber)
 
 
-class _WatchedMixin:
+class WatchedMixin:
+    """For a connection class: the request's deadline watches its socket."""
+
     def _attach(self) -> None:
         deadline = getattr(_current, "deadline", None)
         if deadline is not None:
@@ -77,19 +80,11 @@ class _WatchedMixin:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _HTTPConnection(_WatchedMixin, HTTPConnection):
+class _Direct(WatchedMixin, http.client.HTTPConnection):
     pass
 
 
-class _HTTPSConnection(_WatchedMixin, HTTPSConnection):
-    pass
-
-
-class _Direct(_WatchedMixin, http.client.HTTPConnection):
-    pass
-
-
-class _DirectTLS(_WatchedMixin, http.client.HTTPSConnection):
+class _DirectTLS(WatchedMixin, http.client.HTTPSConnection):
     pass
 
 
@@ -157,27 +152,6 @@ def _target(url: str) -> _Target:
     return _Target(tls, parts.hostname, parts.port or (443 if tls else 80), path)
 
 
-class _HTTPPool(HTTPConnectionPool):
-    ConnectionCls = _HTTPConnection
-
-
-class _HTTPSPool(HTTPSConnectionPool):
-    ConnectionCls = _HTTPSConnection
-
-
-_POOLS = {"http": _HTTPPool, "https": _HTTPSPool}
-
-
-def _pool_manager(proxy: str | None) -> urllib3.PoolManager:
-    """Connection pools whose connections the deadline watches; certificates checked
-    against certifi's bundle, as ``requests`` does."""
-    options: dict[str, Any] = {"num_pools": 2, "maxsize": 4, "retries": False, "cert_reqs": "CERT_REQUIRED",
-                               "ca_certs": certifi.where()}
-    manager = urllib3.ProxyManager(proxy, **options) if proxy else urllib3.PoolManager(**options)
-    manager.pool_classes_by_scheme = _POOLS
-    return manager
-
-
 @attrs.frozen
 class HttpAnswer:
     """What the service answered: status, headers (case-insensitive) and body text."""
@@ -198,23 +172,20 @@ class WebhookSession:
         _scrubber.secrets.update(s for s in secrets if s)
         self._headers = {"User-Agent": user_agent, "Content-Type": "application/json; charset=utf-8"}
         # Reading proxy settings on every request costs a millisecond: the proxy (or
-        # none) is looked up once per URL, and each proxy has its own pools.
-        self._managers: dict[str | None, urllib3.PoolManager] = {}
+        # none) is looked up once per URL.
         self._proxy_of: dict[str, str | None] = {}
+        self._proxied: ProxiedPools | None = None
         self._targets: dict[str, _Target] = {}
         self._direct: dict[tuple[bool, str, int], http.client.HTTPConnection] = {}
 
     def _proxy(self, url: str) -> str | None:
         if url not in self._proxy_of:
-            scheme = urllib.parse.urlsplit(url).scheme.lower()
-            self._proxy_of[url] = requests.utils.get_environ_proxies(url).get(scheme) or None
+            proxy = None
+            if _may_have_proxies():
+                from afs_core.channels.proxied import environ_proxy
+                proxy = environ_proxy(url, urllib.parse.urlsplit(url).scheme.lower())
+            self._proxy_of[url] = proxy
         return self._proxy_of[url]
-
-    def _manager(self, proxy: str) -> urllib3.PoolManager:
-        manager = self._managers.get(proxy)
-        if manager is None:
-            manager = self._managers[proxy] = _pool_manager(proxy)
-        return manager
 
     def post_json(self, url: str, payload: Mapping[str, Any], *, timeout: float,
                   headers: Mapping[str, str] | None = None) -> HttpAnswer:
@@ -232,17 +203,20 @@ class WebhookSession:
                 if proxy is None:
                     answer = self._post_direct(url, body, sent, timeout)
                 else:
-                    response = self._manager(proxy).urlopen(
-                        "POST", url, body=body, headers=sent, redirect=False, retries=False,
-                        timeout=urllib3.Timeout(connect=timeout, read=timeout), preload_content=True)
-                    answer = HttpAnswer(response.status, response.headers, _text(response.headers, response.data))
-            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
-                if deadline.expired:
-                    raise late from None
-                raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
-            except ValueError:  # an answer (or a URL) that cannot be read
-                raise PermanentDeliveryError("the answer could not be read (a redirect to an unreadable "
-                                             "location?); not followed") from None
+                    if self._proxied is None:
+                        from afs_core.channels.proxied import ProxiedPools
+                        self._proxied = ProxiedPools()
+                    answer = self._proxied.post(proxy, url, body, dict(sent), timeout)
+            except Exception as exc:
+                failures: tuple[type[BaseException], ...] = (http.client.HTTPException, OSError, *_proxy_errors())
+                if isinstance(exc, failures):
+                    if deadline.expired:
+                        raise late from None
+                    raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
+                if isinstance(exc, ValueError):  # an answer (or a URL) that cannot be read
+                    raise PermanentDeliveryError("the answer could not be read (a redirect to an unreadable "
+                                                 "location?); not followed") from None
+                raise
             finally:
                 _current.deadline = None
         if deadline.expired:
@@ -280,17 +254,31 @@ class WebhookSession:
         if logger.isEnabledFor(logging.DEBUG):  # the path holds a webhook's token: masked
             logger.debug("%s:%s \"POST %s HTTP/1.1\" %s %s", target.host, target.port,
                          scrub(target.path, _scrubber.secrets), response.status, len(data))
-        return HttpAnswer(response.status, _Headers(response.headers), _text(response.headers, data))
+        return HttpAnswer(response.status, _Headers(response.headers), answer_text(response.headers, data))
 
     def close(self) -> None:
-        for manager in self._managers.values():
-            manager.clear()
+        if self._proxied is not None:
+            self._proxied.close()
         for connection in self._direct.values():
             connection.close()
         self._direct.clear()
 
 
-def _text(headers: Any, data: bytes) -> str:
+def _may_have_proxies() -> bool:
+    """False when no proxy can apply: on Linux and the like, proxies come from the
+    environment alone (macOS and Windows have system settings: always asked)."""
+    if sys.platform in ("darwin", "win32"):
+        return True
+    return any(name.lower() in ("http_proxy", "https_proxy", "all_proxy") for name in os.environ)
+
+
+def _proxy_errors() -> tuple[type[BaseException], ...]:
+    """urllib3's errors, where a proxied request loaded it (nothing to catch otherwise)."""
+    proxied = sys.modules.get("afs_core.channels.proxied")
+    return proxied.ERRORS if proxied is not None else ()
+
+
+def answer_text(headers: Any, data: bytes) -> str:
     """The body as text: in the charset the answer names, else UTF-8 (what JSON is)."""
     charset = None
     for part in (headers.get("Content-Type") or "").split(";")[1:]:
@@ -304,22 +292,16 @@ def _text(headers: Any, data: bytes) -> str:
 
 
 def _describe(exc: BaseException) -> str:
-    # requests' messages quote the URL path (which holds the token): name the
+    # urllib3's messages quote the URL path (which holds the token): name the
     # failure by its class and leave the detail to the channel's secret scrubbing.
+    proxied = sys.modules.get("afs_core.channels.proxied")
     kinds: dict[type[BaseException], str] = {
-        # NewConnectionError is a ConnectTimeoutError in urllib3 2: asked first.
-        urllib3.exceptions.NewConnectionError: "could not connect",
-        urllib3.exceptions.ConnectTimeoutError: "connect timed out",
-        urllib3.exceptions.ReadTimeoutError: "read timed out",
-        urllib3.exceptions.SSLError: "TLS handshake failed",
+        **(proxied.KINDS if proxied is not None else {}),
         ssl.SSLError: "TLS handshake failed",
         ConnectionRefusedError: "could not connect",
         TimeoutError: "timed out",
         http.client.RemoteDisconnected: "the connection was closed before an answer",
         http.client.HTTPException: "the answer could not be read",
-        urllib3.exceptions.ProxyError: "could not connect through the proxy",
-        urllib3.exceptions.ProtocolError: "could not connect",
-        urllib3.exceptions.NameResolutionError: "could not connect",
         socket.gaierror: "could not connect",
         ConnectionError: "could not connect",
     }
