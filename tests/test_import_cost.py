@@ -1,5 +1,6 @@
 """``import afs_core`` stays light: no HTTP client, no plugin, nothing a script does not use."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -43,3 +44,14 @@ def test_loading_every_installed_plugin_does_not_import_an_http_client():
     modules = {m.split(".")[0] for m in run_probe()["after_notify"]}
     assert "pluggy" in modules
     assert not modules & {"requests", "urllib3", "matplotlib"}
+
+
+def test_the_first_notify_loads_nothing_its_event_does_not_need():
+    """Start-up to the first notify() with the four first channels' plugins loaded (none
+    configured): no socket, TLS, hashing, SMTP or HTML modules; those load on a send."""
+    modules = run_probe(AFS_LOAD_PLUGINS="desktop,email,slack,discord")["after_notify"]
+    assert "afs_core.delivery.engine" in modules  # the probe really started the engine
+    installed = {name for name in ("afs_desktop", "afs_email", "afs_slack", "afs_discord")
+                 if importlib.util.find_spec(name) is not None}
+    assert installed <= {name.split(".")[0] for name in modules}  # each one installed was loaded
+    assert not {"socket", "ssl", "hashlib", "hmac", "secrets", "smtplib", "html", "http.client"} & set(modules)

@@ -143,7 +143,7 @@ class _Worker(threading.Thread):
         per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
         self.lease = max(engine.store.lease_seconds or LEASE_SECONDS,
                          3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
-        self.pace_target = pace_target(name, channel)
+        self._pace_target: str | None = None  # hashed on first use: hashlib loads OpenSSL (3 ms)
         self._done: list[_Done] = []
 
     def run(self) -> None:
@@ -262,8 +262,10 @@ class _Worker(threading.Thread):
     def _pace(self, store: Store) -> bool:
         limit = self.pacer.limit
         if limit is not None:
+            if self._pace_target is None:
+                self._pace_target = pace_target(self.channel_name, self.channel)
             try:  # a store shared with other processes paces this target for all of them
-                shared = store.reserve(self.pace_target, limit.per_second, limit.burst)
+                shared = store.reserve(self._pace_target, limit.per_second, limit.burst)
             except STORE_ERRORS:
                 shared = None  # unreachable for now: this worker paces itself
             if shared is not None:

@@ -9,8 +9,8 @@ message with a picture (the loss curve) as multipart/form-data.
 
 from __future__ import annotations
 
+import os
 import re
-import secrets
 import urllib.parse
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -220,7 +220,7 @@ def form_data(payload: Mapping[str, Any], files: Sequence[tuple[str, str, bytes]
     """The multipart/form-data body of a message with files, and its Content-Type, as
     Discord's docs ask: the JSON as ``payload_json``, file ``n`` as ``files[n]`` (its
     ``attachments`` entry has ``id`` n)."""
-    boundary = f"afs-{secrets.token_hex(16)}"  # 128 random bits: no file will hold it by chance
+    boundary = f"afs-{os.urandom(16).hex()}"  # 128 random bits: no file will hold it by chance
     parts = [(b'name="payload_json"', "application/json", encode_json(payload))]
     for index, (name, content_type, data) in enumerate(files):
         parts.append((f'name="files[{index}]"; filename="{name}"'.encode("ascii"), content_type, data))

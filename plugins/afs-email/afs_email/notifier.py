@@ -16,7 +16,6 @@ import attrs
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
 from afs_core.channels import Setting, seconds, text_list, whole_number
-from afs_core.channels.deadline import Deadline
 from afs_core.config import check_timeout
 from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
@@ -24,10 +23,12 @@ from afs_core.formatting import one_line, strip_control
 from afs_core.redaction import Secret
 from afs_email.report import EmailReport
 
-if TYPE_CHECKING:  # smtplib and ssl load on the first send: start-up stays fast
+if TYPE_CHECKING:  # smtplib, ssl and socket load on the first send: start-up stays fast
     import smtplib
     import ssl
     from email.message import EmailMessage
+
+    from afs_core.channels.deadline import Deadline
 
 DEFAULT_TIMEOUT = 10.0
 TLS_MODES = ("starttls", "implicit", "off")
@@ -183,6 +184,8 @@ class EmailNotifier(SendsDirectly, Channel):
     def deliver(self, message: Any) -> None:
         import smtplib
 
+        from afs_core.channels.deadline import Deadline
+
         email_message = self._message(message)
         batch: _Batch | None = getattr(self._local, "batch", None)
         with Deadline(self.timeout) as deadline:
@@ -228,6 +231,8 @@ class EmailNotifier(SendsDirectly, Channel):
         finally:
             self._local.batch = None
             if batch.smtp is not None:
+                from afs_core.channels.deadline import Deadline
+
                 with Deadline(min(self.timeout, 5.0)) as deadline:
                     deadline.attach(batch.smtp)
                     self._quit(batch.smtp)

@@ -10,7 +10,6 @@ and a line of text in both parts.
 from __future__ import annotations
 
 import datetime as dt
-import html
 from typing import TYPE_CHECKING
 
 import attrs
@@ -113,6 +112,8 @@ def _html(
     event: NotificationEvent, rows: list[tuple[str, str]], error: str, traceback: str, *, summary: str | None = None,
     cid: str = "",
 ) -> str:
+    import html  # on the first email only: html.entities takes 3 ms to load
+
     e = lambda value: html.escape(strip_control(value), quote=True)  # noqa: E731
     colour = COLOURS[event.level]
     cell = "padding:6px 12px;border-bottom:1px solid #eaeef2;font-size:14px;"
