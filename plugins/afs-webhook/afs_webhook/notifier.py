@@ -194,11 +194,18 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
     def secrets(self) -> Iterable[str]:
         # The channel's declared settings, but not WebhookChannel's own reading of the
         # first URL, which would mask its last path segment even when it is a word
-        # ("/in"): each endpoint says which parts of its URL are secret.
+        # ("/in"): each endpoint says which parts of its URL are secret. Worked out
+        # once for these settings (a delivery asks up to three times).
+        basis = (self.secret, self.headers, self.endpoints)
+        cached = getattr(self, "_secrets_for", None)
+        if cached is not None and cached[0] == basis:
+            return list(cached[1])
         found = list(super(WebhookChannel, self).secrets())
         for endpoint in self.endpoints:
             found += endpoint.secrets()
         secret = self.secret.reveal()
         found += [secret, secret[len(SECRET_PREFIX):]]
         found += header_secrets(self.headers)
-        return list(dict.fromkeys(s for s in found if s))
+        result = list(dict.fromkeys(s for s in found if s))
+        self._secrets_for = (basis, tuple(result))
+        return result
