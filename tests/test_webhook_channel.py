@@ -355,3 +355,170 @@ def test_a_direct_send_imports_neither_urllib3_nor_requests(webhook_server, tmp_
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
     assert len(webhook_server.received) == 1
+
+
+class RawServer:
+    """A loopback server that answers each request with bytes of the test's choosing
+    (``answers``: one callable per request, given the socket), one request per
+    connection unless the answer keeps it; records each request's line and port."""
+
+    def __init__(self, *answers):
+        import socket
+        import threading
+
+        self.answers = list(answers)
+        self.seen: list[tuple[str, int]] = []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(10)
+        self.port = self.listener.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        import contextlib
+
+        while self.answers:
+            try:
+                connection, (_, port) = self.listener.accept()
+            except OSError:
+                return
+            with connection, contextlib.suppress(OSError):
+                connection.settimeout(10)
+                while self.answers:
+                    data = b""
+                    while b"\r\n\r\n" not in data:
+                        chunk = connection.recv(65536)
+                        if not chunk:
+                            break
+                        data += chunk
+                    if not data:
+                        break
+                    head, _, body = data.partition(b"\r\n\r\n")
+                    length = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                       if line.lower().startswith(b"content-length")), b"0"))
+                    while len(body) < length:
+                        body += connection.recv(65536)
+                    self.seen.append((head.split(b"\r\n")[0].decode("latin-1"), port))
+                    if not self.answers.pop(0)(connection):
+                        break  # the answer closed the connection
+
+    def stop(self) -> None:
+        self.answers.clear()
+        self.listener.close()
+        self.thread.join(timeout=5)
+
+
+def _answer(text: bytes, keep: bool = True):
+    def send(connection) -> bool:
+        connection.sendall(text)
+        return keep
+    return send
+
+
+def _ok(body: bytes) -> bytes:
+    return b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+
+
+def test_an_interim_103_answer_is_skipped_and_never_read_as_the_next_requests_answer():
+    from afs_core.channels.http import WebhookSession
+
+    server = RawServer(_answer(b"HTTP/1.1 103 Early Hints\r\nLink: </x>; rel=preload\r\n\r\n" + _ok(b"first")),
+                       _answer(_ok(b"second")))
+    session = WebhookSession()
+    try:
+        first = session.post(f"http://127.0.0.1:{server.port}/hook", b"{}", timeout=5)
+        second = session.post(f"http://127.0.0.1:{server.port}/hook", b"{}", timeout=5)
+        assert (first.status, first.text) == (200, "first")
+        assert (second.status, second.text) == (200, "second")
+    finally:
+        session.close()
+        server.stop()
+
+
+def test_an_endless_answer_is_read_up_to_a_limit_and_its_connection_is_not_kept():
+    from afs_core.channels import http as afs_http
+
+    def endless(connection) -> bool:
+        connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n")  # read until the close
+        for _ in range(200):  # at most 13 MB, sent as fast as it is taken
+            connection.sendall(b"z" * 65536)
+        return False
+
+    server = RawServer(endless, _answer(_ok(b"next")))
+    session = afs_http.WebhookSession()
+    try:
+        started = time.monotonic()
+        answer = session.post(f"http://127.0.0.1:{server.port}/hook", b"{}", timeout=30)
+        assert answer.status == 200 and len(answer.text) == afs_http.MAX_ANSWER_BYTES
+        assert time.monotonic() - started < 10  # not the deadline: the read stopped at the limit
+        assert session.post(f"http://127.0.0.1:{server.port}/hook", b"{}", timeout=5).text == "next"
+        assert server.seen[0][1] != server.seen[1][1]  # a new connection for the next request
+    finally:
+        session.close()
+        server.stop()
+
+
+@pytest.mark.parametrize("charset", ["punycode", "idna", "no-such-charset"])
+def test_an_answer_in_an_odd_charset_is_read_as_utf8_at_once(charset):
+    from afs_core.channels.http import WebhookSession
+
+    body = b"accepted " + b"a" * 200_000  # punycode would take seconds to decode this
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=%s\r\nContent-Length: %d\r\n\r\n" % (
+        charset.encode(), len(body))
+    server = RawServer(_answer(head + body))
+    session = WebhookSession()
+    try:
+        started = time.monotonic()
+        answer = session.post(f"http://127.0.0.1:{server.port}/hook", b"{}", timeout=5)
+        assert answer.status == 200 and answer.text.startswith("accepted a")
+        assert time.monotonic() - started < 2
+    finally:
+        session.close()
+        server.stop()
+
+
+def test_a_path_with_a_space_or_a_letter_past_ascii_goes_out_percent_encoded():
+    from afs_core.channels.http import WebhookSession
+
+    server = RawServer(_answer(_ok(b"ok")), _answer(_ok(b"ok")))
+    session = WebhookSession()
+    try:
+        for path in ("/hook/t ok", "/hook/t\u00f6k%2F"):
+            assert session.post(f"http://127.0.0.1:{server.port}{path}", b"{}", timeout=5).status == 200
+        assert [line for line, _ in server.seen] == ["POST /hook/t%20ok HTTP/1.1", "POST /hook/t%C3%B6k%2F HTTP/1.1"]
+    finally:
+        session.close()
+        server.stop()
+
+
+def test_a_deadline_let_go_never_shuts_the_socket_that_next_gets_its_descriptor_number():
+    """An exchange hands its connection on (closed, or kept for the next request) and
+    its deadline passes later: the socket now behind that descriptor number must live."""
+    import socket
+
+    from afs_core.channels.deadline import Deadline
+
+    class Holder:
+        sock: socket.socket | None = None
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    try:
+        holder = Holder()
+        holder.sock = socket.create_connection(listener.getsockname())
+        first, _ = listener.accept()
+        deadline = Deadline(30)
+        deadline.attach(holder)
+        number = holder.sock.fileno()
+        deadline.detach()  # the exchange is over
+        holder.sock.close()
+        holder.sock = None
+        other = socket.create_connection(listener.getsockname())  # very likely the same number
+        peer, _ = listener.accept()
+        deadline._expire()  # as the watchdog would, when its time comes
+        other.sendall(b"still here")
+        assert peer.recv(100) == b"still here"
+        assert other.fileno() == number  # the case this is about
+        for end in (other, peer, first):
+            end.close()
+    finally:
+        listener.close()

@@ -78,7 +78,16 @@ class Deadline:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        self.finished = True
+        self.detach()
+
+    def detach(self) -> None:
+        """The exchange is over: the deadline lets go of its socket, before that socket
+        is closed or handed to another exchange (its descriptor number may be reused
+        at once: shutting it later would cut someone else's connection)."""
+        with self._lock:
+            self.finished = True
+            self._holder = None
+            self._fd = -1
 
     @property
     def expired(self) -> bool:
@@ -96,6 +105,8 @@ class Deadline:
         object the holder still points at while the handshake runs.
         """
         with self._lock:
+            if self.finished:
+                return
             self._holder = holder
             fd = _fileno(holder)
             if fd >= 0:
@@ -104,9 +115,9 @@ class Deadline:
                 _shut(holder, self._fd)
 
     def _expire(self) -> None:
-        if self.finished:
-            return
         with self._lock:
+            if self.finished:
+                return
             self._expired = True
             if self._holder is not None:
                 _shut(self._holder, self._fd)

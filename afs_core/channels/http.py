@@ -100,6 +100,17 @@ def _tls() -> ssl.SSLContext:
     return _tls_context
 
 
+#: The most of an answer's body read (what it says is quoted, never more than a page):
+#: a receiver streaming without end fills no memory. Past it the connection is not kept.
+MAX_ANSWER_BYTES = 1024 * 1024
+#: Interim answers (102, 103) skipped before the final one; past it the answer is unreadable.
+MAX_INTERIM_ANSWERS = 8
+#: Charsets an answer is read in; any other is read as UTF-8 (what JSON is): some of
+#: Python's codecs are slow enough to outlast the deadline, or fail on their own.
+CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252",
+            "utf-16", "utf-16le", "utf-16be"}
+
+
 def _dropped(connection: http.client.HTTPConnection) -> bool:
     """True when a kept-alive connection was closed by the server while idle (it is
     readable: an end of file, or bytes nobody asked for); sending on it would fail."""
@@ -107,9 +118,26 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
     if sock is None:
         return False
     try:
+        if hasattr(select, "poll"):  # select() cannot watch a descriptor past 1023
+            watch = select.poll()
+            watch.register(sock, select.POLLIN)
+            return bool(watch.poll(0))
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
+
+
+def _final(response: http.client.HTTPResponse) -> http.client.HTTPResponse:
+    """The final answer: http.client takes only ``100 Continue`` for an interim one, so
+    a ``103 Early Hints`` would pass for the answer, and the real one would be read by
+    the next request on the connection. Each interim answer's head is read; the next
+    head on the same stream is begun (``headers`` unset is what lets it begin again)."""
+    for _ in range(MAX_INTERIM_ANSWERS):
+        if not 100 <= response.status < 200 or response.status == 101:
+            return response
+        response.headers = None  # type: ignore[assignment]
+        response.begin()
+    raise http.client.HTTPException("no final answer after several interim ones")
 
 
 class _Headers(Mapping[str, str]):
@@ -149,6 +177,9 @@ def _target(url: str) -> _Target:
         raise ValueError("not an http(s) URL")
     tls = scheme == "https"
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    # What may not stand in a request line (a space, a character past ASCII) is
+    # percent-encoded as UTF-8, as urllib3 does; escapes already there are kept.
+    path = urllib.parse.quote(path, safe="!#$%&'()*+,/:;=?@[]~")
     return _Target(tls, parts.hostname, parts.port or (443 if tls else 80), path)
 
 
@@ -242,15 +273,24 @@ class WebhookSession:
         connection.timeout = timeout
         if connection.sock is not None:
             connection.sock.settimeout(timeout)
+        deadline: Deadline | None = getattr(_current, "deadline", None)
         try:
             connection.request("POST", target.path, body=body, headers=headers)
             response = connection.getresponse()
-            data = response.read()
+            interim = 100 <= response.status < 200  # then the connection is not kept
+            response = _final(response)
+            data = response.read(MAX_ANSWER_BYTES + 1)
         except BaseException:
+            if deadline is not None:
+                deadline.detach()  # before the socket goes: its number may be another's next
             connection.close()
             raise
-        if response.will_close or self._direct.setdefault(key, connection) is not connection:
+        if deadline is not None:
+            deadline.detach()  # the deadline no longer reaches this connection: kept, another request's
+        keep = not interim and response.isclosed() and not response.will_close
+        if not keep or self._direct.setdefault(key, connection) is not connection:
             connection.close()
+        data = data[:MAX_ANSWER_BYTES]
         if logger.isEnabledFor(logging.DEBUG):  # the path holds a webhook's token: masked
             logger.debug("%s:%s \"POST %s HTTP/1.1\" %s %s", target.host, target.port,
                          scrub(target.path, _scrubber.secrets), response.status, len(data))
@@ -285,10 +325,12 @@ def answer_text(headers: Any, data: bytes) -> str:
         name, _, value = part.strip().partition("=")
         if name.lower() == "charset" and value:
             charset = value.strip('"').strip()
-    try:
-        return data.decode(charset or "utf-8", errors="replace")
-    except LookupError:  # a charset Python does not know
-        return data.decode("utf-8", errors="replace")
+    if charset is not None and charset.lower() in CHARSETS:
+        try:
+            return data.decode(charset, errors="replace")
+        except (LookupError, UnicodeError):
+            pass
+    return data.decode("utf-8", errors="replace")
 
 
 def _describe(exc: BaseException) -> str:
