@@ -327,6 +327,30 @@ def test_a_run_killed_mid_burst_repeats_at_most_the_send_it_was_in(runs, webhook
     assert len(sent) - len(set(sent)) <= 1  # only a send the kill cut off may go twice
 
 
+def test_a_run_killed_mid_burst_to_a_quick_receiver_repeats_at_most_one_written_group(runs, webhook_server):
+    """To a receiver answering within milliseconds, outcomes are written a group at a
+    time: a kill repeats at most the sends of one unwritten group, nothing is lost."""
+    from afs_core.delivery.engine import RECORD_GROUP
+
+    webhook_server.default = Scripted(delay=0.003)
+    sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE.replace("range(40)", "range(300)")],
+                              env=runs.env(webhook_server.url + "/hook"), stdout=subprocess.PIPE, text=True,
+                              cwd=runs.tmp_path)
+    accepted = [sender.stdout.readline().strip() for _ in range(300)]
+    deadline = time.monotonic() + 30
+    while len(webhook_server.received) < 60 and time.monotonic() < deadline:
+        time.sleep(0.002)
+    sender.kill()
+    sender.wait(timeout=10)
+    assert len(webhook_server.received) < 300  # killed mid-burst
+    webhook_server.default = Scripted()
+    after = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
+    assert after.stdout.split()[0] == "True"
+    sent = ids(webhook_server)
+    assert sorted(set(sent)) == sorted(accepted)
+    assert len(sent) - len(set(sent)) <= RECORD_GROUP
+
+
 SEND_AND_LIVE_ON = """
 import time
 from afs_core import NotificationManager

@@ -50,6 +50,8 @@ if TYPE_CHECKING:
 logger = logging.getLogger("afs.engine")
 
 POLL_SECONDS = 1.0  # how often an idle worker looks for work other processes left
+RECORD_GROUP = 16  # outcomes of deliveries that went out, written in one transaction ...
+RECORD_SECONDS = 0.02  # ... or after this long, whichever comes first
 ORPHAN_SCAN_SECONDS = 5.0
 LEASE_SECONDS = 120.0
 # notify() wakes the ingest thread; without a wake-up it looks this often (a busy store
@@ -145,6 +147,9 @@ class _Worker(threading.Thread):
                          3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
         self._pace_target: str | None = None  # hashed on first use: hashlib loads OpenSSL (3 ms)
         self._done: list[_Done] = []
+        self._done_since = 0.0  # when the send of the oldest outcome not yet written down began
+        self._send_began = 0.0
+        self._unwritable = False  # the last write of outcomes failed: the store takes none now
 
     def run(self) -> None:
         self.owner = owner_id()
@@ -203,12 +208,31 @@ class _Worker(threading.Thread):
                 for item in chunk:
                     if item.delivery_id not in settled:
                         self._release(store, item)
-            self._record()  # at once: a delivery sent but not written down would be sent again
-            if any(d[0] is store for d in self._done):
+            if self._record_now(last=start + size >= len(claimed)):
+                self._record()
+            if self._unwritable and any(d[0] is store for d in self._done):
                 # Outcomes this store cannot take now: send no more from it until it can.
                 for item in claimed[start + size:]:
                     self._release(store, item)
                 return
+
+    def _record_now(self, *, last: bool) -> bool:
+        """Whether to write the outcomes down now. Where sends are quick (a relay on the
+        same machine or network), deliveries that went out are written in groups, one
+        transaction for up to RECORD_GROUP of them, within RECORD_SECONDS of the first
+        one's send: a transaction per delivery cost as much as the request. A send that
+        took longer, anything but a delivery (a retry, a failure) and the end of what
+        was claimed are written at once. So a process killed mid-burst sends again at
+        most the send it was in, or, to a quick receiver, the sends of RECORD_SECONDS;
+        its leases keep other processes off them meanwhile."""
+        done = self._done
+        if not done:
+            return False
+        if last or self.stopping.is_set() or len(done) >= RECORD_GROUP:
+            return True
+        if self.clock.monotonic() - self._done_since >= RECORD_SECONDS:
+            return True
+        return any(d[2] is not DeliveryStatus.DELIVERED for d in done)
 
     def _release(self, store: Store, item: Claimed) -> None:
         try:
@@ -238,6 +262,7 @@ class _Worker(threading.Thread):
                 if ok and outcome is not None:
                     self.engine.track(event_id, outcome, final=final)
         self._done = kept + self._done
+        self._unwritable = bool(kept)
         if recorded:  # a flush looks again; not for a write that failed (it would spin)
             self.engine.progress.set()
 
@@ -289,6 +314,7 @@ class _Worker(threading.Thread):
             for item, _ in sending:
                 self._release(store, item)
             return
+        self._send_began = self.clock.monotonic()
         outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
                                   report=False)
         for (item, event), outcome in zip(sending, outcomes, strict=True):
@@ -347,6 +373,8 @@ class _Worker(threading.Thread):
     def _queue(self, store: Store, item: Claimed, status: DeliveryStatus, error: str | None,
                next_attempt: float | None,
                outcome: ChannelOutcome, *, final: bool) -> None:
+        if not self._done:
+            self._done_since = min(self._send_began, self.clock.monotonic())
         self._done.append((store, item.delivery_id, status, error, next_attempt, outcome, item.event.event_id, final))
 
 
