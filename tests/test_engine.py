@@ -231,6 +231,36 @@ def test_a_rank_that_finds_the_store_busy_is_still_merged_once_it_is_free(manage
     assert "merged with the other ranks' once the store is free" in caplog.text
 
 
+def test_a_batch_from_the_journal_goes_in_whole_but_for_its_damaged_lines(tmp_path):
+    """Journal records go into the store a statement per table for the whole batch; a
+    record SQLite refuses, or whose fields cannot be read, is left out alone, and an
+    end-of-run event among them still has the metrics recorded before it on its curve."""
+    from afs_core.delivery import store as store_module
+
+    store = Store(tmp_path / "afs.db")
+    now = time.time()
+
+    def record(i, **changes):
+        event = NotificationEvent(EventType.EPOCH_COMPLETED, f"epoch {i}", "m", run_id="run-1", epoch=i,
+                                  metrics={"loss": 1.0 / (i + 1)})
+        data = {**event.to_dict(), "context": {"step": i}, **changes}
+        return {"event": data, "channels": ["a", "b"], "at": now - 1000 + i}  # all due
+
+    records = [record(i) for i in range(300)]  # past the parameter limit of one statement
+    records[7]["event"]["title"] = ["not", "text"]  # SQLite takes no list: refused alone
+    del records[11]["event"]["event_id"]  # unreadable: left out before any write
+    done = NotificationEvent(EventType.TRAINING_COMPLETED, "done", "m", run_id="run-1")
+    records.insert(200, {"event": done.to_dict(), "channels": ["a"], "at": now - 1000 + 199.5})
+    assert len(records) * 9 > store_module.MAX_PARAMETERS
+
+    assert store.ingest(records) == {"a", "b"}
+    claimed = store.claim("b", "me", limit=1000)
+    assert [c.event.title for c in claimed] == [f"epoch {i}" for i in range(300) if i not in (7, 11)]
+    [finished] = [c for c in store.claim("a", "me", limit=1000) if c.event.title == "done"]
+    curve = finished.event.context["loss_curve"]
+    assert [step for step, _ in curve] == list(range(200))  # every value recorded before it, none after
+
+
 def test_a_ranks_failure_from_the_journal_is_joined_or_stored_as_it_goes_into_the_store(tmp_path):
     store = Store(tmp_path / "afs.db")
     now = time.time()

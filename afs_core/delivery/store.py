@@ -797,21 +797,12 @@ class Store:
         """Insert an event and a pending delivery per channel (``attempts`` made already,
         by channel); what is there is kept. The event's metrics are recorded, and an
         end-of-run event gets its run's loss curve (:mod:`afs_core.delivery.metrics`)."""
-        _record(db, metrics.rows_from_event(event, created))
-        event = _with_loss_curve(db, event)
-        data = strict_json(event)
-        db.execute(
-            "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title, dedup_key, ranks, data)"
-            " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (event["event_id"], created, event.get("run_id"), event["event_type"], event["level"], event["title"],
-             dedup_key, ranks, data),
-        )
-        db.executemany(
-            "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, attempts, updated)"
-            " VALUES (?, ?, ?, ?, ?, ?)",
-            [(event["event_id"], channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated)
-             for channel in channels],
-        )
+        rows = _Rows()
+        rows.add_metrics(metrics.rows_from_event(event, created))
+        rows.write(db)  # before the curve is drawn: the event's own values are on it
+        rows.add(_with_loss_curve(db, event), channels, created=created, not_before=not_before, updated=updated,
+                 dedup_key=dedup_key, ranks=ranks, attempts=attempts)
+        rows.write(db)
 
     @_survives_damage
     def enqueue(
@@ -857,6 +848,7 @@ class Store:
                 " ON CONFLICT(name) DO UPDATE SET offset = MAX(offset, excluded.offset), updated = excluded.updated",
                 [(name, offset, now) for name, offset in (marks or {}).items()],
             )
+            rows = _Rows()  # plain records, written together (see _insert_rows)
             for record in records:
                 event = record.get("event") or {}
                 channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
@@ -864,6 +856,13 @@ class Store:
                 attempts = record.get("attempts")
                 try:
                     key, since, rank = _merge_of(record)
+                    if key is None and not _curved(event):
+                        rows.add_metrics(metrics.rows_from_event(event, at))
+                        rows.add(event, channels, created=at, not_before=record.get("not_before") or at, updated=now,
+                                 attempts=attempts if isinstance(attempts, dict) else None)
+                        touched.update(channels)
+                        continue
+                    rows.write(db)  # what came before this one goes in first, in order
                     if key is not None and db.execute("SELECT 1 FROM events WHERE event_id = ?",
                                                       (event["event_id"],)).fetchone() is None:
                         into = self._join(db, key, rank, since)
@@ -878,6 +877,7 @@ class Store:
                         sqlite3.InterfaceError):
                     continue  # a damaged line: nothing to deliver from it
                 touched.update(channels)
+            rows.write(db)
         return touched
 
     def enqueue_or_join(
@@ -1326,8 +1326,79 @@ class Store:
 
 
 def _record(db: sqlite3.Connection, rows: Iterable[MetricRow]) -> None:
-    db.executemany("INSERT OR IGNORE INTO metrics (source, run_id, model_name, name, step, value, at)"
-                   " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+    _insert_rows(db, "INSERT OR IGNORE INTO metrics (source, run_id, model_name, name, step, value, at)", 7,
+                 list(rows))
+
+
+def _curved(event: Mapping[str, Any]) -> bool:
+    """An end-of-run event: its loss curve is drawn from the store as it goes in."""
+    return event.get("event_type") in metrics.CURVED_EVENTS
+
+
+class _Rows:
+    """Rows for the metrics, events and deliveries tables, gathered and then written
+    with one statement per table (see :func:`_insert_rows`). A record whose rows cannot
+    be built (a damaged journal line) raises in :meth:`add` and adds nothing."""
+
+    def __init__(self) -> None:
+        self.metrics: list[MetricRow] = []
+        self.events: list[Sequence[Any]] = []
+        self.deliveries: list[Sequence[Any]] = []
+
+    def add_metrics(self, rows: Iterable[MetricRow]) -> None:
+        self.metrics.extend(rows)
+
+    def add(self, event: Mapping[str, Any], channels: Iterable[str], *, created: float, not_before: float,
+            updated: float, dedup_key: str | None = None, ranks: str | None = None,
+            attempts: Mapping[str, int] | None = None) -> None:
+        event_id = event["event_id"]
+        row = (event_id, created, event.get("run_id"), event["event_type"], event["level"], event["title"],
+               dedup_key, ranks, strict_json(event))
+        deliveries = [(event_id, channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated)
+                      for channel in channels]
+        self.events.append(row)
+        self.deliveries.extend(deliveries)
+
+    def write(self, db: sqlite3.Connection) -> None:
+        _record(db, self.metrics)
+        _insert_rows(db, "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title,"
+                         " dedup_key, ranks, data)", 9, self.events)
+        _insert_rows(db, "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, attempts,"
+                         " updated)", 6, self.deliveries)
+        self.metrics, self.events, self.deliveries = [], [], []
+
+
+#: Bound parameters in one statement (the oldest SQLite builds allow 999).
+MAX_PARAMETERS = 999
+# What one bad row raises: a constraint, a value sqlite3 cannot bind (a list where text
+# goes: ProgrammingError in Python 3.11, InterfaceError before), an integer past 64 bits.
+_WRITE_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.ProgrammingError, OverflowError)
+
+
+def _insert_rows(db: sqlite3.Connection, head: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
+    """``head VALUES (...), (...), ...``: as few statements as the parameter limit
+    allows. Each statement is one step, and sqlite3 lets go of the GIL for each step:
+    row by row (executemany), the engine's thread had to take the GIL back from a busy
+    training thread once per row, each time costing that thread a switch. A row
+    SQLite refuses (a damaged journal line) is left out, the rest are written."""
+    if not rows:
+        return
+    per = max(1, MAX_PARAMETERS // width)
+    one = "(" + ", ".join(["?"] * width) + ")"
+    for start in range(0, len(rows), per):
+        chunk = rows[start:start + per]
+        try:
+            db.execute(f"{head} VALUES {', '.join([one] * len(chunk))}", [value for row in chunk for value in row])
+        except _WRITE_ERRORS as exc:
+            written = 0
+            for row in chunk:  # which row it was: each alone
+                try:
+                    db.execute(f"{head} VALUES {one}", tuple(row))
+                    written += 1
+                except _WRITE_ERRORS:
+                    continue
+            if not written and len(chunk) > 1:
+                raise exc  # not a damaged row: every one fails (the statement itself)
 
 
 def strict_json(value: Any) -> str:
