@@ -261,6 +261,37 @@ def test_a_batch_from_the_journal_goes_in_whole_but_for_its_damaged_lines(tmp_pa
     assert [step for step, _ in curve] == list(range(200))  # every value recorded before it, none after
 
 
+@pytest.mark.parametrize("returning", [True, False], ids=["sqlite-3.35+", "older-sqlite"])
+def test_outcomes_written_together_still_count_only_the_leases_held(tmp_path, monkeypatch, returning):
+    """A claim leases its deliveries with one statement, and outcomes alike are written
+    with one: a delivery whose lease another worker took meanwhile is left as it is."""
+    import sqlite3
+
+    from afs_core.delivery import store as store_module
+
+    monkeypatch.setattr(store_module, "_RETURNING", returning and store_module._RETURNING)
+    store = Store(tmp_path / "afs.db")
+    for i in range(5):
+        store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, f"event {i}", "m"), ["c"])
+    claimed = store.claim("c", "me", limit=4)
+    assert [item.event.title for item in claimed] == [f"event {i}" for i in range(4)]
+    ids = [item.delivery_id for item in claimed]
+    with sqlite3.connect(store.path) as db:
+        leased = dict(db.execute("SELECT id, lease_owner FROM deliveries"))
+        db.execute("UPDATE deliveries SET lease_owner = 'another' WHERE id = ?", (ids[1],))
+    assert [leased[i] for i in ids] == ["me"] * 4 and list(leased.values()).count(None) == 1
+    held = store.finish_many([(ids[0], DeliveryStatus.DELIVERED, None, None),
+                              (ids[1], DeliveryStatus.DELIVERED, None, None),
+                              (ids[2], DeliveryStatus.DELIVERED, None, None),
+                              (ids[3], DeliveryStatus.PENDING, "HTTP 503", time.time() + 60)], "me")
+    assert held == [True, False, True, True]
+    with sqlite3.connect(store.path) as db:
+        statuses = dict(db.execute("SELECT id, status FROM deliveries"))
+        attempts = sorted(db.execute("SELECT delivery_id, outcome, error FROM attempts"))
+    assert [statuses[i] for i in ids] == ["delivered", "pending", "delivered", "pending"]
+    assert attempts == sorted([(ids[0], "delivered", None), (ids[2], "delivered", None), (ids[3], "retry", "HTTP 503")])
+
+
 def test_a_ranks_failure_from_the_journal_is_joined_or_stored_as_it_goes_into_the_store(tmp_path):
     store = Store(tmp_path / "afs.db")
     now = time.time()

@@ -933,10 +933,6 @@ class Store:
                 held = lease_until is not None and lease_until > now and lease_owner != owner
                 if held and not _owner_is_dead(lease_owner):
                     continue
-                db.execute(
-                    "UPDATE deliveries SET lease_owner = ?, lease_until = ?, updated = ? WHERE id = ?",
-                    (owner, now + lease, now, delivery_id),
-                )
                 try:
                     event = NotificationEvent.from_dict(json.loads(data))
                 except Exception as exc:  # written by another version, or damaged
@@ -952,6 +948,10 @@ class Store:
                 claimed.append(Claimed(delivery_id, channel, attempts, created, event))
                 if len(claimed) >= limit:
                     break
+            if claimed:  # one statement (one GIL round trip) for the whole claim
+                ids = [item.delivery_id for item in claimed]
+                db.execute(f"UPDATE deliveries SET lease_owner = ?, lease_until = ?, updated = ?"
+                           f" WHERE id IN ({', '.join(['?'] * len(ids))})", (owner, now + lease, now, *ids))
             return claimed
 
     @_survives_damage
@@ -961,21 +961,36 @@ class Store:
         next attempt) each; PENDING with a next attempt schedules a retry. True where
         the lease held (where it was lost, nothing is changed)."""
         now = self.clock.time()
-        done = []
+        held: dict[int, bool] = {}
         with self._transaction() as db:
+            # Outcomes alike (most often: delivered) go in with one statement per table,
+            # as journal records do (see _insert_rows); where SQLite cannot say which rows
+            # an UPDATE changed (before 3.35), one by one.
+            groups: dict[tuple[DeliveryStatus, str | None, float | None], list[int]] = {}
             for delivery_id, status, error, next_attempt in outcomes:
-                cursor = db.execute(
-                    "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?, last_error = ?,"
-                    " lease_owner = NULL, lease_until = NULL, updated = ? WHERE id = ? AND lease_owner = ?",
-                    (_WORDS[status], next_attempt if next_attempt is not None else now, error, now, delivery_id, owner),
-                )
-                held = cursor.rowcount == 1
-                if held:
-                    db.execute(
-                        "INSERT INTO attempts (delivery_id, at, outcome, error) VALUES (?, ?, ?, ?)",
-                        (delivery_id, now, "retry" if status is DeliveryStatus.PENDING else _WORDS[status], error),
-                    )
-                done.append(held)
+                group = groups.setdefault((status, error, next_attempt), [])
+                if delivery_id not in group:
+                    group.append(delivery_id)
+            per = MAX_PARAMETERS - 8
+            chunks = [(key, ids[start:start + per]) for key, ids in groups.items() for start in range(0, len(ids), per)]
+            for (status, error, next_attempt), ids in chunks:
+                values = (_WORDS[status], next_attempt if next_attempt is not None else now, error, now)
+                if _RETURNING and len(ids) > 1:
+                    changed = {row[0] for row in db.execute(
+                        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?, last_error = ?,"
+                        " lease_owner = NULL, lease_until = NULL, updated = ?"
+                        f" WHERE id IN ({', '.join(['?'] * len(ids))}) AND lease_owner = ? RETURNING id",
+                        (*values, *ids, owner))}
+                else:
+                    changed = {delivery_id for delivery_id in ids if db.execute(
+                        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt = ?, last_error = ?,"
+                        " lease_owner = NULL, lease_until = NULL, updated = ? WHERE id = ? AND lease_owner = ?",
+                        (*values, delivery_id, owner)).rowcount == 1}
+                outcome = "retry" if status is DeliveryStatus.PENDING else _WORDS[status]
+                _insert_rows(db, "INSERT INTO attempts (delivery_id, at, outcome, error)", 4,
+                             [(delivery_id, now, outcome, error) for delivery_id in ids if delivery_id in changed])
+                held.update((delivery_id, delivery_id in changed) for delivery_id in ids)
+        done = [held[delivery_id] for delivery_id, _, _, _ in outcomes]
         return done
 
     @_survives_damage
@@ -1368,6 +1383,8 @@ class _Rows:
         self.metrics, self.events, self.deliveries = [], [], []
 
 
+#: Whether this SQLite says which rows an UPDATE changed (RETURNING, 3.35 and later).
+_RETURNING = sqlite3.sqlite_version_info >= (3, 35)
 #: Bound parameters in one statement (the oldest SQLite builds allow 999).
 MAX_PARAMETERS = 999
 # What one bad row raises: a constraint, a value sqlite3 cannot bind (a list where text
