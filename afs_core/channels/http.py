@@ -3,8 +3,8 @@
 Socket timeouts only bound each socket operation, so a server that accepts the
 connection and then dribbles a byte a second could hold a send forever. Here a
 watchdog shuts the request's socket when the deadline passes. A URL reached
-directly is posted over one kept-alive ``http.client`` connection per host: the
-delivery thread spends less than half the time per request that urllib3's pools
+directly is posted over one kept-alive connection per host (:mod:`afs_core.channels.http1`):
+the delivery thread spends a fifth of the time per request that urllib3's pools
 cost it, and every microsecond there is taken from the training loop's GIL; nor does
 the first send import urllib3 and ``requests`` (40 ms, on the same GIL). A URL
 behind a proxy goes through urllib3's proxy pools (:mod:`afs_core.channels.proxied`,
@@ -13,7 +13,6 @@ loaded only then), with the proxy ``requests`` would find for it.
 
 from __future__ import annotations
 
-import http.client
 import logging
 import os
 import select
@@ -22,12 +21,13 @@ import ssl
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
 import certifi
 
+from afs_core.channels import http1
 from afs_core.channels.deadline import Deadline
 from afs_core.channels.webhook import encode_json
 from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
@@ -80,11 +80,7 @@ class WatchedMixin:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _Direct(WatchedMixin, http.client.HTTPConnection):
-    pass
-
-
-class _DirectTLS(WatchedMixin, http.client.HTTPSConnection):
+class _Direct(WatchedMixin, http1.Connection):
     pass
 
 
@@ -103,15 +99,13 @@ def _tls() -> ssl.SSLContext:
 #: The most of an answer's body read (what it says is quoted, never more than a page):
 #: a receiver streaming without end fills no memory. Past it the connection is not kept.
 MAX_ANSWER_BYTES = 1024 * 1024
-#: Interim answers (102, 103) skipped before the final one; past it the answer is unreadable.
-MAX_INTERIM_ANSWERS = 8
 #: Charsets an answer is read in; any other is read as UTF-8 (what JSON is): some of
 #: Python's codecs are slow enough to outlast the deadline, or fail on their own.
 CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252",
             "utf-16", "utf-16le", "utf-16be"}
 
 
-def _dropped(connection: http.client.HTTPConnection) -> bool:
+def _dropped(connection: http1.Connection) -> bool:
     """True when a kept-alive connection was closed by the server while idle (it is
     readable: an end of file, or bytes nobody asked for); sending on it would fail."""
     sock = connection.sock
@@ -125,39 +119,6 @@ def _dropped(connection: http.client.HTTPConnection) -> bool:
         return bool(select.select([sock], [], [], 0)[0])
     except (OSError, ValueError):
         return True
-
-
-def _final(response: http.client.HTTPResponse) -> http.client.HTTPResponse:
-    """The final answer: http.client takes only ``100 Continue`` for an interim one, so
-    a ``103 Early Hints`` would pass for the answer, and the real one would be read by
-    the next request on the connection. Each interim answer's head is read; the next
-    head on the same stream is begun (``headers`` unset is what lets it begin again)."""
-    for _ in range(MAX_INTERIM_ANSWERS):
-        if not 100 <= response.status < 200 or response.status == 101:
-            return response
-        response.headers = None  # type: ignore[assignment]
-        response.begin()
-    raise http.client.HTTPException("no final answer after several interim ones")
-
-
-class _Headers(Mapping[str, str]):
-    """An answer's headers as a case-insensitive mapping, read from http.client's
-    message as asked (nothing copied)."""
-
-    def __init__(self, message: http.client.HTTPMessage) -> None:
-        self._message = message
-
-    def __getitem__(self, name: str) -> str:
-        value = self._message.get(name)
-        if value is None:
-            raise KeyError(name)
-        return str(value)
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._message.keys())
-
-    def __len__(self) -> int:
-        return len(self._message)
 
 
 @attrs.frozen
@@ -207,7 +168,7 @@ class WebhookSession:
         self._proxy_of: dict[str, str | None] = {}
         self._proxied: ProxiedPools | None = None
         self._targets: dict[str, _Target] = {}
-        self._direct: dict[tuple[bool, str, int], http.client.HTTPConnection] = {}
+        self._direct: dict[tuple[bool, str, int], _Direct] = {}
 
     def _proxy(self, url: str) -> str | None:
         if url not in self._proxy_of:
@@ -239,7 +200,7 @@ class WebhookSession:
                         self._proxied = ProxiedPools()
                     answer = self._proxied.post(proxy, url, body, dict(sent), timeout)
             except Exception as exc:
-                failures: tuple[type[BaseException], ...] = (http.client.HTTPException, OSError, *_proxy_errors())
+                failures: tuple[type[BaseException], ...] = (http1.AnswerError, OSError, *_proxy_errors())
                 if isinstance(exc, failures):
                     if deadline.expired:
                         raise late from None
@@ -268,18 +229,13 @@ class WebhookSession:
             connection.close()
             connection = None
         if connection is None:
-            connection = (_DirectTLS(target.host, target.port, timeout=timeout, context=_tls()) if target.tls
-                          else _Direct(target.host, target.port, timeout=timeout))
+            connection = _Direct(target.host, target.port, timeout=timeout, context=_tls() if target.tls else None)
         connection.timeout = timeout
-        if connection.sock is not None:
-            connection.sock.settimeout(timeout)
         deadline: Deadline | None = getattr(_current, "deadline", None)
         try:
-            connection.request("POST", target.path, body=body, headers=headers)
-            response = connection.getresponse()
-            interim = 100 <= response.status < 200  # then the connection is not kept
-            response = _final(response)
-            data = response.read(MAX_ANSWER_BYTES + 1)
+            if deadline is not None:
+                deadline.attach(connection)
+            answer = connection.post(target.path, body, headers, max_body=MAX_ANSWER_BYTES)
         except BaseException:
             if deadline is not None:
                 deadline.detach()  # before the socket goes: its number may be another's next
@@ -287,14 +243,12 @@ class WebhookSession:
             raise
         if deadline is not None:
             deadline.detach()  # the deadline no longer reaches this connection: kept, another request's
-        keep = not interim and response.isclosed() and not response.will_close
-        if not keep or self._direct.setdefault(key, connection) is not connection:
+        if not answer.reusable or self._direct.setdefault(key, connection) is not connection:
             connection.close()
-        data = data[:MAX_ANSWER_BYTES]
         if logger.isEnabledFor(logging.DEBUG):  # the path holds a webhook's token: masked
             logger.debug("%s:%s \"POST %s HTTP/1.1\" %s %s", target.host, target.port,
-                         scrub(target.path, _scrubber.secrets), response.status, len(data))
-        return HttpAnswer(response.status, _Headers(response.headers), answer_text(response.headers, data))
+                         scrub(target.path, _scrubber.secrets), answer.status, len(answer.body))
+        return HttpAnswer(answer.status, answer.headers, answer_text(answer.headers, answer.body))
 
     def close(self) -> None:
         if self._proxied is not None:
@@ -342,8 +296,8 @@ def _describe(exc: BaseException) -> str:
         ssl.SSLError: "TLS handshake failed",
         ConnectionRefusedError: "could not connect",
         TimeoutError: "timed out",
-        http.client.RemoteDisconnected: "the connection was closed before an answer",
-        http.client.HTTPException: "the answer could not be read",
+        http1.ClosedBeforeAnswer: "the connection was closed before an answer",
+        http1.AnswerError: "the answer could not be read",
         socket.gaierror: "could not connect",
         ConnectionError: "could not connect",
     }

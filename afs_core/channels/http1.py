@@ -1,0 +1,231 @@
+"""One HTTP/1.1 exchange at a time on a kept-alive socket: a POST, and its answer read.
+
+What a webhook needs and no more: no redirects, no cookies, no compression, no
+proxies (those go through urllib3, see :mod:`afs_core.channels.proxied`). It exists
+because reading an answer with ``http.client`` costs the delivery thread about
+60 microseconds of GIL time, most of it in the ``email`` package parsing a handful
+of header lines, and that time is taken from the training loop. The answer is framed
+as RFC 9112 says (section 6.3): no body for 1xx, 204 and 304; chunked when that is
+the last transfer coding; else Content-Length; else until the connection closes.
+Everything read is bounded (line length, header count, body size).
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+import ssl
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+#: The longest status, header or chunk-size line read; the most header lines.
+MAX_LINE = 65536
+MAX_HEADERS = 100
+#: Interim answers (102, 103) skipped before the final one.
+MAX_INTERIM_ANSWERS = 8
+
+_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
+_BAD_VALUE = re.compile(r"[\x00\r\n]")
+_STATUS = re.compile(rb"^HTTP/1\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n$")
+
+
+class AnswerError(Exception):
+    """The answer does not read as HTTP/1.1 (or is past the limits)."""
+
+
+class ClosedBeforeAnswer(ConnectionError):
+    """The server closed the connection before its answer began."""
+
+
+class Headers(Mapping[str, str]):
+    """An answer's headers, looked up without regard to case; a name given twice
+    reads as its first value (as ``http.client`` does)."""
+
+    def __init__(self, pairs: list[tuple[str, str]]) -> None:
+        self._pairs = pairs
+        self._first: dict[str, str] = {}
+        for name, value in pairs:
+            self._first.setdefault(name.lower(), value)
+
+    def __getitem__(self, name: str) -> str:
+        return self._first[name.lower()]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(name for name, _ in self._pairs)
+
+    def __len__(self) -> int:
+        return len(self._pairs)
+
+    def all(self, name: str) -> list[str]:
+        return [value for key, value in self._pairs if key.lower() == name.lower()]
+
+
+class Answer:
+    """A final answer: status, headers, the body (at most the limit asked), and whether
+    the connection may carry the next request."""
+
+    __slots__ = ("status", "headers", "body", "reusable")
+
+    def __init__(self, status: int, headers: Headers, body: bytes, reusable: bool) -> None:
+        self.status, self.headers, self.body, self.reusable = status, headers, body, reusable
+
+
+class Connection:
+    """A connection to ``host:port`` (TLS with ``context``), made on first use.
+
+    ``sock`` is public: a deadline watching the exchange shuts it to end a blocked call.
+    Not for two threads at once.
+    """
+
+    def __init__(self, host: str, port: int, *, timeout: float, context: ssl.SSLContext | None = None) -> None:
+        self.host, self.port, self.timeout, self.context = host, port, timeout, context
+        self.sock: socket.socket | None = None
+        default = 443 if context is not None else 80
+        name = f"[{host}]" if ":" in host else host
+        self._host_header = name if port == default else f"{name}:{port}"
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # head and body leave at once
+            if self.context is not None:
+                sock = self.context.wrap_socket(sock, server_hostname=self.host)
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
+
+    def close(self) -> None:
+        sock, self.sock = self.sock, None
+        if sock is not None:
+            sock.close()
+
+    def post(self, target: str, body: bytes, headers: Mapping[str, str], *, max_body: int) -> Answer:
+        """Send one POST and read its final answer (the body up to ``max_body`` bytes;
+        past that the rest is left unread and the connection is not reusable)."""
+        head = self._head(target, body, headers)
+        if self.sock is None:
+            self.connect()
+        assert self.sock is not None
+        self.sock.settimeout(self.timeout)
+        self.sock.sendall(head + body)
+        reader = self.sock.makefile("rb")
+        try:
+            return _read_answer(reader, max_body)
+        finally:
+            reader.close()
+
+    def _head(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        lines = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept-Encoding: identity"]
+        for name, value in headers.items():
+            if not _TOKEN.match(name.encode("latin-1", "replace")) or _BAD_VALUE.search(value):
+                # A header that would end the head early or start another: never sent.
+                raise ValueError(f"header {name!r} cannot be sent (a character HTTP does not allow)")
+            lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(body)}")
+        if " " in target or _BAD_VALUE.search(target):
+            raise ValueError("the request target holds a space or a line break")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+
+
+def _line(reader: Any) -> bytes:
+    line: bytes = reader.readline(MAX_LINE + 1)
+    if len(line) > MAX_LINE:
+        raise AnswerError("a line of the answer is longer than 64 KiB")
+    return line
+
+
+def _read_answer(reader: Any, max_body: int) -> Answer:
+    for _ in range(MAX_INTERIM_ANSWERS + 1):
+        status_line = _line(reader)
+        if not status_line:
+            raise ClosedBeforeAnswer("the connection was closed before an answer")
+        match = _STATUS.match(status_line)
+        if match is None:
+            raise AnswerError("the answer does not begin with an HTTP/1.x status line")
+        minor, status = int(match.group(1)), int(match.group(2))
+        headers = _read_headers(reader)
+        if 100 <= status < 200 and status != 101:
+            continue  # an interim answer: the final one follows
+        return _with_body(reader, minor, status, headers, max_body)
+    raise AnswerError("no final answer after several interim ones")
+
+
+def _read_headers(reader: Any) -> Headers:
+    pairs: list[tuple[str, str]] = []
+    while True:
+        line = _line(reader)
+        if line in (b"\r\n", b"\n", b""):
+            return Headers(pairs)
+        if len(pairs) >= MAX_HEADERS:
+            raise AnswerError(f"the answer has more than {MAX_HEADERS} header lines")
+        text = line.decode("latin-1").rstrip("\r\n")
+        if text[:1] in (" ", "\t") and pairs:  # an obsolete folded line: part of the one before
+            name, value = pairs[-1]
+            pairs[-1] = (name, f"{value} {text.strip()}")
+            continue
+        name, colon, value = text.partition(":")
+        if not colon or not name or name != name.strip():
+            raise AnswerError("a header line of the answer cannot be read")
+        pairs.append((name, value.strip()))
+
+
+def _with_body(reader: Any, minor: int, status: int, headers: Headers, max_body: int) -> Answer:
+    connection = {token.strip().lower() for value in headers.all("Connection") for token in value.split(",")}
+    keep = "close" not in connection if minor >= 1 else "keep-alive" in connection
+    if status in (101,):
+        return Answer(status, headers, b"", False)  # another protocol: nothing more of HTTP here
+    if 100 <= status < 200 or status in (204, 304):
+        return Answer(status, headers, b"", keep)
+    codings = [token.strip().lower() for value in headers.all("Transfer-Encoding") for token in value.split(",")]
+    codings = [coding for coding in codings if coding]
+    if codings:
+        if codings[-1] != "chunked":
+            body, complete = _until_closed(reader, max_body)
+            return Answer(status, headers, body, False)
+        body, complete = _chunked(reader, max_body)
+        return Answer(status, headers, body, keep and complete)
+    lengths = {value.strip() for value in headers.all("Content-Length")}
+    if lengths:
+        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+            raise AnswerError("the answer's Content-Length cannot be read")
+        length = int(next(iter(lengths)))
+        body = reader.read(min(length, max_body))
+        if len(body) < min(length, max_body):
+            raise AnswerError("the connection was closed in the middle of the answer")
+        return Answer(status, headers, body, keep and length <= max_body)
+    body, complete = _until_closed(reader, max_body)
+    return Answer(status, headers, body, False)
+
+
+def _until_closed(reader: Any, max_body: int) -> tuple[bytes, bool]:
+    """The body that ends with the connection: up to ``max_body`` bytes of it."""
+    body = reader.read(max_body + 1)
+    return body[:max_body], len(body) <= max_body
+
+
+def _chunked(reader: Any, max_body: int) -> tuple[bytes, bool]:
+    """A chunked body, up to ``max_body`` bytes; True when it was read to its end."""
+    parts: list[bytes] = []
+    size = 0
+    while True:
+        line = _line(reader)
+        if not line:
+            raise AnswerError("the connection was closed in the middle of the answer")
+        digits = line.split(b";", 1)[0].strip()
+        if not digits or len(digits) > 16 or not all(c in b"0123456789abcdefABCDEF" for c in digits):
+            raise AnswerError("a chunk size of the answer cannot be read")
+        chunk = int(digits, 16)
+        if chunk == 0:
+            for _ in range(MAX_HEADERS + 1):  # the trailer: header lines to a blank one
+                if _line(reader) in (b"\r\n", b"\n", b""):
+                    return b"".join(parts), True
+            raise AnswerError(f"the answer has more than {MAX_HEADERS} trailer lines")
+        if size + chunk > max_body:
+            parts.append(reader.read(max_body - size))
+            return b"".join(parts), False
+        data = reader.read(chunk)
+        if len(data) < chunk or _line(reader) not in (b"\r\n", b"\n"):
+            raise AnswerError("the connection was closed in the middle of the answer")
+        parts.append(data)
+        size += chunk
