@@ -4,7 +4,7 @@ Socket timeouts only bound each socket operation, so a server that accepts the
 connection and then dribbles a byte a second could hold a send forever. Here a
 watchdog shuts the request's socket when the deadline passes. A URL reached
 directly is posted over one kept-alive connection per host (:mod:`afs_core.channels.http1`):
-the delivery thread spends a fifth of the time per request that urllib3's pools
+the delivery thread spends a third of the time per request that urllib3's pools
 cost it, and every microsecond there is taken from the training loop's GIL; nor does
 the first send import urllib3 and ``requests`` (40 ms, on the same GIL). A URL
 behind a proxy goes through urllib3's proxy pools (:mod:`afs_core.channels.proxied`,
