@@ -91,6 +91,9 @@ def test_a_body_past_the_limit_is_cut_and_its_connection_not_kept():
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5, 6\r\n\r\nhello", "Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello", "Content-Length"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "Content-Length"),
+    ("HTTP/1.1 200 OK\r\nContent-Length: \u00b2\r\n\r\n".encode("latin-1"), "Content-Length"),  # isdigit()
+    (b"HTTP/1.1 200 OK\r\nContent-Length: " + b"9" * 5000 + b"\r\n\r\n", "Content-Length"),
+    (b"HTTP/1.1 200 OK\r\nX: y\r\n" + b" folded\r\n" * 200 + b"\r\n", "more than 100 header lines"),
     (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort", "in the middle"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhel", "in the middle"),
@@ -112,8 +115,12 @@ def test_the_head_is_one_block_and_refuses_what_would_end_it_early():
     assert http1.Connection("hooks.example", 443, timeout=1, context=object())._head(  # type: ignore[arg-type]
         "/", b"", {}).startswith(b"POST / HTTP/1.1\r\nHost: hooks.example\r\n")
     for name, value in [("X-Token", "a\r\nInjected: yes"), ("X-Token", "a\nb"), ("Bad Name", "v"), ("X:Y", "v"),
-                        ("X-Nul", "a\x00b")]:
-        with pytest.raises(ValueError, match="cannot be sent"):
+                        ("X-Nul", "a\x00b"), ("X-A\n", "v"), ("X-A", "v\x0b"), ("X-A", "v\x7f"), ("X-A", "\u20ac"),
+                        ("X-A", 5), (b"X-A", "v")]:
+        with pytest.raises(http1.RequestError, match="cannot be sent"):
             connection._head("/", b"", {name: value})
-    with pytest.raises(ValueError, match="request target"):
+    for name in ("Host", "content-length", "Transfer-Encoding", "Connection"):  # the framing is this client's
+        with pytest.raises(http1.RequestError, match="this client's to write"):
+            connection._head("/", b"", {name: "x"})
+    with pytest.raises(http1.RequestError, match="request target"):
         connection._head("/a b", b"", {})

@@ -360,9 +360,11 @@ def test_a_direct_send_imports_neither_urllib3_nor_requests(webhook_server, tmp_
 class RawServer:
     """A loopback server that answers each request with bytes of the test's choosing
     (``answers``: one callable per request, given the socket), one request per
-    connection unless the answer keeps it; records each request's line and port."""
+    connection unless the answer keeps it; records each request's line and port.
+    With ``tls`` (a server SSLContext) it speaks TLS."""
 
-    def __init__(self, *answers):
+    def __init__(self, *answers, tls=None):
+        self.tls = tls
         import socket
         import threading
 
@@ -382,8 +384,11 @@ class RawServer:
                 connection, (_, port) = self.listener.accept()
             except OSError:
                 return
-            with connection, contextlib.suppress(OSError):
+            with contextlib.suppress(OSError):
                 connection.settimeout(10)
+                if self.tls is not None:
+                    connection = self.tls.wrap_socket(connection, server_side=True)
+            with connection, contextlib.suppress(OSError):
                 while self.answers:
                     data = b""
                     while b"\r\n\r\n" not in data:
@@ -522,3 +527,120 @@ def test_a_deadline_let_go_never_shuts_the_socket_that_next_gets_its_descriptor_
             end.close()
     finally:
         listener.close()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_bytes_after_an_answer_mean_a_new_connection_for_the_next_request(tls, monkeypatch):
+    """A server whose answer runs past its Content-Length (in one write: over TLS the
+    rest waits decrypted, where polling the socket cannot see it): the next request
+    must not read those bytes as its answer."""
+    import ssl
+
+    import trustme
+
+    from afs_core.channels import http as afs_http
+
+    context = None
+    if tls:
+        ca = trustme.CA()
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ca.issue_cert("127.0.0.1").configure_cert(context)
+        trusting = ssl.create_default_context()
+        ca.configure_trust(trusting)
+        monkeypatch.setattr(afs_http, "_tls_context", trusting)
+    poison = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nSTOLEN"
+    first = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nab"
+    server = RawServer(_answer(first + b"x" * (8192 - len(first)) + poison), _answer(_ok(b"second")), tls=context)
+    session = afs_http.WebhookSession()
+    scheme = "https" if tls else "http"
+    try:
+        assert session.post(f"{scheme}://127.0.0.1:{server.port}/hook", b"{}", timeout=5).text == "ab"
+        time.sleep(0.1)  # the surplus has arrived
+        assert session.post(f"{scheme}://127.0.0.1:{server.port}/hook", b"{}", timeout=5).text == "second"
+    finally:
+        session.close()
+        server.stop()
+
+
+def test_an_answer_sent_before_the_body_was_taken_is_still_read():
+    """A server that refuses a large body at once (413) and closes: the caller sees the
+    413 (a permanent refusal), not a connection reset to retry forever."""
+    import socket
+    import threading
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(10)
+
+    def refuse() -> None:
+        connection, _ = listener.accept()
+        with connection:
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += connection.recv(4096)
+            connection.sendall(b"HTTP/1.1 413 Too Large\r\nContent-Length: 8\r\nConnection: close\r\n\r\ntoo big!")
+            connection.shutdown(socket.SHUT_WR)
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=refuse, daemon=True)
+    thread.start()
+    from afs_core.channels.http import WebhookSession
+
+    session = WebhookSession()
+    try:
+        answer = session.post(f"http://127.0.0.1:{listener.getsockname()[1]}/hook", b"x" * 8_000_000, timeout=5)
+        assert (answer.status, answer.text) == (413, "too big!")
+    finally:
+        session.close()
+        thread.join(timeout=5)
+        listener.close()
+
+
+def test_connecting_to_addresses_that_never_answer_ends_at_the_deadline_not_a_timeout_each(monkeypatch):
+    """Two addresses whose connect hangs (a listener whose backlog is full drops SYNs):
+    the whole attempt ends at the request's deadline, not after the timeout twice."""
+    import socket
+
+    from afs_core.channels import http1
+    from afs_core.channels.http import WebhookSession
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    address = listener.getsockname()
+    fillers = []
+    for _ in range(4):  # fill the backlog: later connects get no answer
+        filler = socket.socket()
+        filler.setblocking(False)
+        filler.connect_ex(address)
+        fillers.append(filler)
+    time.sleep(0.1)
+    real = socket.getaddrinfo
+    monkeypatch.setattr(http1.socket, "getaddrinfo", lambda host, port, **kw: real("127.0.0.1", address[1], **kw) * 2)
+    session = WebhookSession()
+    try:
+        started = time.monotonic()
+        with pytest.raises(TransientDeliveryError, match="deadline|timed out"):
+            session.post(f"http://hooks.example:{address[1]}/hook", b"{}", timeout=1.0)
+        assert time.monotonic() - started < 1.6
+    finally:
+        session.close()
+        for filler in fillers:
+            filler.close()
+        listener.close()
+
+
+def test_a_token_the_path_percent_encodes_is_masked_in_the_debug_line_too(caplog):
+    import logging
+
+    from afs_core.channels.http import WebhookSession
+
+    server = RawServer(_answer(_ok(b"ok")))
+    session = WebhookSession(secrets=["abc|def"])
+    try:
+        with caplog.at_level(logging.DEBUG, logger="afs.http"):
+            assert session.post(f"http://127.0.0.1:{server.port}/hook/abc|def", b"{}", timeout=5).status == 200
+    finally:
+        session.close()
+        server.stop()
+    assert server.seen[0][0] == "POST /hook/abc%7Cdef HTTP/1.1"
+    assert '"POST /hook/*** HTTP/1.1" 200' in caplog.text and "abc" not in caplog.text

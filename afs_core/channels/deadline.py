@@ -93,6 +93,10 @@ class Deadline:
     def expired(self) -> bool:
         return self._expired or time.monotonic() >= self.expires_at
 
+    def left(self) -> float:
+        """Seconds left; zero or less once the deadline has passed."""
+        return self.expires_at - time.monotonic()
+
     def remaining(self, minimum: float = 0.05) -> float:
         """Seconds left (at least ``minimum``, so a socket timeout is never zero)."""
         return max(self.expires_at - time.monotonic(), minimum)

@@ -80,10 +80,6 @@ class WatchedMixin:
         super().request(*args, **kwargs)  # type: ignore[misc]
 
 
-class _Direct(WatchedMixin, http1.Connection):
-    pass
-
-
 _tls_context: ssl.SSLContext | None = None
 
 
@@ -121,6 +117,10 @@ def _dropped(connection: http1.Connection) -> bool:
         return True
 
 
+#: What stays as written in a request's path (escapes included); the rest is percent-encoded.
+_PATH_SAFE = "!#$%&'()*+,/:;=?@[]~"
+
+
 @attrs.frozen
 class _Target:
     """What a URL comes to for a direct request: which connection, and the request line."""
@@ -140,7 +140,7 @@ def _target(url: str) -> _Target:
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     # What may not stand in a request line (a space, a character past ASCII) is
     # percent-encoded as UTF-8, as urllib3 does; escapes already there are kept.
-    path = urllib.parse.quote(path, safe="!#$%&'()*+,/:;=?@[]~")
+    path = urllib.parse.quote(path, safe=_PATH_SAFE)
     return _Target(tls, parts.hostname, parts.port or (443 if tls else 80), path)
 
 
@@ -168,7 +168,7 @@ class WebhookSession:
         self._proxy_of: dict[str, str | None] = {}
         self._proxied: ProxiedPools | None = None
         self._targets: dict[str, _Target] = {}
-        self._direct: dict[tuple[bool, str, int], _Direct] = {}
+        self._direct: dict[tuple[bool, str, int], http1.Connection] = {}
 
     def _proxy(self, url: str) -> str | None:
         if url not in self._proxy_of:
@@ -205,6 +205,8 @@ class WebhookSession:
                     if deadline.expired:
                         raise late from None
                     raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
+                if isinstance(exc, http1.RequestError):  # nothing was sent: it never could be
+                    raise PermanentDeliveryError(str(exc)) from None
                 if isinstance(exc, ValueError):  # an answer (or a URL) that cannot be read
                     raise PermanentDeliveryError("the answer could not be read (a redirect to an unreadable "
                                                  "location?); not followed") from None
@@ -229,13 +231,15 @@ class WebhookSession:
             connection.close()
             connection = None
         if connection is None:
-            connection = _Direct(target.host, target.port, timeout=timeout, context=_tls() if target.tls else None)
+            connection = http1.Connection(target.host, target.port, timeout=timeout,
+                                          context=_tls() if target.tls else None)
         connection.timeout = timeout
         deadline: Deadline | None = getattr(_current, "deadline", None)
         try:
             if deadline is not None:
                 deadline.attach(connection)
-            answer = connection.post(target.path, body, headers, max_body=MAX_ANSWER_BYTES)
+            answer = connection.post(target.path, body, headers, max_body=MAX_ANSWER_BYTES,
+                                     time_left=None if deadline is None else deadline.left)
         except BaseException:
             if deadline is not None:
                 deadline.detach()  # before the socket goes: its number may be another's next
@@ -246,8 +250,10 @@ class WebhookSession:
         if not answer.reusable or self._direct.setdefault(key, connection) is not connection:
             connection.close()
         if logger.isEnabledFor(logging.DEBUG):  # the path holds a webhook's token: masked
+            # Masked as sent too: a token with a character the path percent-encodes.
+            hidden = {*_scrubber.secrets, *(urllib.parse.quote(s, safe=_PATH_SAFE) for s in _scrubber.secrets)}
             logger.debug("%s:%s \"POST %s HTTP/1.1\" %s %s", target.host, target.port,
-                         scrub(target.path, _scrubber.secrets), answer.status, len(answer.body))
+                         scrub(target.path, hidden), answer.status, len(answer.body))
         return HttpAnswer(answer.status, answer.headers, answer_text(answer.headers, answer.body))
 
     def close(self) -> None:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import socket
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 #: The longest status, header or chunk-size line read; the most header lines.
@@ -24,9 +24,16 @@ MAX_HEADERS = 100
 #: Interim answers (102, 103) skipped before the final one.
 MAX_INTERIM_ANSWERS = 8
 
-_TOKEN = re.compile(rb"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(r"[\x00\r\n]")
-_STATUS = re.compile(rb"^HTTP/1\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n$")
+_TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")  # controls but the tab: one could end the line
+_STATUS = re.compile(rb"HTTP/1\.(\d) (\d{3})(?: ([^\r\n]*))?\r?\n")
+_LENGTH = re.compile(r"[0-9]{1,18}")
+#: Headers this client writes itself: a caller's own would contradict the framing.
+_OWN_HEADERS = {"host", "content-length", "transfer-encoding", "connection"}
+
+
+class RequestError(ValueError):
+    """The request cannot be sent as asked (a header HTTP does not allow): nothing was sent."""
 
 
 class AnswerError(Exception):
@@ -65,6 +72,7 @@ class Answer:
     the connection may carry the next request."""
 
     __slots__ = ("status", "headers", "body", "reusable")
+    reusable: bool
 
     def __init__(self, status: int, headers: Headers, body: bytes, reusable: bool) -> None:
         self.status, self.headers, self.body, self.reusable = status, headers, body, reusable
@@ -84,48 +92,112 @@ class Connection:
         name = f"[{host}]" if ":" in host else host
         self._host_header = name if port == default else f"{name}:{port}"
 
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # head and body leave at once
-            if self.context is not None:
-                sock = self.context.wrap_socket(sock, server_hostname=self.host)
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
+    def connect(self, time_left: Callable[[], float] | None = None) -> None:
+        """Connect (and shake hands over TLS), each step bounded by ``timeout`` and by
+        ``time_left()`` (the request's deadline): one address after another, never
+        the whole timeout each. ``sock`` is set before each blocking step, so a
+        deadline watching this connection can cut it."""
+        def bound() -> float:
+            left = self.timeout if time_left is None else min(self.timeout, time_left())
+            if left <= 0:
+                raise TimeoutError("timed out")
+            return left
+
+        failure: OSError = OSError(f"{self.host} has no address")
+        for family, kind, protocol, _, address in socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM):
+            sock = socket.socket(family, kind, protocol)
+            self.sock = sock
+            try:
+                sock.settimeout(bound())
+                sock.connect(address)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # head and body leave at once
+                if self.context is not None:
+                    sock = self.context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
+                    self.sock = sock
+                    sock.settimeout(bound())
+                    sock.do_handshake()
+                sock.settimeout(self.timeout)
+                return
+            except OSError as exc:
+                self.sock = None
+                sock.close()
+                if isinstance(exc, (TimeoutError, ssl.SSLError)):
+                    raise
+                failure = exc
+        raise failure
 
     def close(self) -> None:
         sock, self.sock = self.sock, None
         if sock is not None:
             sock.close()
 
-    def post(self, target: str, body: bytes, headers: Mapping[str, str], *, max_body: int) -> Answer:
+    def post(self, target: str, body: bytes, headers: Mapping[str, str], *, max_body: int,
+             time_left: Callable[[], float] | None = None) -> Answer:
         """Send one POST and read its final answer (the body up to ``max_body`` bytes;
         past that the rest is left unread and the connection is not reusable)."""
         head = self._head(target, body, headers)
         if self.sock is None:
-            self.connect()
-        assert self.sock is not None
-        self.sock.settimeout(self.timeout)
-        self.sock.sendall(head + body)
-        reader = self.sock.makefile("rb")
+            self.connect(time_left)
+        sock = self.sock
+        assert sock is not None
+        sock.settimeout(self.timeout)
+        reader = sock.makefile("rb")
         try:
-            return _read_answer(reader, max_body)
+            try:
+                sock.sendall(head + body)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # The server answered early (413: too large) and closed: its answer, if it came.
+                try:
+                    answer = _read_answer(reader, max_body)
+                except Exception:
+                    raise exc from None
+                answer.reusable = False
+                return answer
+            answer = _read_answer(reader, max_body)
+            if answer.reusable and _surplus(sock, reader):
+                answer.reusable = False  # bytes after the answer: the next one could not be told apart
+            return answer
         finally:
             reader.close()
 
     def _head(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
         lines = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept-Encoding: identity"]
         for name, value in headers.items():
-            if not _TOKEN.match(name.encode("latin-1", "replace")) or _BAD_VALUE.search(value):
-                # A header that would end the head early or start another: never sent.
-                raise ValueError(f"header {name!r} cannot be sent (a character HTTP does not allow)")
+            if not isinstance(name, str) or not isinstance(value, str) or not _TOKEN.fullmatch(name):
+                raise RequestError(f"a header named {str(name)[:40]!r} cannot be sent (not an HTTP header name)")
+            if _BAD_VALUE.search(value) or not value.isascii() and not _latin1(value):
+                # A value that would end the head early, or start another header: never sent.
+                raise RequestError(f"header {name!r} cannot be sent (a character HTTP does not allow in it)")
+            if name.lower() in _OWN_HEADERS:
+                raise RequestError(f"header {name!r} is this client's to write")
             lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(body)}")
-        if " " in target or _BAD_VALUE.search(target):
-            raise ValueError("the request target holds a space or a line break")
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1", "strict")
+        if " " in target or _BAD_VALUE.search(target) or not target.isascii():
+            raise RequestError("the request target holds a space, a control character or a letter past ASCII")
+        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def _latin1(text: str) -> bool:
+    try:
+        text.encode("latin-1")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _surplus(sock: socket.socket, reader: Any) -> bool:
+    """Whether bytes follow the answer: in the reader's buffer, decrypted inside TLS
+    (where polling the socket cannot see them), or in the socket. Looked at without
+    waiting; an end of file is no surplus (the next request's check sees it)."""
+    sock.setblocking(False)
+    try:
+        return bool(reader.peek(1))
+    except (ssl.SSLWantReadError, BlockingIOError):
+        return False
+    except OSError:
+        return True
+    finally:
+        sock.setblocking(True)
 
 
 def _line(reader: Any) -> bytes:
@@ -140,7 +212,7 @@ def _read_answer(reader: Any, max_body: int) -> Answer:
         status_line = _line(reader)
         if not status_line:
             raise ClosedBeforeAnswer("the connection was closed before an answer")
-        match = _STATUS.match(status_line)
+        match = _STATUS.fullmatch(status_line)
         if match is None:
             raise AnswerError("the answer does not begin with an HTTP/1.x status line")
         minor, status = int(match.group(1)), int(match.group(2))
@@ -153,12 +225,10 @@ def _read_answer(reader: Any, max_body: int) -> Answer:
 
 def _read_headers(reader: Any) -> Headers:
     pairs: list[tuple[str, str]] = []
-    while True:
+    for _ in range(MAX_HEADERS + 1):  # folded lines count too
         line = _line(reader)
         if line in (b"\r\n", b"\n", b""):
             return Headers(pairs)
-        if len(pairs) >= MAX_HEADERS:
-            raise AnswerError(f"the answer has more than {MAX_HEADERS} header lines")
         text = line.decode("latin-1").rstrip("\r\n")
         if text[:1] in (" ", "\t") and pairs:  # an obsolete folded line: part of the one before
             name, value = pairs[-1]
@@ -168,11 +238,13 @@ def _read_headers(reader: Any) -> Headers:
         if not colon or not name or name != name.strip():
             raise AnswerError("a header line of the answer cannot be read")
         pairs.append((name, value.strip()))
+    raise AnswerError(f"the answer has more than {MAX_HEADERS} header lines")
 
 
 def _with_body(reader: Any, minor: int, status: int, headers: Headers, max_body: int) -> Answer:
     connection = {token.strip().lower() for value in headers.all("Connection") for token in value.split(",")}
     keep = "close" not in connection if minor >= 1 else "keep-alive" in connection
+    lengths = {value.strip() for value in headers.all("Content-Length")}
     if status in (101,):
         return Answer(status, headers, b"", False)  # another protocol: nothing more of HTTP here
     if 100 <= status < 200 or status in (204, 304):
@@ -184,10 +256,10 @@ def _with_body(reader: Any, minor: int, status: int, headers: Headers, max_body:
             body, complete = _until_closed(reader, max_body)
             return Answer(status, headers, body, False)
         body, complete = _chunked(reader, max_body)
-        return Answer(status, headers, body, keep and complete)
-    lengths = {value.strip() for value in headers.all("Content-Length")}
+        # Chunked with a Content-Length beside it, or from HTTP/1.0: read, but not trusted again.
+        return Answer(status, headers, body, keep and complete and not lengths and minor >= 1)
     if lengths:
-        if len(lengths) != 1 or not next(iter(lengths)).isdigit():
+        if len(lengths) != 1 or not _LENGTH.fullmatch(next(iter(lengths))):
             raise AnswerError("the answer's Content-Length cannot be read")
         length = int(next(iter(lengths)))
         body = reader.read(min(length, max_body))
@@ -206,8 +278,7 @@ def _until_closed(reader: Any, max_body: int) -> tuple[bytes, bool]:
 
 def _chunked(reader: Any, max_body: int) -> tuple[bytes, bool]:
     """A chunked body, up to ``max_body`` bytes; True when it was read to its end."""
-    parts: list[bytes] = []
-    size = 0
+    body = bytearray()
     while True:
         line = _line(reader)
         if not line:
@@ -219,13 +290,12 @@ def _chunked(reader: Any, max_body: int) -> tuple[bytes, bool]:
         if chunk == 0:
             for _ in range(MAX_HEADERS + 1):  # the trailer: header lines to a blank one
                 if _line(reader) in (b"\r\n", b"\n", b""):
-                    return b"".join(parts), True
+                    return bytes(body), True
             raise AnswerError(f"the answer has more than {MAX_HEADERS} trailer lines")
-        if size + chunk > max_body:
-            parts.append(reader.read(max_body - size))
-            return b"".join(parts), False
+        if len(body) + chunk > max_body:
+            body += reader.read(max_body - len(body))
+            return bytes(body), False
         data = reader.read(chunk)
         if len(data) < chunk or _line(reader) not in (b"\r\n", b"\n"):
             raise AnswerError("the connection was closed in the middle of the answer")
-        parts.append(data)
-        size += chunk
+        body += data
