@@ -861,6 +861,8 @@ class Store:
                         rows.add(event, channels, created=at, not_before=record.get("not_before") or at, updated=now,
                                  attempts=attempts if isinstance(attempts, dict) else None)
                         touched.update(channels)
+                        if len(rows.events) >= _ROWS_HELD:  # a backlog's text is not all held at once
+                            rows.write(db)
                         continue
                     rows.write(db)  # what came before this one goes in first, in order
                     if key is not None and db.execute("SELECT 1 FROM events WHERE event_id = ?",
@@ -1350,6 +1352,10 @@ def _curved(event: Mapping[str, Any]) -> bool:
     return event.get("event_type") in metrics.CURVED_EVENTS
 
 
+#: Events gathered before they are written (their text is what memory holds meanwhile).
+_ROWS_HELD = 200
+
+
 class _Rows:
     """Rows for the metrics, events and deliveries tables, gathered and then written
     with one statement per table (see :func:`_insert_rows`). A record whose rows cannot
@@ -1393,17 +1399,22 @@ _WRITE_ERRORS = (sqlite3.IntegrityError, sqlite3.InterfaceError, sqlite3.Program
 
 
 def _insert_rows(db: sqlite3.Connection, head: str, width: int, rows: Sequence[Sequence[Any]]) -> None:
-    """``head VALUES (...), (...), ...``: as few statements as the parameter limit
-    allows. Each statement is one step, and sqlite3 lets go of the GIL for each step:
+    """``head VALUES (...), (...), ...``: a few statements for many rows (each within
+    the parameter limit). Each statement is one step, and sqlite3 lets go of the GIL for each step:
     row by row (executemany), the engine's thread had to take the GIL back from a busy
     training thread once per row, each time costing that thread a switch. A row
     SQLite refuses (a damaged journal line) is left out, the rest are written."""
     if not rows:
         return
-    per = max(1, MAX_PARAMETERS // width)
+    # Statements of a power-of-two count of rows: sqlite3 keeps each distinct statement
+    # compiled (a long INSERT is a large program), so only a few distinct ones are made.
+    most = 1 << (max(1, MAX_PARAMETERS // width).bit_length() - 1)
     one = "(" + ", ".join(["?"] * width) + ")"
-    for start in range(0, len(rows), per):
-        chunk = rows[start:start + per]
+    start = 0
+    while start < len(rows):
+        count = min(most, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start:start + count]
+        start += count
         try:
             db.execute(f"{head} VALUES {', '.join([one] * len(chunk))}", [value for row in chunk for value in row])
         except _WRITE_ERRORS as exc:
