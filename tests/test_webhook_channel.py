@@ -332,8 +332,8 @@ def test_a_proxy_from_the_environment_carries_the_request(make_event, monkeypatc
 
 
 def test_a_direct_send_imports_neither_urllib3_nor_requests(webhook_server, tmp_path):
-    """The first delivery runs on the training process's GIL: with no proxy set it
-    loads http.client and ssl only."""
+    """The first delivery runs on the training process's GIL: with no proxy set, to an
+    http URL, it loads neither urllib3 nor requests, nor ssl (an https URL's)."""
     import os
     import subprocess
     import sys
@@ -346,7 +346,7 @@ def test_a_direct_send_imports_neither_urllib3_nor_requests(webhook_server, tmp_
         f"channel = t.Acme.from_env({{'ACME_WEBHOOK_URL': '{webhook_server.url}/hook/x', 'ACME_TIMEOUT': '5'}})\n"
         "event = NotificationEvent(EventType.TRAINING_COMPLETED, 'title', 'message')\n"
         "assert send_now(channel, event).delivered\n"
-        "print(sorted(name for name in ('urllib3', 'requests') if name in sys.modules))\n"
+        "print(sorted(name for name in ('urllib3', 'requests', 'ssl') if name in sys.modules))\n"
     )
     env = {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
     env["PYTHONPATH"] = os.pathsep.join([os.path.dirname(__file__), env.get("PYTHONPATH", "")])

@@ -17,7 +17,6 @@ import logging
 import os
 import select
 import socket
-import ssl
 import sys
 import threading
 import urllib.parse
@@ -25,7 +24,6 @@ from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import attrs
-import certifi
 
 from afs_core.channels import http1
 from afs_core.channels.deadline import Deadline
@@ -34,6 +32,8 @@ from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
 
 if TYPE_CHECKING:
+    import ssl
+
     from afs_core.channels.proxied import ProxiedPools
 
 _current = threading.local()
@@ -88,6 +88,10 @@ def _tls() -> ssl.SSLContext:
     once (reading the bundle takes milliseconds)."""
     global _tls_context
     if _tls_context is None:
+        import ssl  # here: a plain http URL never loads it (10 ms on the delivery thread)
+
+        import certifi
+
         _tls_context = ssl.create_default_context(cafile=certifi.where())
     return _tls_context
 
@@ -296,10 +300,10 @@ def answer_text(headers: Any, data: bytes) -> str:
 def _describe(exc: BaseException) -> str:
     # urllib3's messages quote the URL path (which holds the token): name the
     # failure by its class and leave the detail to the channel's secret scrubbing.
-    proxied = sys.modules.get("afs_core.channels.proxied")
+    proxied, tls = sys.modules.get("afs_core.channels.proxied"), sys.modules.get("ssl")
     kinds: dict[type[BaseException], str] = {
         **(proxied.KINDS if proxied is not None else {}),
-        ssl.SSLError: "TLS handshake failed",
+        **({tls.SSLError: "TLS handshake failed"} if tls is not None else {}),
         ConnectionRefusedError: "could not connect",
         TimeoutError: "timed out",
         http1.ClosedBeforeAnswer: "the connection was closed before an answer",

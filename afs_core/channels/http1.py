@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import re
 import socket
-import ssl
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # ssl loads with the first https URL's context: a plain http relay never needs it
+    import ssl
 
 #: The longest status, header or chunk-size line read; the most header lines.
 MAX_LINE = 65536
@@ -110,20 +112,26 @@ class Connection:
             try:
                 sock.settimeout(bound())
                 sock.connect(address)
+            except OSError as exc:
+                self.sock = None
+                sock.close()
+                if isinstance(exc, TimeoutError):
+                    raise
+                failure = exc
+                continue
+            try:
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # head and body leave at once
-                if self.context is not None:
+                if self.context is not None:  # a TLS failure is no other address's to mend
                     sock = self.context.wrap_socket(sock, server_hostname=self.host, do_handshake_on_connect=False)
                     self.sock = sock
                     sock.settimeout(bound())
                     sock.do_handshake()
                 sock.settimeout(self.timeout)
-                return
-            except OSError as exc:
+            except BaseException:
                 self.sock = None
                 sock.close()
-                if isinstance(exc, (TimeoutError, ssl.SSLError)):
-                    raise
-                failure = exc
+                raise
+            return
         raise failure
 
     def close(self) -> None:
@@ -154,8 +162,12 @@ class Connection:
                 answer.reusable = False
                 return answer
             answer = _read_answer(reader, max_body)
-            if answer.reusable and _surplus(sock, reader):
-                answer.reusable = False  # bytes after the answer: the next one could not be told apart
+            if answer.reusable and self.context is not None and sock.pending():  # type: ignore[attr-defined]
+                # Bytes after the answer, already decrypted inside TLS where polling the
+                # socket cannot see them: the next answer could not be told apart. (Any
+                # left in this reader's buffer go with it; any still in the socket are
+                # seen by the poll before the connection is used again.)
+                answer.reusable = False
             return answer
         finally:
             reader.close()
@@ -183,21 +195,6 @@ def _latin1(text: str) -> bool:
     except UnicodeEncodeError:
         return False
     return True
-
-
-def _surplus(sock: socket.socket, reader: Any) -> bool:
-    """Whether bytes follow the answer: in the reader's buffer, decrypted inside TLS
-    (where polling the socket cannot see them), or in the socket. Looked at without
-    waiting; an end of file is no surplus (the next request's check sees it)."""
-    sock.setblocking(False)
-    try:
-        return bool(reader.peek(1))
-    except (ssl.SSLWantReadError, BlockingIOError):
-        return False
-    except OSError:
-        return True
-    finally:
-        sock.setblocking(True)
 
 
 def _line(reader: Any) -> bytes:
