@@ -7,7 +7,10 @@ Reports the median wall time, over many runs, of:
      so this is what a training script really pays)
   3. interpreter start to the first ``notify()`` returning, with every installed
      plugin loaded and the console channel writing to /dev/null (target < 100 ms
-     over the baseline).
+     over the baseline), to the child's exit;
+  4. the same to the line the child prints once ``notify()`` returned (its exit and
+     the engine's stop not counted), each run paired with a ``python -c`` printing a
+     line: the figure #19 sets a target for (+60 ms with four channels installed).
 
 Run it with the interpreter whose environment you want to measure, e.g. after the
 README's install: ``.venv/bin/pip install -q . plugins/* && .venv/bin/python benchmarks/startup.py``
@@ -50,6 +53,31 @@ def median_ms(code: str, runs: int, env: dict[str, str], cwd: str) -> float:
     return statistics.median(times)
 
 
+def paired_ms(code: str, runs: int, env: dict[str, str], cwd: str) -> float:
+    """Median over ``runs`` pairs of (start to ``code``'s first line) less (the same for a
+    bare interpreter printing one)."""
+    def to_line(source: str) -> float:
+        started = time.perf_counter()
+        child = subprocess.Popen([sys.executable, "-c", source], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                 stderr=subprocess.DEVNULL, text=True)
+        watchdog = threading.Timer(60, child.kill)
+        watchdog.start()
+        try:
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            elapsed = (time.perf_counter() - started) * 1000
+            child.stdout.read()
+            returncode = child.wait()
+        finally:
+            watchdog.cancel()
+        if line.strip() != "returned" or returncode != 0:
+            raise SystemExit(f"{source!r} did not print its line ({returncode})")
+        return elapsed
+
+    bare = "print('returned', flush=True)\n"
+    return statistics.median(to_line(code) - to_line(bare) for _ in range(runs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=40)
@@ -62,6 +90,7 @@ def main() -> None:
         imported = median_ms("import afs_core", args.runs, env, cwd)
         manager_import = median_ms("from afs_core import NotificationManager", args.runs, env, cwd)
         first = median_ms(FIRST_NOTIFY, args.runs, env, cwd)
+        to_line = paired_ms(FIRST_NOTIFY + "print('returned', flush=True)\n", args.runs, env, cwd)
         plugins = subprocess.run(
             [sys.executable, "-c", "from afs_core.plugins import get_plugins;"
              "print(','.join(sorted(get_plugins().channels)))"],
@@ -71,7 +100,8 @@ def main() -> None:
     print(f"python -c pass                        {base:7.1f} ms")
     print(f"import afs_core                       {imported:7.1f} ms  (+{imported - base:.1f} ms)")
     print(f"from afs_core import NotificationManager {manager_import:4.1f} ms  (+{manager_import - base:.1f} ms)")
-    print(f"start to first notify() returning     {first:7.1f} ms  (+{first - base:.1f} ms)")
+    print(f"start to first notify() returning     {first:7.1f} ms  (+{first - base:.1f} ms), to the child's exit")
+    print(f"the same, to its line after notify()  +{to_line:.1f} ms over a bare interpreter's line (paired runs)")
 
 
 if __name__ == "__main__":

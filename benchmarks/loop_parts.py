@@ -1,0 +1,120 @@
+"""Where a pure-Python training loop's overhead goes, part by part of the engine.
+
+The loop of compare_apprise.py (3,000 steps of ~0.2 ms, notify() every 10 steps to a
+loopback afs-webhook), each run a fresh process, the variants in alternating order:
+
+    none      no AFS
+    notify    notify() only: the engine's threads stopped, nothing ingested or delivered
+    ingest    the ingest thread on, the channel's worker off: stored, not delivered
+    all       the engine as it runs
+
+For each: the median wall-time overhead against ``none`` of its round, how many times
+the training thread gave up the CPU while the loop ran (its voluntary context switches
+on Linux: each time it had to hand the GIL to an engine thread and wait for it back),
+and how many requests reached the server before the loop ended. Reaches into the
+engine's private parts to switch them off: a diagnostic, not an API.
+
+    python benchmarks/loop_parts.py [--rounds 9]
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compare_apprise  # noqa: E402  (its loopback server)
+
+LOOP = r"""
+import json, os, sys, threading, time
+variant, work = sys.argv[1], int(sys.argv[2])
+if variant != "none":
+    from afs_core import NotificationManager
+    manager = NotificationManager.from_env()
+    engine = manager._get_engine()
+    if variant in ("notify", "ingest"):
+        engine.detach("webhook")
+    if variant == "notify":
+        engine._stopping.set()
+        engine._ingest_wake.set()
+
+def switches():
+    try:
+        with open(f"/proc/self/task/{threading.get_native_id()}/status") as status:
+            return next(int(line.split()[1]) for line in status if line.startswith("voluntary_ctxt_switches"))
+    except (OSError, StopIteration):
+        return -1
+
+def step_work(n=work):
+    total = 0
+    for i in range(n):
+        total += i * i
+    return total
+
+before, started, wall_start = switches(), time.perf_counter(), time.time()
+for step in range(3000):
+    step_work()
+    if variant != "none" and step % 10 == 0:
+        manager.notify_epoch_completed("bench", "run-1", step, metrics={"loss": 1.0 / (step + 1)})
+print(json.dumps({"seconds": time.perf_counter() - started, "switches": switches() - before,
+                  "from": wall_start, "to": time.time()}), flush=True)
+os._exit(0)
+"""
+
+VARIANTS = ("none", "notify", "ingest", "all")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=9)
+    args = parser.parse_args()
+    server = subprocess.Popen([sys.executable, "-c", compare_apprise.SERVER, "0"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True)
+    assert server.stdout is not None
+    port = server.stdout.readline().strip()
+    arrivals: list[float] = []
+    threading.Thread(target=lambda: [arrivals.append(float(line.split()[0])) for line in server.stdout or ()],
+                     daemon=True).start()
+    work = compare_apprise.calibrate()
+    results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
+    try:
+        for round_ in range(args.rounds):
+            for variant in (VARIANTS if round_ % 2 else VARIANTS[::-1]):
+                env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_"))}
+                env.update(AFS_HOME=tempfile.mkdtemp(prefix="afs-parts-"), AFS_LOAD_PLUGINS="webhook",
+                           AFS_THROTTLE_SECONDS="0", WEBHOOK_URL=f"http://127.0.0.1:{port}/parts",
+                           WEBHOOK_SECRET="whsec_" + base64.b64encode(os.urandom(32)).decode())
+                done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work)], env=env, capture_output=True,
+                                      text=True, timeout=120, cwd=tempfile.gettempdir())
+                if done.returncode != 0:
+                    raise SystemExit(done.stderr[-2000:])
+                out = json.loads(done.stdout.strip().splitlines()[-1])
+                time.sleep(0.5)  # what the run sent has reached the server
+                out["requests"] = sum(1 for at in arrivals if out["from"] <= at <= out["to"])
+                results[variant].append(out)
+    finally:
+        assert server.stdin is not None
+        server.stdin.close()
+        server.wait(timeout=10)
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 3,000 steps ({work} iterations a step), "
+          f"notify() every 10 steps, {args.rounds} alternating rounds")
+    for variant in VARIANTS:
+        runs = results[variant]
+        overhead = statistics.median(100 * (r["seconds"] / n["seconds"] - 1)
+                                     for r, n in zip(runs, results["none"], strict=True))
+        print(f"    {variant:<7} {statistics.median(r['seconds'] for r in runs):.3f} s  overhead {overhead:+6.2f} %  "
+              f"training thread gave up the CPU {statistics.median(r['switches'] for r in runs):.0f} times  "
+              f"requests during the loop {statistics.median(r['requests'] for r in runs):.0f}")
+
+
+if __name__ == "__main__":
+    main()
