@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,6 +16,12 @@ from pathlib import Path
 import pytest
 
 import afs_core
+
+# A suite started in the background by a shell without job control (`cmd &`, nohup)
+# inherits SIGINT ignored, and so would every process it starts: the Ctrl-C tests would
+# then test nothing. A handler here means its children start with the default again.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # The framework integrations need torch and friends; they have their own tox
 # environment, and are left out wherever those are not installed.
