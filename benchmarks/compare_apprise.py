@@ -235,6 +235,15 @@ class Server:
             self.child.wait(timeout=5)
 
 
+def webhook_env(url: str) -> dict[str, str]:
+    """This environment for an AFS process posting to ``url`` with afs-webhook alone: a
+    store of its own, no repeated event held back (for the scripts beside this one)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_", "APPRISE_"))}
+    env.update(AFS_HOME=tempfile.mkdtemp(prefix="afs-bench-"), AFS_LOAD_PLUGINS="webhook", AFS_THROTTLE_SECONDS="0",
+               WEBHOOK_URL=url, WEBHOOK_SECRET="whsec_" + base64.b64encode(os.urandom(32)).decode())
+    return env
+
+
 class Bench:
     def __init__(self, apprise_python: str, server: Server, quick: bool) -> None:
         self.python = {"afs": sys.executable, "apprise": apprise_python}

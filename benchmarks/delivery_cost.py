@@ -11,13 +11,11 @@ counted. Needs afs-core and afs-webhook installed.
 from __future__ import annotations
 
 import argparse
-import base64
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -45,18 +43,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-c", compare_apprise.SERVER, "0"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    port = server.stdout.readline().strip()
-    threading.Thread(target=lambda: [None for _ in server.stdout or ()], daemon=True).start()
+    server = compare_apprise.Server(delay=0.0)
     rates, costs = [], []
     try:
         for _ in range(args.runs):
-            env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_"))}
-            env.update(AFS_HOME=tempfile.mkdtemp(prefix="afs-cost-"), AFS_LOAD_PLUGINS="webhook",
-                       AFS_THROTTLE_SECONDS="0", WEBHOOK_URL=f"http://127.0.0.1:{port}/cost",
-                       WEBHOOK_SECRET="whsec_" + base64.b64encode(os.urandom(32)).decode())
+            env = compare_apprise.webhook_env(f"http://{server.base}/cost")
             done = subprocess.run([sys.executable, "-c", CHILD, str(args.events)], env=env, capture_output=True,
                                   text=True, timeout=300, cwd=tempfile.gettempdir())
             if done.returncode != 0:
@@ -66,10 +57,9 @@ def main() -> None:
                 raise SystemExit("not every event was delivered")
             rates.append(args.events / float(elapsed))
             costs.append(1e6 * float(used) / args.events)
+            server.drain()
     finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        server.wait(timeout=10)
+        server.stop()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; {args.events} events to one loopback webhook, "
           f"{args.runs} runs")
     print(f"deliveries a second: {min(rates):,.0f}-{max(rates):,.0f} (median {statistics.median(rates):,.0f})")

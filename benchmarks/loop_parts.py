@@ -20,14 +20,12 @@ engine's private parts to switch them off: a diagnostic, not an API.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -77,34 +75,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
     args = parser.parse_args()
-    server = subprocess.Popen([sys.executable, "-c", compare_apprise.SERVER, "0"], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True)
-    assert server.stdout is not None
-    port = server.stdout.readline().strip()
-    arrivals: list[float] = []
-    threading.Thread(target=lambda: [arrivals.append(float(line.split()[0])) for line in server.stdout or ()],
-                     daemon=True).start()
+    server = compare_apprise.Server(delay=0.0)
     work = compare_apprise.calibrate()
     results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     try:
         for round_ in range(args.rounds):
             for variant in (VARIANTS if round_ % 2 else VARIANTS[::-1]):
-                env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_"))}
-                env.update(AFS_HOME=tempfile.mkdtemp(prefix="afs-parts-"), AFS_LOAD_PLUGINS="webhook",
-                           AFS_THROTTLE_SECONDS="0", WEBHOOK_URL=f"http://127.0.0.1:{port}/parts",
-                           WEBHOOK_SECRET="whsec_" + base64.b64encode(os.urandom(32)).decode())
+                env = compare_apprise.webhook_env(f"http://{server.base}/parts")
                 done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work)], env=env, capture_output=True,
                                       text=True, timeout=120, cwd=tempfile.gettempdir())
                 if done.returncode != 0:
                     raise SystemExit(done.stderr[-2000:])
                 out = json.loads(done.stdout.strip().splitlines()[-1])
                 time.sleep(0.5)  # what the run sent has reached the server
+                arrivals = []
+                while not server.arrivals.empty():
+                    arrivals.append(server.arrivals.get_nowait()[0])
                 out["requests"] = sum(1 for at in arrivals if out["from"] <= at <= out["to"])
                 results[variant].append(out)
     finally:
-        assert server.stdin is not None
-        server.stdin.close()
-        server.wait(timeout=10)
+        server.stop()
     print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 3,000 steps ({work} iterations a step), "
           f"notify() every 10 steps, {args.rounds} alternating rounds")
     for variant in VARIANTS:
