@@ -303,28 +303,38 @@ SEND_SLOWLY_THEN_DIE = """
 import os, signal, time
 from afs_core import NotificationManager
 manager = NotificationManager.from_env()
-for i in range(40):
-    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+for i in range({count}):
+    print(manager.notify_training_completed("m", f"run-{{i}}", 1.0).event.event_id, flush=True)
 time.sleep(60)
 """
 
 
-def test_a_run_killed_mid_burst_repeats_at_most_the_send_it_was_in(runs, webhook_server):
-    webhook_server.default = Scripted(delay=0.05)
-    sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE], env=runs.env(webhook_server.url + "/hook"),
+def killed_mid_burst(runs, webhook_server, *, count, delay, killed_after):
+    """A run that accepted ``count`` events for a receiver answering after ``delay``, killed
+    once ``killed_after`` requests arrived; then a second process flushed the same store.
+    What the run accepted, what the receiver got, and what ``afs outbox`` then lists."""
+    webhook_server.default = Scripted(delay=delay)
+    env = runs.env(webhook_server.url + "/hook")
+    sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE.format(count=count)], env=env,
                               stdout=subprocess.PIPE, text=True, cwd=runs.tmp_path)
-    accepted = [sender.stdout.readline().strip() for _ in range(40)]
+    accepted = [sender.stdout.readline().strip() for _ in range(count)]
     deadline = time.monotonic() + 30
-    while len(webhook_server.received) < 12 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    while len(webhook_server.received) < killed_after and time.monotonic() < deadline:
+        time.sleep(0.002)
     sender.kill()
     sender.wait(timeout=10)
+    assert len(webhook_server.received) < count  # killed mid-burst
     webhook_server.default = Scripted()
-    after = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
+    after = runs.python(FLUSH.format(timeout=60), env)
     assert after.stdout.split()[0] == "True"
-    sent = ids(webhook_server)
+    return accepted, ids(webhook_server), runs.afs(env, "outbox").stdout.strip()
+
+
+def test_a_run_killed_mid_burst_repeats_at_most_the_send_it_was_in(runs, webhook_server):
+    accepted, sent, outbox = killed_mid_burst(runs, webhook_server, count=40, delay=0.05, killed_after=12)
     assert sorted(set(sent)) == sorted(accepted)
     assert len(sent) - len(set(sent)) <= 1  # only a send the kill cut off may go twice
+    assert outbox == "the outbox is empty"
 
 
 def test_a_run_killed_mid_burst_to_a_quick_receiver_repeats_at_most_one_written_group(runs, webhook_server):
@@ -332,23 +342,10 @@ def test_a_run_killed_mid_burst_to_a_quick_receiver_repeats_at_most_one_written_
     time: a kill repeats at most the sends of one unwritten group, nothing is lost."""
     from afs_core.delivery.engine import RECORD_GROUP
 
-    webhook_server.default = Scripted(delay=0.003)
-    sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE.replace("range(40)", "range(300)")],
-                              env=runs.env(webhook_server.url + "/hook"), stdout=subprocess.PIPE, text=True,
-                              cwd=runs.tmp_path)
-    accepted = [sender.stdout.readline().strip() for _ in range(300)]
-    deadline = time.monotonic() + 30
-    while len(webhook_server.received) < 60 and time.monotonic() < deadline:
-        time.sleep(0.002)
-    sender.kill()
-    sender.wait(timeout=10)
-    assert len(webhook_server.received) < 300  # killed mid-burst
-    webhook_server.default = Scripted()
-    after = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
-    assert after.stdout.split()[0] == "True"
-    sent = ids(webhook_server)
+    accepted, sent, outbox = killed_mid_burst(runs, webhook_server, count=300, delay=0.003, killed_after=60)
     assert sorted(set(sent)) == sorted(accepted)
     assert len(sent) - len(set(sent)) <= RECORD_GROUP
+    assert outbox == "the outbox is empty"
 
 
 SEND_AND_LIVE_ON = """
