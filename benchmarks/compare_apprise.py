@@ -284,26 +284,31 @@ class Bench:
     def startup_ms(self, side: str, code_side: str) -> float:
         """Milliseconds from starting ``python -c`` to its first line (the notify() returned)."""
         code = STARTUP[code_side].format(url=self.url("apprise", "/start/apprise"))
-        env = self.env(side, "/start/afs")
-        started = time.perf_counter()
-        child = subprocess.Popen([self.python[side], "-c", code], env=env, cwd=self.cwd,
-                                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        watchdog = threading.Timer(60, child.kill)  # a blocking read, bounded
-        watchdog.start()
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            elapsed = (time.perf_counter() - started) * 1000
-            child.stdout.read()
-            returncode = child.wait(timeout=30)
-        finally:
-            watchdog.cancel()
-            if child.poll() is None:
-                child.kill()
-                child.wait(timeout=5)
-        if line.strip() != "returned" or returncode != 0:
-            raise SystemExit(f"{side} start-up run failed ({returncode})")
-        return elapsed
+        return first_line_ms(self.python[side], code, self.env(side, "/start/afs"), self.cwd)
+
+
+def first_line_ms(python: str, code: str, env: dict[str, str], cwd: str) -> float:
+    """Milliseconds from starting ``python -c code`` to its first line, which must say
+    ``returned``; the child is then waited for (bounded)."""
+    started = time.perf_counter()
+    child = subprocess.Popen([python, "-c", code], env=env, cwd=cwd,
+                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    watchdog = threading.Timer(60, child.kill)  # a blocking read, bounded
+    watchdog.start()
+    try:
+        assert child.stdout is not None
+        line = child.stdout.readline()
+        elapsed = (time.perf_counter() - started) * 1000
+        child.stdout.read()
+        returncode = child.wait(timeout=30)
+    finally:
+        watchdog.cancel()
+        if child.poll() is None:
+            child.kill()
+            child.wait(timeout=5)
+    if line.strip() != "returned" or returncode != 0:
+        raise SystemExit(f"a start-up run failed ({returncode}): {code.splitlines()[0]!r}")
+    return elapsed
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

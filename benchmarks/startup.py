@@ -26,6 +26,10 @@ import sys
 import tempfile
 import threading
 import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from compare_apprise import first_line_ms  # noqa: E402  (its bounded child, read to its first line)
 
 FIRST_NOTIFY = (
     "from afs_core import NotificationManager\n"
@@ -56,26 +60,9 @@ def median_ms(code: str, runs: int, env: dict[str, str], cwd: str) -> float:
 def paired_ms(code: str, runs: int, env: dict[str, str], cwd: str) -> float:
     """Median over ``runs`` pairs of (start to ``code``'s first line) less (the same for a
     bare interpreter printing one)."""
-    def to_line(source: str) -> float:
-        started = time.perf_counter()
-        child = subprocess.Popen([sys.executable, "-c", source], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                 stderr=subprocess.DEVNULL, text=True)
-        watchdog = threading.Timer(60, child.kill)
-        watchdog.start()
-        try:
-            assert child.stdout is not None
-            line = child.stdout.readline()
-            elapsed = (time.perf_counter() - started) * 1000
-            child.stdout.read()
-            returncode = child.wait()
-        finally:
-            watchdog.cancel()
-        if line.strip() != "returned" or returncode != 0:
-            raise SystemExit(f"{source!r} did not print its line ({returncode})")
-        return elapsed
-
     bare = "print('returned', flush=True)\n"
-    return statistics.median(to_line(code) - to_line(bare) for _ in range(runs))
+    return statistics.median(first_line_ms(sys.executable, code, env, cwd)
+                             - first_line_ms(sys.executable, bare, env, cwd) for _ in range(runs))
 
 
 def main() -> None:
