@@ -172,3 +172,51 @@ def test_a_journal_cut_to_its_lines_when_a_full_map_rotates(tmp_path, monkeypatc
     assert len(files) == 3
     assert all(b"\0" not in path.read_bytes() for path in files[:-1])  # let go of: its lines alone
     assert [r["event"]["event_id"] for r in journal.read_new()] == [f"e{i}" for i in range(12)]
+
+
+def test_a_map_reserves_a_small_room_so_the_first_write_is_cheap(tmp_path):
+    """Writing first into reserved room readies all of it (ext4 zeroes it), on the
+    caller's thread: a 4 MiB map cost the first notify() up to 10 ms."""
+    journal = Journal(tmp_path)
+    journal.append(record(0))
+    (path,) = tmp_path.glob("*.jsonl")
+    assert path.stat().st_size == journal_module.MAP_BYTES < journal_module.ROTATE_BYTES
+    journal.close()
+
+
+def test_a_line_longer_than_a_map_gets_a_file_of_its_own_and_maps_come_back(tmp_path, monkeypatch):
+    monkeypatch.setattr(journal_module, "MAP_BYTES", 4096)
+    journal = Journal(tmp_path)
+    journal.append(record(0))
+    huge = {"event": {"event_id": "huge", "message": "x" * 10_000}, "channels": ["c"], "at": 1.0}
+    journal.append(huge)  # too long for any map: written with write(), in a file of its own
+    writes = []
+    real_write = journal_module.os.write
+    monkeypatch.setattr(journal_module.os, "write", lambda fd, data: writes.append(data) or real_write(fd, data))
+    for i in range(2, 20):
+        journal.append(record(i))
+    assert writes == []  # the lines after it are copied into a map again
+    assert [r["event"]["event_id"] for r in journal.read_new()] == ["e0", "huge"] + [f"e{i}" for i in range(2, 20)]
+    by_age = sorted(tmp_path.glob("*.jsonl"), key=lambda p: int(p.name.rsplit("-", 1)[1].split(".")[0]))
+    assert [r["event"]["event_id"] for r in read_whole(by_age[1])] == ["huge"]
+    journal.acknowledge()
+    journal.close()
+    assert list(tmp_path.glob("*.jsonl")) == []
+
+
+def test_this_processs_own_map_is_read_without_opening_the_file(tmp_path, monkeypatch):
+    """The reading thread copies what was written from memory: opening, reading and
+    closing the file would give up the GIL three times a look, each a switch the
+    training thread pays for."""
+    journal = Journal(tmp_path)
+    for i in range(5):
+        journal.append(record(i))
+
+    def no_open(*args, **kwargs):
+        raise AssertionError("the journal file was opened to read it")
+
+    monkeypatch.setattr(journal_module, "open", no_open, raising=False)
+    assert [r["event"]["event_id"] for r in journal.read_new()] == [f"e{i}" for i in range(5)]
+    journal.append(record(5))
+    assert [r["event"]["event_id"] for r in journal.read_new()] == ["e5"]
+    journal.close()

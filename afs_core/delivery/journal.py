@@ -35,6 +35,10 @@ from typing import Any
 from afs_core.source import host_name
 
 ROTATE_BYTES = 4 * 1024 * 1024  # a file is let go once this much was read (or its map is full)
+# A mapped file's room. The first write into room posix_fallocate reserved makes the file
+# system ready all of it (ext4 zeroes the reserved extent: 0.5 to 10 ms for 4 MiB, on the
+# caller's thread at the first notify() and at every new file), so maps stay this small.
+MAP_BYTES = 256 * 1024
 SUFFIX = ".jsonl"
 UNREADABLE = ".unreadable"
 MAP_JOURNALS = True  # False: every file is appended to with write() (tests cover both)
@@ -57,14 +61,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _map_bytes() -> int:
+    return min(MAP_BYTES, ROTATE_BYTES)
+
+
 def _mapped(fd: int, path: Path) -> mmap.mmap | None:
     """The file's map, its room reserved on disk; None where that cannot be (the file is
     then appended to with write())."""
     if not MAP_JOURNALS or not hasattr(os, "posix_fallocate"):
         return None
     try:
-        os.posix_fallocate(fd, 0, ROTATE_BYTES)
-        return mmap.mmap(fd, ROTATE_BYTES, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.posix_fallocate(fd, 0, _map_bytes())
+        return mmap.mmap(fd, _map_bytes(), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError) as exc:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # no reserved room left behind: the file is appended to
@@ -105,6 +113,7 @@ class Journal:
         self._torn = False  # the last line was cut short and its end not written
         self._map: mmap.mmap | None = None  # the file's map, where lines are copied
         self._end = 0  # bytes written into the map
+        self._huge = False  # this plain file was opened for a line longer than a map
         _JOURNALS.add(self)
 
     def _open(self, mapped: bool = True) -> None:
@@ -120,6 +129,7 @@ class Journal:
         self._read_offset = self._acked_offset = 0
         self._partial = b""
         self._torn = False
+        self._huge = False
 
     def _rotate(self, mapped: bool) -> None:
         """A new file for the lines to come; the current one is read to its end first."""
@@ -143,9 +153,12 @@ class Journal:
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
+            if self._map is None and self._huge and len(line) <= _map_bytes():
+                self._rotate(mapped=True)  # the huge line had a plain file of its own: a map again
             if self._map is not None:
                 if self._end + len(line) > len(self._map):  # full: a fresh map (a huge line: a plain file)
-                    self._rotate(mapped=len(line) <= ROTATE_BYTES)
+                    self._rotate(mapped=len(line) <= _map_bytes())
+                    self._huge = self._map is None and len(line) > _map_bytes()
                 if self._map is not None:
                     self._map[self._end:self._end + len(line)] = line
                     self._end += len(line)
@@ -185,12 +198,19 @@ class Journal:
                     path, offset, partial = self._path, 0, b""
                     end = 0 if self._map is not None else None
             retired, self._retired = self._retired, []
+            # What this process wrote into its map is copied from memory: no system call,
+            # so the reading thread does not give up the GIL (and take it back) to open,
+            # read and close the file.
+            written = self._map[offset:end] if self._map is not None and end is not None else None
         records: list[dict[str, Any]] = []
         for old_path, old_offset, old_partial, old_fd in retired:  # the rest of rotated files first
             rest, lines_end, _ = _read_from(old_path, old_offset, old_partial)
             records += rest
             self._unacknowledged.append((old_path, old_fd, lines_end))
-        new, offset, partial = _read_from(path, offset, partial, end=end)
+        if written is not None:
+            new, offset, partial = _lines(written, offset, partial)
+        else:
+            new, offset, partial = _read_from(path, offset, partial, end=end)
         with self._lock:
             if path == self._path:
                 self._read_offset, self._partial = offset, partial
@@ -315,10 +335,15 @@ def _read_from(
         return [], offset, partial
     if end is None:  # another process's file: a mapped one killed before it was cut to its lines
         data = data.rstrip(b"\0")  # ends in room never written
+    return _lines(data, offset, partial)
+
+
+def _lines(data: bytes, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
+    """The records in ``data`` (read from ``offset``, after ``partial``), the offset
+    after it, and an incomplete last line, which waits for its end."""
     offset += len(data)
-    data = partial + data
-    lines = data.split(b"\n")
-    rest = lines.pop()  # an incomplete last line waits for its end
+    lines = (partial + data).split(b"\n")
+    rest = lines.pop()
     return [r for r in (_parse(line) for line in lines) if r is not None], offset, rest
 
 
