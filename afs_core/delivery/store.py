@@ -625,14 +625,17 @@ class Store:
             return db
         raise AssertionError("unreachable")
 
-    def _db(self) -> sqlite3.Connection:
+    def _db(self, *, look: bool = True) -> sqlite3.Connection:
+        """This thread's connection. ``look`` False: the file is not looked at to see
+        whether it was replaced (a transaction looks once it holds the lock)."""
         if self._memory is not None:
             return self._memory
         local = self._local
         db = getattr(local, "db", None)
         # One connection per thread, never across fork, and a new one when the file
         # was replaced (by this process or another that found it damaged).
-        if db is None or local.pid != os.getpid() or local.generation != self._generation or self._replaced():
+        if (db is None or local.pid != os.getpid() or local.generation != self._generation
+                or (look and self._replaced())):
             if db is not None and local.pid == os.getpid():
                 with contextlib.suppress(sqlite3.Error):
                     db.close()
@@ -649,9 +652,9 @@ class Store:
             return True
 
     @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
+    def _read(self, *, look: bool = True) -> Iterator[sqlite3.Connection]:
         if self._memory is None:
-            yield self._db()
+            yield self._db(look=look)
             return
         with self._memory_lock:
             yield self._memory
@@ -664,8 +667,10 @@ class Store:
         busy timeout wait for another writer, where a read-then-write transaction
         would fail at once with a stale snapshot.
         """
-        for _ in range(3):
-            with self._read() as db:
+        for attempt in range(3):
+            # The first try skips _db()'s look at the file: it is looked at below, once
+            # the lock is held (each look is a system call, the GIL let go and taken back).
+            with self._read(look=attempt > 0) as db:
                 db.execute("BEGIN IMMEDIATE")
                 if self._memory is None and self._replaced():
                     # The file was replaced (a damaged store) while this waited for its lock:
