@@ -87,6 +87,7 @@ CREATE TABLE IF NOT EXISTS deliveries (
     lease_until REAL,
     last_error TEXT,
     updated REAL NOT NULL,
+    created REAL,
     UNIQUE (event_id, channel)
 );
 CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries(channel, status, next_attempt);
@@ -123,6 +124,36 @@ CREATE INDEX IF NOT EXISTS events_run ON events(run_id, created);
 CREATE INDEX IF NOT EXISTS events_run_type ON events(run_id, event_type, created);
 CREATE INDEX IF NOT EXISTS attempts_failures ON attempts(at) WHERE outcome IN ('retry', 'dead');
 """
+
+#: A claim walks this index in the order it sends (its event's time, then id) and stops
+#: at its limit. Sorting every due row instead cost 1.8 ms a claim with 3,000 waiting,
+#: 6 ms with 10,000: draining a backlog went quadratic.
+_DELIVERY_ORDER = "CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries(channel, status, created)"
+
+
+def _prepare(db: sqlite3.Connection) -> None:
+    """Make the tables (a no-op when they are there), and give deliveries written by
+    AFS before 0.3 their event's time, which claims are ordered by."""
+    db.executescript(_SCHEMA)
+    if not any(row[1] == "created" for row in db.execute("PRAGMA table_info(deliveries)")):
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if not any(row[1] == "created" for row in db.execute("PRAGMA table_info(deliveries)")):
+                db.execute("ALTER TABLE deliveries ADD COLUMN created REAL")
+                fill_delivery_times(db)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+    db.execute(_DELIVERY_ORDER)
+
+
+def fill_delivery_times(db: sqlite3.Connection) -> None:
+    """Deliveries without their event's time (written by an older AFS, or salvaged from
+    one) get it."""
+    db.execute("UPDATE deliveries SET created = (SELECT e.created FROM events e WHERE e.event_id = deliveries.event_id)"
+               " WHERE created IS NULL")
 
 
 def open_store(
@@ -569,14 +600,14 @@ class Store:
             # database exists once per connection.
             self._memory = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
             self._memory.execute("PRAGMA foreign_keys=ON")
-            self._memory.executescript(_SCHEMA)
+            _prepare(self._memory)
             return
         if self.read_only:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         generation = self._generation
         try:
-            self._db().executescript(_SCHEMA)
+            _prepare(self._db())
         except sqlite3.DatabaseError as exc:
             if not is_damage(exc):
                 raise
@@ -781,8 +812,9 @@ class Store:
                     # Writers elsewhere wait for the lock, then find the file replaced and
                     # write to the fresh one; nothing lands after the salvage read it.
                     db.execute("PRAGMA journal_mode=DELETE")  # one file, no WAL to carry over
-                    db.executescript(_SCHEMA)
+                    _prepare(db)
                     events, pending = salvage(path, db, readable) if readable is not None else (0, 0)
+                    fill_delivery_times(db)  # the damaged file's deliveries may be an older AFS's
                     db.close()
                     _put_in_place(fresh, path, damaged)
                     if damaged != path:
@@ -929,8 +961,10 @@ class Store:
             rows = db.execute(
                 "SELECT d.id, d.attempts, d.lease_owner, d.lease_until, e.created, e.data, e.ranks"
                 " FROM deliveries d JOIN events e ON e.event_id = d.event_id"
-                " WHERE d.channel = ? AND d.status = ? AND d.next_attempt <= ?"
-                " ORDER BY e.created, d.id LIMIT ?",  # oldest first: a run's events in the order they happened
+                # Oldest first: a run's events in the order they happened. "+" keeps SQLite
+                # off deliveries_due, which would make it sort every due row.
+                " WHERE d.channel = ? AND d.status = ? AND +d.next_attempt <= ?"
+                " ORDER BY d.created, d.id LIMIT ?",
                 (channel, PENDING, now, limit * 4 + len(skipped)),
             ).fetchall()
             claimed: list[Claimed] = []
@@ -1380,8 +1414,8 @@ class _Rows:
         event_id = event["event_id"]
         row = (event_id, created, event.get("run_id"), event["event_type"], event["level"], event["title"],
                dedup_key, ranks, strict_json(event))
-        deliveries = [(event_id, channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated)
-                      for channel in channels]
+        deliveries = [(event_id, channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated,
+                       created) for channel in channels]
         self.events.append(row)
         self.deliveries.extend(deliveries)
 
@@ -1390,7 +1424,7 @@ class _Rows:
         _insert_rows(db, "INSERT OR IGNORE INTO events (event_id, created, run_id, event_type, level, title,"
                          " dedup_key, ranks, data)", 9, self.events)
         _insert_rows(db, "INSERT OR IGNORE INTO deliveries (event_id, channel, status, next_attempt, attempts,"
-                         " updated)", 6, self.deliveries)
+                         " updated, created)", 7, self.deliveries)
         self.metrics, self.events, self.deliveries = [], [], []
 
 
