@@ -105,6 +105,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     shared.close()
 
 
+def test_a_claim_takes_the_oldest_events_first_whatever_order_they_were_stored_in(store: Any) -> None:
+    now = time.time()
+
+    def record(title: str, at: float) -> dict[str, Any]:
+        return {"event": make_event(title=title).to_dict(), "channels": ["hook"], "at": at}
+
+    store.ingest([record("newer", now - 10), record("newest", now - 5)])
+    store.ingest([record("oldest", now - 60), record("older", now - 30)])  # a stopped process's, taken later
+    claimed = store.claim("hook", "me:1:1", limit=10, lease=30.0)
+    assert [c.event.title for c in claimed] == ["oldest", "older", "newer", "newest"]
+
+
 def test_a_delivery_is_claimed_by_one_owner_and_finished_once(store: Any) -> None:
     event = make_event()
     store.enqueue(event, ["hook", "other"])
@@ -200,6 +212,31 @@ def test_a_database_of_an_earlier_version_is_migrated_step_by_step(pg_url: str, 
     shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
     assert shared.migrate() == list(range(2, SCHEMA_VERSION + 1))  # type: ignore[attr-defined]
     assert shared.throttle("slack", "epoch_completed", "r", 60.0) == (True, 0)  # type: ignore[attr-defined]
+
+
+def test_deliveries_waiting_in_a_version_2_database_get_their_event_time(pg_url: str, tmp_path: Path) -> None:
+    import psycopg
+
+    now = time.time()
+    with psycopg.connect(pg_url, autocommit=True) as db:  # as 0.2 left it, with deliveries waiting
+        db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
+        for number, step in enumerate(MIGRATIONS[:2], start=1):
+            db.execute(step.encode())
+            db.execute("INSERT INTO schema_version VALUES (%s, 0)", (number,))
+        for title, created in (("second", now - 50), ("first", now - 90), ("third", now - 10)):
+            event = make_event(title=title)
+            db.execute("INSERT INTO events (event_id, created, event_type, level, title, data)"
+                       " VALUES (%s, %s, %s, %s, %s, %s)",
+                       (event.event_id, created, event.event_type.value, event.level.value, title,
+                        json.dumps(event.to_dict())))
+            db.execute("INSERT INTO deliveries (event_id, channel, status, next_attempt, updated)"
+                       " VALUES (%s, 'hook', 'pending', %s, %s)", (event.event_id, created, created))
+    shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
+    assert shared.migrate() == list(range(3, SCHEMA_VERSION + 1))  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url) as db:
+        assert db.execute("SELECT COUNT(*) FROM deliveries WHERE created IS NULL").fetchone() == (0,)
+    claimed = shared.claim("hook", "me:1:1", limit=10, lease=30.0)  # type: ignore[attr-defined]
+    assert [c.event.title for c in claimed] == ["first", "second", "third"]
 
 
 def test_afs_store_commands_on_a_shared_database(pg_url: str, monkeypatch: pytest.MonkeyPatch,

@@ -171,6 +171,13 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (channel, event_type, run_id)
     );
     """,
+    # 3: each delivery carries its event's time, so a claim walks an index in the order
+    # it sends (oldest event first) and stops at its limit, instead of sorting the backlog.
+    """
+    ALTER TABLE deliveries ADD COLUMN created DOUBLE PRECISION;
+    UPDATE deliveries d SET created = e.created FROM events e WHERE e.event_id = d.event_id;
+    CREATE INDEX deliveries_order ON deliveries (channel, status, created, id);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -450,10 +457,10 @@ class PostgresStore:
              dedup_key, ranks, hosts, *_event_columns(event), data),
         )
         db.executemany(
-            "INSERT INTO deliveries (event_id, channel, status, next_attempt, attempts, updated)"
-            " VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (event_id, channel) DO NOTHING",
-            [(event["event_id"], channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated)
-             for channel in channels],
+            "INSERT INTO deliveries (event_id, channel, status, next_attempt, attempts, updated, created)"
+            " VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT (event_id, channel) DO NOTHING",
+            [(event["event_id"], channel, PENDING, not_before, int((attempts or {}).get(channel) or 0), updated,
+              created) for channel in channels],
         )
 
     def enqueue(self, event: NotificationEvent, channels: Sequence[str], *, not_before: float | None = None,
@@ -545,13 +552,13 @@ class PostgresStore:
         with self._transaction() as db:
             rows = db.execute(
                 base + f" AND (d.lease_until IS NULL OR d.lease_until <= {_NOW} OR d.lease_owner = %s)"
-                " ORDER BY e.created, d.id LIMIT %s FOR UPDATE OF d SKIP LOCKED",
+                " ORDER BY d.created, d.id LIMIT %s FOR UPDATE OF d SKIP LOCKED",
                 (channel, PENDING, skipped, owner, limit)).fetchall()
             if len(rows) < limit:
                 # Leases of this host's processes that died: taken over at once, not at expiry.
                 held = db.execute(
                     base + f" AND d.lease_until > {_NOW} AND d.lease_owner <> %s AND d.lease_owner LIKE %s"
-                    " ORDER BY e.created, d.id LIMIT %s FOR UPDATE OF d SKIP LOCKED",
+                    " ORDER BY d.created, d.id LIMIT %s FOR UPDATE OF d SKIP LOCKED",
                     (channel, PENDING, skipped, owner, _like_prefix(host_name()), limit)).fetchall()
                 rows += [row for row in held if _owner_is_dead(row[2])][: limit - len(rows)]
             if not rows:
