@@ -165,8 +165,8 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         if 300 <= answer.status < 400:
             raise PermanentDeliveryError(f"HTTP {answer.status}: a redirect{self._redirect_target(answer)}, "
                                          "not followed; set WEBHOOK_URL to the address the receiver really answers on")
-        super().read_answer(answer)  # raises for everything but 2xx
-        return f"HTTP {answer.status}: {self.words(answer)}"
+        said = super().read_answer(answer)  # raises for everything but 2xx; else what words() made of it
+        return f"HTTP {answer.status}: {said}"
 
     def _redirect_target(self, answer: HttpAnswer) -> str:
         """`` to https://host`` for a redirect's ``Location``; ``""`` without one; and
