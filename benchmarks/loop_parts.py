@@ -14,12 +14,17 @@ on Linux: each time it had to hand the GIL to an engine thread and wait for it b
 and how many requests reached the server before the loop ended. Reaches into the
 engine's private parts to switch them off: a diagnostic, not an API.
 
-    python benchmarks/loop_parts.py [--rounds 9]
+    python benchmarks/loop_parts.py [--rounds 9] [--step c]
+
+``--step c`` makes each step's work C code that lets go of the GIL (SHA-256 of a
+buffer), as a real step spends its time in a framework's kernels: the engine's
+threads then run in the gaps instead of taking the GIL from the loop.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import statistics
@@ -52,11 +57,17 @@ def switches():
     except (OSError, StopIteration):
         return -1
 
-def step_work(n=work):
-    total = 0
-    for i in range(n):
-        total += i * i
-    return total
+if sys.argv[3] == "python":
+    def step_work(n=work):
+        total = 0
+        for i in range(n):
+            total += i * i
+        return total
+else:  # work in C that lets go of the GIL, as a framework's kernels and copies do
+    import hashlib
+    data = bytes(work)
+    def step_work():
+        return hashlib.sha256(data).digest()
 
 before, started, wall_start = switches(), time.perf_counter(), time.time()
 for step in range(3000):
@@ -71,19 +82,37 @@ os._exit(0)
 VARIANTS = ("none", "notify", "ingest", "all")
 
 
+def calibrate_c(target: float = 0.0002) -> int:
+    """Bytes whose SHA-256 takes about ``target`` seconds here (hashlib lets go of the
+    GIL for the whole digest of a buffer this large)."""
+    size = 1 << 16
+    for _ in range(3):
+        data = bytes(size)
+        trials = []
+        for _ in range(5):
+            started = time.perf_counter()
+            for _ in range(50):
+                hashlib.sha256(data).digest()
+            trials.append((time.perf_counter() - started) / 50)
+        size = max(4096, round(size * target / min(trials)))
+    return size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--step", choices=("python", "c"), default="python",
+                        help="the step's work: pure Python (holds the GIL throughout), or C that lets go of it")
     args = parser.parse_args()
     server = compare_apprise.Server(delay=0.0)
-    work = compare_apprise.calibrate()
+    work = compare_apprise.calibrate() if args.step == "python" else calibrate_c()
     results: dict[str, list[dict[str, float]]] = {variant: [] for variant in VARIANTS}
     try:
         for round_ in range(args.rounds):
             for variant in (VARIANTS if round_ % 2 else VARIANTS[::-1]):
                 env = compare_apprise.webhook_env(f"http://{server.base}/parts")
-                done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work)], env=env, capture_output=True,
-                                      text=True, timeout=120, cwd=tempfile.gettempdir())
+                done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work), args.step], env=env,
+                                      capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
                 if done.returncode != 0:
                     raise SystemExit(done.stderr[-2000:])
                 out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -95,7 +124,8 @@ def main() -> None:
                 results[variant].append(out)
     finally:
         server.stop()
-    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 3,000 steps ({work} iterations a step), "
+    step = f"{work} iterations of pure Python" if args.step == "python" else f"SHA-256 of {work:,} bytes, in C"
+    print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; 3,000 steps (each {step}), "
           f"notify() every 10 steps, {args.rounds} alternating rounds")
     for variant in VARIANTS:
         runs = results[variant]

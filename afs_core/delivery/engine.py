@@ -57,7 +57,11 @@ LEASE_SECONDS = 120.0
 # notify() wakes the ingest thread; without a wake-up it looks this often (a busy store
 # to retry, log_metrics values to record), so an idle engine costs next to nothing.
 INGEST_SECONDS = 0.5
-BATCH_SECONDS = 0.005  # after moving events it waits this long, so a burst goes in batches
+# After moving events the ingest thread waits this long, so a stream of events goes in
+# batches: each look takes the GIL a dozen times (SQLite lets go of it at every step),
+# and each time a busy training thread waits to get it back. The first event after a
+# quiet spell is still taken at once; flush() does not wait for this.
+BATCH_SECONDS = 0.025
 PRUNE_SECONDS = 3600.0
 METRICS_HELD = 200_000  # log_metrics calls waiting for the ingest thread, at most
 FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
