@@ -564,3 +564,47 @@ def test_due_deliveries_go_out_oldest_event_first_a_retried_one_included(tmp_pat
     store.enqueue(NotificationEvent(EventType.TRAINING_COMPLETED, "completed", "m"), ["c"])
     clock.advance(30)
     assert [c.event.title for c in store.claim("c", "tester:1:1")] == ["started", "completed"]
+
+
+def wait_for(condition, seconds):
+    """Real time, bounded: for the engine's threads to act."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_plugins, tmp_path):
+    """Each look for deliveries other processes left lets the GIL go a dozen times: with
+    none pending the looks grow apart (1, 2, then every 4 s); one such delivery is still
+    taken within the longest gap."""
+    from afs_core.testing import ManualClock
+
+    clock = ManualClock(real_slice=60.0)  # waits end only when the clock passes them
+    store = Store(tmp_path / "afs.db", clock=clock)
+    looks = []
+    next_due = store.next_due
+    store.next_due = lambda channel: looks.append(clock.time()) or next_due(channel)
+    manager = NotificationManager(plugins=afs_plugins, store=store)
+    channel = RecordingChannel()
+    try:
+        manager.register_handler("quiet", channel)
+        started = clock.time()
+        assert wait_for(lambda: len(looks) == 1, 10.0)
+        for second in range(1, 13):
+            clock.advance(1.0)
+            if second in (1, 3, 7, 11):
+                assert wait_for(lambda at=second: round(looks[-1] - started) == at, 10.0), looks
+            else:
+                time.sleep(0.05)  # the worker's turn, were a look due
+        assert [round(at - started) for at in looks] == [0, 1, 3, 7, 11]
+        # Another process's delivery, stored without waking this worker:
+        store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "from elsewhere", "m"), ["quiet"])
+        for _ in range(4):
+            clock.advance(1.0)
+            time.sleep(0.05)
+        assert wait_for(lambda: len(channel.messages) == 1, 10.0)
+    finally:
+        manager.close(timeout=5)

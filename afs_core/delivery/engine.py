@@ -49,7 +49,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("afs.engine")
 
-POLL_SECONDS = 1.0  # how often an idle worker looks for work other processes left
+POLL_SECONDS = 1.0  # how often an idle worker looks for work other processes left ...
+IDLE_POLL_SECONDS = 4.0  # ... doubling up to this while the store holds none for its channel
 RECORD_GROUP = 16  # outcomes of deliveries that went out, written in one transaction ...
 RECORD_SECONDS = 0.02  # ... or after this long, whichever comes first
 ORPHAN_SCAN_SECONDS = 5.0
@@ -154,6 +155,7 @@ class _Worker(threading.Thread):
         self._done_since = 0.0  # when the send of the oldest outcome not yet written down began
         self._send_began = 0.0
         self._unwritable = False  # the last write of outcomes failed: the store takes none now
+        self._idle_looks = 0  # looks in a row that found nothing pending for this channel
 
     def run(self) -> None:
         self.owner = owner_id()
@@ -162,6 +164,8 @@ class _Worker(threading.Thread):
             for store in self.engine.stores():
                 claimed = self._claim(store)
                 worked = worked or bool(claimed)
+                if claimed:
+                    self._idle_looks = 0
                 self._deliver(store, claimed)
                 if self.stopping.is_set():
                     break
@@ -279,7 +283,15 @@ class _Worker(threading.Thread):
                 continue
             if when is not None and (due is None or when < due):
                 due = when
-        wait = POLL_SECONDS if due is None else min(max(due - self.clock.time(), 0.0), POLL_SECONDS)
+        # Work from this process wakes the worker; the looks are for what other processes
+        # left. With none pending at all they grow further apart: each look is a dozen
+        # moments the GIL is let go and taken back from a busy training thread.
+        if due is None:
+            self._idle_looks = min(self._idle_looks + 1, 8)
+            wait = min(POLL_SECONDS * 2 ** (self._idle_looks - 1), IDLE_POLL_SECONDS)
+        else:
+            self._idle_looks = 0
+            wait = min(max(due - self.clock.time(), 0.0), POLL_SECONDS)
         if wait <= 0:
             # Due, yet nothing could be claimed: another live process holds the leases.
             wait = 0.25
