@@ -218,7 +218,7 @@ def test_deliveries_waiting_in_a_version_2_database_get_their_event_time(pg_url:
     import psycopg
 
     now = time.time()
-    with psycopg.connect(pg_url, autocommit=True) as db:  # as 0.2 left it, with deliveries waiting
+    with psycopg.connect(pg_url, autocommit=True) as db:  # schema version 2, with deliveries waiting
         db.execute("CREATE TABLE schema_version (version INTEGER PRIMARY KEY, applied DOUBLE PRECISION NOT NULL)")
         for number, step in enumerate(MIGRATIONS[:2], start=1):
             db.execute(step.encode())

@@ -7,7 +7,7 @@ import time
 from afs_core.delivery.store import PENDING, Store
 from afs_core.events import EventType, NotificationEvent
 
-# The deliveries table as AFS 0.2 wrote it: no event time beside each delivery.
+# The deliveries table as an older afs-core wrote it: no event time beside each delivery.
 OLD_DELIVERIES = """
 CREATE TABLE events (
     event_id TEXT PRIMARY KEY, created REAL NOT NULL, run_id TEXT, event_type TEXT NOT NULL,

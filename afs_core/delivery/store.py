@@ -132,8 +132,9 @@ _DELIVERY_ORDER = "CREATE INDEX IF NOT EXISTS deliveries_order ON deliveries(cha
 
 
 def _prepare(db: sqlite3.Connection) -> None:
-    """Make the tables (a no-op when they are there), and give deliveries written by
-    AFS before 0.3 their event's time, which claims are ordered by."""
+    """Make the tables (a no-op when they are there), and give deliveries written
+    before they carried their event's time (by an older afs-core) that time, which
+    claims are ordered by."""
     db.executescript(_SCHEMA)
     if not any(row[1] == "created" for row in db.execute("PRAGMA table_info(deliveries)")):
         db.execute("BEGIN IMMEDIATE")
