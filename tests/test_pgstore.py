@@ -233,10 +233,17 @@ def test_deliveries_waiting_in_a_version_2_database_get_their_event_time(pg_url:
                        " VALUES (%s, 'hook', 'pending', %s, %s)", (event.event_id, created, created))
     shared = open_store({"AFS_STORE_URL": pg_url, "AFS_HOME": str(tmp_path)})
     assert shared.migrate() == list(range(3, SCHEMA_VERSION + 1))  # type: ignore[attr-defined]
+    with psycopg.connect(pg_url, autocommit=True) as db:  # a process of the older afs-core, still running
+        event = make_event(title="fourth")
+        db.execute("INSERT INTO events (event_id, created, event_type, level, title, data)"
+                   " VALUES (%s, %s, %s, %s, %s, %s)", (event.event_id, now - 5, event.event_type.value,
+                                                        event.level.value, "fourth", json.dumps(event.to_dict())))
+        db.execute("INSERT INTO deliveries (event_id, channel, status, next_attempt, updated)"
+                   " VALUES (%s, 'hook', 'pending', %s, %s)", (event.event_id, now - 5, now - 5))
+    claimed = shared.claim("hook", "me:1:1", limit=3, lease=30.0)  # type: ignore[attr-defined]
+    assert [c.event.title for c in claimed] == ["first", "second", "third"]
     with psycopg.connect(pg_url) as db:
         assert db.execute("SELECT COUNT(*) FROM deliveries WHERE created IS NULL").fetchone() == (0,)
-    claimed = shared.claim("hook", "me:1:1", limit=10, lease=30.0)  # type: ignore[attr-defined]
-    assert [c.event.title for c in claimed] == ["first", "second", "third"]
 
 
 def test_afs_store_commands_on_a_shared_database(pg_url: str, monkeypatch: pytest.MonkeyPatch,

@@ -173,10 +173,22 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 3: each delivery carries its event's time, so a claim walks an index in the order
     # it sends (oldest event first) and stops at its limit, instead of sorting the backlog.
+    # A process of an older afs-core still running writes deliveries without it: the
+    # trigger gives them their time all the same.
     """
     ALTER TABLE deliveries ADD COLUMN created DOUBLE PRECISION;
     UPDATE deliveries d SET created = e.created FROM events e WHERE e.event_id = d.event_id;
     CREATE INDEX deliveries_order ON deliveries (channel, status, created, id);
+    CREATE FUNCTION afs_delivery_created() RETURNS trigger LANGUAGE plpgsql AS $$
+    BEGIN
+        IF NEW.created IS NULL THEN
+            SELECT e.created INTO NEW.created FROM events e WHERE e.event_id = NEW.event_id;
+        END IF;
+        RETURN NEW;
+    END
+    $$;
+    CREATE TRIGGER deliveries_created BEFORE INSERT ON deliveries
+        FOR EACH ROW EXECUTE PROCEDURE afs_delivery_created();
     """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
