@@ -35,10 +35,14 @@ from typing import Any
 from afs_core.source import host_name
 
 ROTATE_BYTES = 4 * 1024 * 1024  # a file is let go once this much was read (or its map is full)
-# A mapped file's room. The first write into room posix_fallocate reserved makes the file
-# system ready all of it (ext4 zeroes the reserved extent: 0.5 to 10 ms for 4 MiB, on the
-# caller's thread at the first notify() and at every new file), so maps stay this small.
+# A process's first map's room. The first write into room posix_fallocate reserved makes
+# the file system ready all of it (ext4 zeroes the reserved extent: 0.5 to 10 ms for
+# 4 MiB, on the caller's thread), so the first notify() gets this little. Each new file
+# gets twice its predecessor's room, up to ROTATE_BYTES: a process writing a lot keeps
+# few files (each holds a descriptor until the store has its lines).
 MAP_BYTES = 256 * 1024
+OPENING = ".opening"  # a file being made: locked, then named as a journal (orphan scans skip it)
+OPENING_LEFT_SECONDS = 60.0  # one older than this was left by a process killed while making it
 SUFFIX = ".jsonl"
 UNREADABLE = ".unreadable"
 MAP_JOURNALS = True  # False: every file is appended to with write() (tests cover both)
@@ -61,18 +65,14 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def _map_bytes() -> int:
-    return min(MAP_BYTES, ROTATE_BYTES)
-
-
-def _mapped(fd: int, path: Path) -> mmap.mmap | None:
-    """The file's map, its room reserved on disk; None where that cannot be (the file is
-    then appended to with write())."""
+def _mapped(fd: int, path: Path, size: int) -> mmap.mmap | None:
+    """The file's map of ``size`` bytes, its room reserved on disk; None where that cannot
+    be (the file is then appended to with write())."""
     if not MAP_JOURNALS or not hasattr(os, "posix_fallocate"):
         return None
     try:
-        os.posix_fallocate(fd, 0, _map_bytes())
-        return mmap.mmap(fd, _map_bytes(), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
+        os.posix_fallocate(fd, 0, size)
+        return mmap.mmap(fd, size, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ | mmap.PROT_WRITE)
     except (OSError, ValueError) as exc:
         with contextlib.suppress(OSError):
             os.ftruncate(fd, 0)  # no reserved room left behind: the file is appended to
@@ -113,15 +113,29 @@ class Journal:
         self._torn = False  # the last line was cut short and its end not written
         self._map: mmap.mmap | None = None  # the file's map, where lines are copied
         self._end = 0  # bytes written into the map
-        self._huge = False  # this plain file was opened for a line longer than a map
+        self._room = min(MAP_BYTES, ROTATE_BYTES)  # the next map's size
         _JOURNALS.add(self)
 
     def _open(self, mapped: bool = True) -> None:
+        """A new file to write to; raises OSError, with nothing changed, when none can be
+        made. It is made under a name orphan scans pass over and named as a journal once
+        locked: another process's scan could otherwise lock it first, take it for a
+        stopped process's and remove it."""
         name = f"{host_name()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         path = self.directory / name
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        _lock(fd)  # held while this process lives: the file is not an orphan
-        self._map = _mapped(fd, path) if mapped else None
+        opening = path.with_name(name + OPENING)
+        fd = os.open(opening, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            _lock(fd)  # held while this process lives: the file is not an orphan
+            os.rename(opening, path)
+        except OSError:
+            os.close(fd)
+            with contextlib.suppress(OSError):
+                opening.unlink()
+            raise
+        self._map = _mapped(fd, path, self._room) if mapped else None
+        if self._map is not None:
+            self._room = min(self._room * 2, ROTATE_BYTES)
         self._end = 0
         self._fd = fd
         self._path = path
@@ -129,14 +143,16 @@ class Journal:
         self._read_offset = self._acked_offset = 0
         self._partial = b""
         self._torn = False
-        self._huge = False
 
     def _rotate(self, mapped: bool) -> None:
-        """A new file for the lines to come; the current one is read to its end first."""
+        """A new file for the lines to come; the current one is read to its end first.
+        Where no new file can be made (no descriptor left, no room) this raises and the
+        current one goes on, appended to with write()."""
         assert self._path is not None
         self._unmap()
-        self._retired.append((self._path, self._read_offset, self._partial, self._fd))
+        current = (self._path, self._read_offset, self._partial, self._fd)
         self._open(mapped)
+        self._retired.append(current)  # only once the new one is there: never two owners of one
 
     def _unmap(self) -> None:
         """Let go of the map, and of the room it had left: the file holds its lines alone."""
@@ -153,12 +169,9 @@ class Journal:
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
-            if self._map is None and self._huge and len(line) <= _map_bytes():
-                self._rotate(mapped=True)  # the huge line had a plain file of its own: a map again
             if self._map is not None:
                 if self._end + len(line) > len(self._map):  # full: a fresh map (a huge line: a plain file)
-                    self._rotate(mapped=len(line) <= _map_bytes())
-                    self._huge = self._map is None and len(line) > _map_bytes()
+                    self._rotate(mapped=len(line) <= self._room)
                 if self._map is not None:
                     self._map[self._end:self._end + len(line)] = line
                     self._end += len(line)
@@ -203,8 +216,15 @@ class Journal:
             # read and close the file.
             written = self._map[offset:end] if self._map is not None and end is not None else None
         records: list[dict[str, Any]] = []
-        for old_path, old_offset, old_partial, old_fd in retired:  # the rest of rotated files first
-            rest, lines_end, _ = _read_from(old_path, old_offset, old_partial)
+        for index, (old_path, old_offset, old_partial, old_fd) in enumerate(retired):  # rotated files first
+            try:  # through the descriptor it keeps: reading needs none to spare
+                rest, lines_end, _ = _read_fd(old_fd, old_offset, old_partial)
+            except OSError:
+                # Not read (an I/O error): it stays to be read again, and so do the newer
+                # ones, in order. Acknowledging it would remove it unread.
+                with self._lock:
+                    self._retired = retired[index:] + self._retired
+                return records
             records += rest
             self._unacknowledged.append((old_path, old_fd, lines_end))
         if written is not None:
@@ -287,6 +307,7 @@ def take_orphans(
     locked while the caller stores them and then removes the file (a live writer holds
     its lock, so its file is skipped). A file that cannot be read is renamed
     ``.unreadable`` (kept for a person to look at) so it is not tried again and again."""
+    _remove_half_made(directory)
     for path in orphans(directory):
         try:
             fd = os.open(path, os.O_RDONLY)
@@ -307,6 +328,19 @@ def take_orphans(
             yield path, records
         finally:
             os.close(fd)
+
+
+def _remove_half_made(directory: Path) -> None:
+    """Files a process was killed making (between creating and naming them: no line in
+    them yet), once they are old enough not to be one being made now."""
+    try:
+        opening = list(directory.glob(f"*{SUFFIX}{OPENING}"))
+    except OSError:
+        return
+    for path in opening:
+        with contextlib.suppress(OSError):
+            if time.time() - path.stat().st_mtime > OPENING_LEFT_SECONDS:
+                path.unlink()
 
 
 def _after_fork_in_child() -> None:
@@ -336,6 +370,13 @@ def _read_from(
     if end is None:  # another process's file: a mapped one killed before it was cut to its lines
         data = data.rstrip(b"\0")  # ends in room never written
     return _lines(data, offset, partial)
+
+
+def _read_fd(fd: int, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
+    """Lines from ``offset`` on, of the file open as ``fd`` (raises OSError)."""
+    size = os.fstat(fd).st_size
+    data = os.pread(fd, size - offset, offset) if size > offset else b""
+    return _lines(data.rstrip(b"\0"), offset, partial)  # a map not cut to its lines ends in room never written
 
 
 def _lines(data: bytes, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
