@@ -4,6 +4,7 @@ The loop of compare_apprise.py (3,000 steps of ~0.2 ms, notify() every 10 steps 
 loopback afs-webhook), each run a fresh process, the variants in alternating order:
 
     none      no AFS
+    idle      a manager and no events, the loop begun 2 s after from_env(): an idle engine
     notify    notify() only: the engine's threads stopped, nothing ingested or delivered
     ingest    the ingest thread on, the channel's worker off: stored, not delivered
     all       the engine as it runs
@@ -49,6 +50,8 @@ if variant != "none":
     if variant == "notify":
         engine._stopping.set()
         engine._ingest_wake.set()
+    if variant == "idle":
+        time.sleep(2.0)  # past the engine's start (store check, first looks): its idle state
 
 def switches():
     try:
@@ -72,14 +75,14 @@ else:  # work in C that lets go of the GIL, as a framework's kernels and copies 
 before, started, wall_start = switches(), time.perf_counter(), time.time()
 for step in range(3000):
     step_work()
-    if variant != "none" and step % 10 == 0:
+    if variant not in ("none", "idle") and step % 10 == 0:
         manager.notify_epoch_completed("bench", "run-1", step, metrics={"loss": 1.0 / (step + 1)})
 print(json.dumps({"seconds": time.perf_counter() - started, "switches": switches() - before,
                   "from": wall_start, "to": time.time()}), flush=True)
 os._exit(0)
 """
 
-VARIANTS = ("none", "notify", "ingest", "all")
+VARIANTS = ("none", "idle", "notify", "ingest", "all")
 
 
 def calibrate_c(target: float = 0.0002) -> int:
