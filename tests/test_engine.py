@@ -566,45 +566,48 @@ def test_due_deliveries_go_out_oldest_event_first_a_retried_one_included(tmp_pat
     assert [c.event.title for c in store.claim("c", "tester:1:1")] == ["started", "completed"]
 
 
-def wait_for(condition, seconds):
-    """Real time, bounded: for the engine's threads to act."""
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
-
-
 def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_plugins, tmp_path):
     """Each look for deliveries other processes left lets the GIL go a dozen times: with
     none pending the looks grow apart (1, 2, then every 4 s); one such delivery is still
     taken within the longest gap."""
     from afs_core.testing import ManualClock
 
-    clock = ManualClock(real_slice=60.0)  # waits end only when the clock passes them
+    seen = threading.Condition()  # the worker's waits and deliveries, waited for in real time, bounded
+    waits, delivered = [], []
+
+    class Watched(ManualClock):
+        def wait(self, event, timeout):
+            if threading.current_thread().name == "afs-quiet":
+                with seen:
+                    waits.append(timeout)
+                    seen.notify_all()
+            return super().wait(event, timeout)
+
+    class Counted(RecordingChannel):
+        def deliver(self, message):
+            with seen:
+                delivered.append(message)
+                seen.notify_all()
+
+    clock = Watched(real_slice=60.0)  # a wait ends only when the clock passes it (or a wake-up)
     store = Store(tmp_path / "afs.db", clock=clock)
-    looks = []
-    next_due = store.next_due
-    store.next_due = lambda channel: looks.append(clock.time()) or next_due(channel)
     manager = NotificationManager(plugins=afs_plugins, store=store)
-    channel = RecordingChannel()
     try:
-        manager.register_handler("quiet", channel)
-        started = clock.time()
-        assert wait_for(lambda: len(looks) == 1, 10.0)
-        for second in range(1, 13):
-            clock.advance(1.0)
-            if second in (1, 3, 7, 11):
-                assert wait_for(lambda at=second: round(looks[-1] - started) == at, 10.0), looks
-            else:
-                time.sleep(0.05)  # the worker's turn, were a look due
-        assert [round(at - started) for at in looks] == [0, 1, 3, 7, 11]
-        # Another process's delivery, stored without waking this worker:
+        manager.register_handler("quiet", Counted())
+        for looks, gap in enumerate([1.0, 2.0, 4.0, 4.0], start=1):
+            with seen:
+                assert seen.wait_for(lambda n=looks: len(waits) == n, 10.0), waits
+            assert waits[-1] == gap
+            clock.advance(gap)  # the worker waits no longer: it looks again
+        with seen:
+            assert seen.wait_for(lambda: len(waits) == 5, 10.0), waits
+        assert waits[-1] == 4.0
+        # Another process's delivery, stored without waking this worker, while it waits:
         store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "from elsewhere", "m"), ["quiet"])
-        for _ in range(4):
-            clock.advance(1.0)
-            time.sleep(0.05)
-        assert wait_for(lambda: len(channel.messages) == 1, 10.0)
+        time.sleep(0.05)
+        assert delivered == []  # not before the look
+        clock.advance(4.0)
+        with seen:
+            assert seen.wait_for(lambda: len(delivered) == 1, 10.0)
     finally:
         manager.close(timeout=5)
