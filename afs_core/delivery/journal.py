@@ -123,16 +123,19 @@ class Journal:
         stopped process's and remove it."""
         name = f"{host_name()}-{os.getpid()}-{time.time_ns()}{SUFFIX}"
         path = self.directory / name
-        opening = path.with_name(name + OPENING)
-        fd = os.open(opening, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
-        try:
-            _lock(fd)  # held while this process lives: the file is not an orphan
-            os.rename(opening, path)
-        except OSError:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                opening.unlink()
-            raise
+        if fcntl is None:  # no locks (Windows): the pid in the name says whose it is
+            fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+        else:
+            opening = path.with_name(name + OPENING)
+            fd = os.open(opening, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o600)
+            try:
+                _lock(fd)  # held while this process lives: the file is not an orphan
+                os.rename(opening, path)
+            except OSError:
+                os.close(fd)
+                with contextlib.suppress(OSError):
+                    opening.unlink()
+                raise
         self._map = _mapped(fd, path, self._room) if mapped else None
         if self._map is not None:
             self._room = min(self._room * 2, ROTATE_BYTES)
@@ -216,15 +219,17 @@ class Journal:
             # read and close the file.
             written = self._map[offset:end] if self._map is not None and end is not None else None
         records: list[dict[str, Any]] = []
-        for index, (old_path, old_offset, old_partial, old_fd) in enumerate(retired):  # rotated files first
+        for old_path, old_offset, old_partial, old_fd in retired:  # the rest of rotated files first
             try:  # through the descriptor it keeps: reading needs none to spare
-                rest, lines_end, _ = _read_fd(old_fd, old_offset, old_partial)
-            except OSError:
-                # Not read (an I/O error): it stays to be read again, and so do the newer
-                # ones, in order. Acknowledging it would remove it unread.
-                with self._lock:
-                    self._retired = retired[index:] + self._retired
-                return records
+                rest, lines_end, _ = _read_fd(old_fd, old_path, old_offset, old_partial)
+            except OSError as exc:
+                # Acknowledging it would remove it unread. Let go of it instead, as a
+                # stopped process's: an orphan scan takes it in from what the store
+                # holds of it, or keeps it aside as unreadable for a person to look at.
+                logger.warning("afs: the journal %s cannot be read (%s); it is taken in as a stopped "
+                               "process's", old_path.name, exc)
+                os.close(old_fd)
+                continue
             records += rest
             self._unacknowledged.append((old_path, old_fd, lines_end))
         if written is not None:
@@ -372,8 +377,10 @@ def _read_from(
     return _lines(data, offset, partial)
 
 
-def _read_fd(fd: int, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
-    """Lines from ``offset`` on, of the file open as ``fd`` (raises OSError)."""
+def _read_fd(fd: int, path: Path, offset: int, partial: bytes) -> tuple[list[dict[str, Any]], int, bytes]:
+    """Lines from ``offset`` on, of ``path``, open as ``fd`` (raises OSError)."""
+    if not hasattr(os, "pread"):  # Windows: by its name
+        return _read_from(path, offset, partial, strict=True)
     size = os.fstat(fd).st_size
     data = os.pread(fd, size - offset, offset) if size > offset else b""
     return _lines(data.rstrip(b"\0"), offset, partial)  # a map not cut to its lines ends in room never written
