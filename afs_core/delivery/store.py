@@ -159,11 +159,11 @@ def _prepare(db: sqlite3.Connection) -> bool:
             if not _has_delivery_times(db):
                 db.execute("ALTER TABLE deliveries ADD COLUMN created REAL")
     db.executescript(_DELIVERY_TIME)
-    if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'deliveries_order'").fetchone():
+    if _has_delivery_order(db):
         return True
     try:
         with _immediate(db):
-            if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'deliveries_order'").fetchone():
+            if not _has_delivery_order(db):
                 fill_delivery_times(db)
                 db.execute(_DELIVERY_ORDER)
     except sqlite3.Error as exc:
@@ -177,6 +177,11 @@ def _prepare(db: sqlite3.Connection) -> bool:
 
 def _has_delivery_times(db: sqlite3.Connection) -> bool:
     return any(row[1] == "created" for row in db.execute("PRAGMA table_info(deliveries)"))
+
+
+def _has_delivery_order(db: sqlite3.Connection) -> bool:
+    found = db.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'deliveries_order'").fetchone()
+    return found is not None
 
 
 @contextlib.contextmanager
