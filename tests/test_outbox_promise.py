@@ -372,3 +372,46 @@ def test_history_pruned_by_another_process_is_not_sent_again_after_a_kill(runs, 
     after = runs.python(FLUSH.format(timeout=30), runs.env(webhook_server.url + "/hook"))
     assert after.stdout.split()[0] == "True"
     assert sorted(ids(webhook_server)) == sorted(accepted)  # the killed run's journal brought none back
+
+
+def as_an_older_afs_core_left_it(store_path, write_one):
+    """The store in the shape an afs-core from before deliveries carried their event's
+    time wrote, pending deliveries kept; and, written as that version writes, one more
+    event for the hook channel, the event ``write_one`` gives. Returns that event's id."""
+    import sqlite3
+
+    if sqlite3.sqlite_version_info < (3, 35):
+        pytest.skip("this SQLite cannot drop a column to make an older store")
+    db = sqlite3.connect(store_path, isolation_level=None)
+    try:
+        db.execute("DROP TRIGGER deliveries_created")
+        db.execute("DROP INDEX deliveries_order")
+        db.execute("ALTER TABLE deliveries DROP COLUMN created")
+        event = write_one()
+        db.execute("INSERT INTO events (event_id, created, run_id, event_type, level, title, data)"
+                   " VALUES (?, ?, ?, ?, ?, ?, ?)", (event.event_id, time.time(), event.run_id,
+                                                     event.event_type.value, event.level.value, event.title,
+                                                     json.dumps(event.to_dict())))
+        db.execute("INSERT INTO deliveries (event_id, channel, status, next_attempt, updated)"
+                   " VALUES (?, 'hook', 'pending', ?, ?)", (event.event_id, time.time(), time.time()))
+    finally:
+        db.close()
+    return event.event_id
+
+
+def test_a_killed_runs_store_in_an_older_afs_cores_shape_is_delivered_by_the_next_process(runs, webhook_server):
+    """The next process brings the store up to date as it opens it (the deliveries get
+    their event's time, by which claims go), then sends what waited, each once."""
+    from afs_core.testing import make_event
+
+    accepted = killed_with_pending(runs, 5)
+    env = runs.env(webhook_server.url + "/hook")
+    assert len(runs.afs(runs.env(dead_url()), "outbox").stdout.strip().splitlines()) == 5  # in the store now
+    (store_path,) = runs.home.rglob("afs*.db")
+    accepted.append(as_an_older_afs_core_left_it(store_path, lambda: make_event(run_id="run-old")))
+
+    second = runs.python(FLUSH.format(timeout=30), env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout.split()[0] == "True"
+    assert each_once(webhook_server, accepted)
+    assert runs.afs(env, "outbox").stdout.strip() == "the outbox is empty"
