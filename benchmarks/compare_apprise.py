@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import queue
@@ -41,7 +42,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -235,13 +236,19 @@ class Server:
             self.child.wait(timeout=5)
 
 
-def webhook_env(url: str) -> dict[str, str]:
+@contextlib.contextmanager
+def webhook_env(url: str) -> Iterator[dict[str, str]]:
     """This environment for an AFS process posting to ``url`` with afs-webhook alone: a
-    store of its own, no repeated event held back (for the scripts beside this one)."""
+    store of its own (removed afterwards), no repeated event held back (for the scripts
+    beside this one)."""
+    home = tempfile.mkdtemp(prefix="afs-bench-")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_", "APPRISE_"))}
-    env.update(AFS_HOME=tempfile.mkdtemp(prefix="afs-bench-"), AFS_LOAD_PLUGINS="webhook", AFS_THROTTLE_SECONDS="0",
+    env.update(AFS_HOME=home, AFS_LOAD_PLUGINS="webhook", AFS_THROTTLE_SECONDS="0",
                WEBHOOK_URL=url, WEBHOOK_SECRET="whsec_" + base64.b64encode(os.urandom(32)).decode())
-    return env
+    try:
+        yield env
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
 
 
 class Bench:

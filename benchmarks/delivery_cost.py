@@ -47,9 +47,9 @@ def main() -> None:
     rates, costs = [], []
     try:
         for _ in range(args.runs):
-            env = compare_apprise.webhook_env(f"http://{server.base}/cost")
-            done = subprocess.run([sys.executable, "-c", CHILD, str(args.events)], env=env, capture_output=True,
-                                  text=True, timeout=300, cwd=tempfile.gettempdir())
+            with compare_apprise.webhook_env(f"http://{server.base}/cost") as env:
+                done = subprocess.run([sys.executable, "-c", CHILD, str(args.events)], env=env, capture_output=True,
+                                      text=True, timeout=300, cwd=tempfile.gettempdir())
             if done.returncode != 0:
                 raise SystemExit(done.stderr[-2000:])
             flushed, elapsed, used = done.stdout.split()

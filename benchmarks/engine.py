@@ -92,8 +92,13 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=50)
     args = parser.parse_args()
-    os.environ["AFS_HOME"] = tempfile.mkdtemp(prefix="afs-bench-")
-    os.environ["AFS_LOAD_PLUGINS"] = "slack,discord"
+    with tempfile.TemporaryDirectory(prefix="afs-bench-") as home:  # the stores, removed afterwards
+        os.environ["AFS_HOME"] = home
+        os.environ["AFS_LOAD_PLUGINS"] = "slack,discord"
+        measure(args)
+
+
+def measure(args: argparse.Namespace) -> None:
 
     from afs_core import NotificationManager
     from afs_core.delivery.policy import ChannelPolicy

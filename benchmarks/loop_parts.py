@@ -113,9 +113,9 @@ def main() -> None:
     try:
         for round_ in range(args.rounds):
             for variant in (VARIANTS if round_ % 2 else VARIANTS[::-1]):
-                env = compare_apprise.webhook_env(f"http://{server.base}/parts")
-                done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work), args.step], env=env,
-                                      capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
+                with compare_apprise.webhook_env(f"http://{server.base}/parts") as env:
+                    done = subprocess.run([sys.executable, "-c", LOOP, variant, str(work), args.step], env=env,
+                                          capture_output=True, text=True, timeout=120, cwd=tempfile.gettempdir())
                 if done.returncode != 0:
                     raise SystemExit(done.stderr[-2000:])
                 out = json.loads(done.stdout.strip().splitlines()[-1])
