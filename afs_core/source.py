@@ -109,7 +109,8 @@ class Source:
         return self.rank in (None, 0)
 
     def to_dict(self) -> dict[str, Any]:
-        return attrs.asdict(self)
+        # Spelled out: attrs.asdict walks the fields generically, 1.5 us of every notify().
+        return {"host": self.host, "pid": self.pid, "rank": self.rank, "world_size": self.world_size}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Source:

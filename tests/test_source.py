@@ -1,6 +1,7 @@
+import attrs
 import pytest
 
-from afs_core.source import detect_rank, detect_world_size
+from afs_core.source import Source, detect_rank, detect_world_size
 
 
 @pytest.mark.parametrize(
@@ -28,3 +29,10 @@ def test_rank_is_read_from_launcher_variables_in_order(env, rank):
 def test_world_size_from_first_variable_set():
     assert detect_world_size({"SLURM_NTASKS": "16", "PMI_SIZE": "4"}) == 16
     assert detect_world_size({}) is None
+
+
+def test_a_source_written_down_names_every_field_and_reads_back_the_same():
+    source = Source(host="node-7", pid=4242, rank=3, world_size=8)
+    data = source.to_dict()
+    assert set(data) == {field.name for field in attrs.fields(Source)}  # a field added is written too
+    assert Source.from_dict(data) == source

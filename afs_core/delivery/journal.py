@@ -44,6 +44,9 @@ MAP_BYTES = 256 * 1024
 OPENING = ".opening"  # a file being made: locked, then named as a journal (orphan scans skip it)
 OPENING_LEFT_SECONDS = 60.0  # one older than this was left by a process killed while making it
 SUFFIX = ".jsonl"
+#: One encoder for every line (json.dumps with options builds one per call). Records
+#: are plain data made fresh from frozen events, so there is no cycle to look for.
+_LINE = json.JSONEncoder(separators=(",", ":"), default=str, check_circular=False)
 UNREADABLE = ".unreadable"
 MAP_JOURNALS = True  # False: every file is appended to with write() (tests cover both)
 
@@ -168,7 +171,7 @@ class Journal:
     def append(self, record: dict[str, Any]) -> None:
         """Write one record as one line; raises OSError when the disk takes none or part
         of it (the record then is not in the journal; a part is never mistaken for it)."""
-        line = (json.dumps(record, separators=(",", ":"), default=str) + "\n").encode("utf-8", "replace")
+        line = (_LINE.encode(record) + "\n").encode("utf-8", "replace")
         with self._lock:
             if self._pid != os.getpid():  # first use, or a forked child: its own file
                 self._open()
