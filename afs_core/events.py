@@ -202,9 +202,16 @@ class FrozenDict(dict):  # type: ignore[type-arg]
         return self
 
 
+#: Values kept as they are, told apart without the Mapping ABC's slower isinstance check
+#: (every event's context and metrics go through here on the caller's thread).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+
 def _frozen(value: object) -> Any:
     """A deep, read-only copy of plain containers; other values are kept as they are."""
-    if isinstance(value, Mapping):
+    if type(value) in _PLAIN:
+        return value
+    if type(value) is dict or isinstance(value, Mapping):
         return FrozenDict({key: _frozen(item) for key, item in value.items()})
     if isinstance(value, (list, tuple)):
         return tuple(_frozen(item) for item in value)
@@ -216,7 +223,7 @@ def _frozen(value: object) -> Any:
 def _convert_metrics(value: object) -> Mapping[str, MetricValue]:
     if value is None:
         return FrozenDict()
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise TypeError(f"metrics must be a mapping of name to number, got {type(value).__name__}")
     metrics: dict[str, MetricValue] = {}
     for key, item in value.items():
@@ -229,7 +236,7 @@ def _convert_metrics(value: object) -> Mapping[str, MetricValue]:
 def _convert_context(value: object) -> Mapping[str, Any]:
     if value is None:
         return FrozenDict()
-    if not isinstance(value, Mapping):
+    if type(value) is not dict and not isinstance(value, Mapping):
         raise TypeError(f"context must be a mapping, got {type(value).__name__}")
     for key in value:
         if not isinstance(key, str):
@@ -240,7 +247,7 @@ def _convert_context(value: object) -> Mapping[str, Any]:
 def _convert_tags(value: object) -> tuple[str, ...]:
     if value is None:
         return ()
-    if isinstance(value, str) or not isinstance(value, Iterable):
+    if not isinstance(value, (list, tuple)) and (isinstance(value, str) or not isinstance(value, Iterable)):
         raise TypeError(f"tags must be a list of strings, got {type(value).__name__}")
     tags = tuple(value)
     for tag in tags:
