@@ -568,12 +568,18 @@ def test_due_deliveries_go_out_oldest_event_first_a_retried_one_included(tmp_pat
 
 def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_plugins, tmp_path):
     """Each look for deliveries other processes left lets the GIL go a dozen times: with
-    none pending the looks grow apart (1, 2, then every 4 s); one such delivery is still
-    taken within the longest gap."""
+    none pending the looks grow apart (1, 2, then every 4 s), and a look that finds none
+    due only reads (no claim, which takes the store's write lock); one such delivery is
+    still taken within the longest gap."""
     from afs_core.testing import ManualClock
 
     seen = threading.Condition()  # the worker's waits and deliveries, waited for in real time, bounded
-    waits, delivered = [], []
+    waits, delivered, claims = [], [], []
+
+    class Claims(Store):
+        def claim(self, channel, owner, **kwargs):
+            claims.append(channel)
+            return super().claim(channel, owner, **kwargs)
 
     class Watched(ManualClock):
         def wait(self, event, timeout):
@@ -590,7 +596,7 @@ def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_p
                 seen.notify_all()
 
     clock = Watched(real_slice=60.0)  # a wait ends only when the clock passes it (or a wake-up)
-    store = Store(tmp_path / "afs.db", clock=clock)
+    store = Claims(tmp_path / "afs.db", clock=clock)
     manager = NotificationManager(plugins=afs_plugins, store=store)
     try:
         manager.register_handler("quiet", Counted())
@@ -602,6 +608,7 @@ def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_p
         with seen:
             assert seen.wait_for(lambda: len(waits) == 5, 10.0), waits
         assert waits[-1] == 4.0
+        assert claims == []  # five looks, none due: read, never claimed
         # Another process's delivery, stored without waking this worker, while it waits:
         store.enqueue(NotificationEvent(EventType.TRAINING_STARTED, "from elsewhere", "m"), ["quiet"])
         time.sleep(0.05)
@@ -609,5 +616,6 @@ def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_p
         clock.advance(4.0)
         with seen:
             assert seen.wait_for(lambda: len(delivered) == 1, 10.0)
+        assert claims[0] == "quiet"
     finally:
         manager.close(timeout=5)

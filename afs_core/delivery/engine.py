@@ -159,10 +159,11 @@ class _Worker(threading.Thread):
 
     def run(self) -> None:
         self.owner = owner_id()
+        woken = False  # the first look is a look: what stopped processes left, if anything
         while not self.stopping.is_set():
             worked = False
             for store in self.engine.stores():
-                claimed = self._claim(store)
+                claimed = self._claim(store) if woken or self._due(store) else []
                 worked = worked or bool(claimed)
                 if claimed:
                     self._idle_looks = 0
@@ -170,9 +171,18 @@ class _Worker(threading.Thread):
                 if self.stopping.is_set():
                     break
             self._record()
-            if not worked:
-                self._sleep_until_due()
+            woken = worked or self._sleep_until_due()
         self._record()
+
+    def _due(self, store: Store) -> bool:
+        """Whether a look (not woken by work of this process) finds a delivery due: one
+        read, where a claim takes the store's write lock to find nothing (five statements,
+        each letting the GIL go and taking it back from a busy training thread)."""
+        try:
+            when = store.next_due(self.channel_name)
+        except STORE_ERRORS:
+            return True  # the claim tries, and says what is wrong
+        return when is not None and when <= store.clock.time()
 
     def _claim(self, store: Store) -> list[Claimed]:
         # Outcomes not yet written down stay leased to this worker: never claimed twice.
@@ -274,7 +284,9 @@ class _Worker(threading.Thread):
         if recorded:  # a flush looks again; not for a write that failed (it would spin)
             self.engine.progress.set()
 
-    def _sleep_until_due(self) -> None:
+    def _sleep_until_due(self) -> bool:
+        """Wait until a delivery falls due or a look is due; True when woken (work of this
+        process, a flush, a stop) rather than by the time."""
         due = None
         for store in self.engine.stores():
             try:
@@ -297,8 +309,9 @@ class _Worker(threading.Thread):
             wait = 0.25
         if self._done:  # outcomes waiting for the store to take them
             wait = min(wait, 0.5)
-        self.clock.wait(self.wake, wait)
+        woken = self.clock.wait(self.wake, wait)
         self.wake.clear()
+        return woken
 
     def _pace(self, store: Store) -> bool:
         limit = self.pacer.limit
