@@ -24,7 +24,7 @@ import pytest
 
 from afs_core import NotificationManager
 from afs_core.delivery.pgstore import MIGRATIONS, SCHEMA_VERSION
-from afs_core.delivery.store import Store, StoreUnavailable, open_store
+from afs_core.delivery.store import PRUNED_KEY, Store, StoreUnavailable, open_store
 from afs_core.errors import ConfigurationError
 from afs_core.results import DeliveryStatus
 from afs_core.testing import WebhookServer, make_event
@@ -171,6 +171,25 @@ def test_dead_deliveries_requeue_and_old_history_goes(store: Any) -> None:
     (again,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
     store.finish_many([(again.delivery_id, DELIVERED, None, None)], "me:1:1")
     assert store.prune(max_age=-1) == 1 and store.history() == []
+
+
+def test_a_store_pruned_within_the_interval_is_left_alone_by_the_next_engine(store: Any) -> None:
+    """Every engine prunes as it starts, and runs start often: where any process pruned
+    the store less than ``every`` seconds ago, a prune only reads when that was."""
+    def delivered(count: int) -> None:
+        for _ in range(count):
+            store.enqueue(make_event(), ["hook"])
+            (item,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
+            store.finish_many([(item.delivery_id, DELIVERED, None, None)], "me:1:1")
+
+    delivered(3)
+    assert store.prune(max_events=2, every=3600) == 1  # never pruned before: pruned now
+    delivered(2)
+    assert store.prune(max_events=1, every=3600) == 0  # pruned a moment ago: left as it is
+    assert len(store.history(limit=10)) == 4
+    store.set_state(PRUNED_KEY, repr(time.time() - 3601))  # as if that prune were an hour old
+    assert store.prune(max_events=1, every=3600) == 3
+    assert store.prune(max_events=0) == 1  # without ``every`` (afs store prune): always
 
 
 def test_runs_and_a_runs_events_read_the_same_on_both(store: Any) -> None:

@@ -626,7 +626,7 @@ class DeliveryEngine:
             if now - last_prune >= PRUNE_SECONDS:
                 last_prune = now
                 try:  # bounded history: by age and by count, finished deliveries only
-                    self.store.prune(max_age=self.retention[0], max_events=self.retention[1])
+                    self.store.prune(max_age=self.retention[0], max_events=self.retention[1], every=PRUNE_SECONDS)
                 except Exception as exc:
                     self.log.log(logging.WARNING, "prune", "afs: old history could not be pruned: %s", exc)
             try:

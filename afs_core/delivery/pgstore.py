@@ -40,6 +40,7 @@ from afs_core.delivery.store import (
     _WORDS,
     DEAD,
     PENDING,
+    PRUNED_KEY,
     Attempt,
     ChannelCounts,
     ChannelFailure,
@@ -57,6 +58,7 @@ from afs_core.delivery.store import (
     _owner_is_dead,
     _run_summary,
     _status,
+    pruned_within,
     strict_json,
 )
 from afs_core.events import NotificationEvent
@@ -640,13 +642,24 @@ class PostgresStore:
                               " WHERE id = %s AND status = %s", (PENDING, now, now, delivery_id, DEAD)).rowcount == 1
 
     def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000,
-              max_metrics: int = 1_000_000) -> int:
+              max_metrics: int = 1_000_000, every: float | None = None) -> int:
+        """See :meth:`Store.prune`; the times are the server's."""
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
+        if every is not None:
+            with self._read() as db:
+                seen = db.execute(f"SELECT (SELECT value FROM run_state WHERE key = %s), {_NOW}",
+                                  (PRUNED_KEY,)).fetchone()
+            if seen is not None and pruned_within(seen[0], float(seen[1]), every):
+                return 0
         with self._transaction() as db:
-            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK}), {_NOW} - %s", (max_age,)).fetchone()
+            row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK}), {_NOW} - %s, {_NOW}",
+                             (max_age,)).fetchone()
             if not row or not row[0]:
                 return 0  # another process is pruning the same history right now
             cutoff = float(row[1])  # the server's clock: a host whose clock is ahead prunes nothing early
+            db.execute("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
+                       " DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                       (PRUNED_KEY, repr(float(row[2])), float(row[2])))
             db.execute("DELETE FROM metrics WHERE at < %s", (cutoff,))
             db.execute("DELETE FROM metrics WHERE seq <= (SELECT seq FROM metrics ORDER BY seq DESC LIMIT 1"
                        " OFFSET %s)", (max_metrics,))

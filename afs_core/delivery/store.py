@@ -495,6 +495,19 @@ def _pid_namespace() -> str:
         return ""
 
 
+#: Where a store keeps when it was last pruned (see Store.prune's ``every``).
+PRUNED_KEY = "afs:pruned"
+
+
+def pruned_within(value: str | None, now: float, seconds: float) -> bool:
+    """Whether the prune time ``value`` (as PRUNED_KEY holds it) is less than ``seconds``
+    before ``now``; a time ahead of ``now`` (a clock set back) or unreadable counts as not."""
+    try:
+        return value is not None and 0.0 <= now - float(value) < seconds
+    except ValueError:
+        return False
+
+
 def owner_id() -> str:
     """Who holds a lease: host, pid (and the pid namespace it means something in), thread,
     so a dead owner on this host is recognised and a live one in another container is not
@@ -1165,11 +1178,21 @@ class Store:
 
     @_survives_damage
     def prune(self, *, max_age: float = 30 * 86400, max_events: int = 10_000,
-              max_metrics: int = MAX_METRIC_ROWS) -> int:
+              max_metrics: int = MAX_METRIC_ROWS, every: float | None = None) -> int:
         """Forget old history: events older than ``max_age`` seconds, and beyond the newest
         ``max_events``, whose deliveries are all finished; recorded metrics older than
-        ``max_age`` and beyond the newest ``max_metrics``. Returns how many events went."""
-        cutoff = self.clock.time() - max_age
+        ``max_age`` and beyond the newest ``max_metrics``. Returns how many events went.
+
+        ``every``: nothing is done (0) where any process pruned this store less than
+        ``every`` seconds ago: a read, where pruning takes the write lock and walks the
+        history (every engine prunes as it starts, and runs start often)."""
+        now = self.clock.time()
+        if every is not None:
+            with self._read() as db:
+                row = db.execute("SELECT value FROM run_state WHERE key = ?", (PRUNED_KEY,)).fetchone()
+            if pruned_within(row[0] if row else None, now, every):
+                return 0
+        cutoff = now - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
         with self._transaction() as db:
             db.execute("DELETE FROM metrics WHERE at < ?", (cutoff,))
@@ -1181,6 +1204,9 @@ class Store:
                 " (SELECT event_id FROM events ORDER BY rowid DESC LIMIT ?)",
                 (max_events,),
             ).rowcount
+            db.execute("INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
+                       " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
+                       (PRUNED_KEY, repr(now), now))
         return removed
 
     def set_state(self, key: str, value: str) -> None:
