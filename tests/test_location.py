@@ -84,6 +84,29 @@ def test_a_store_on_a_shared_filesystem_is_a_file_per_host_without_wal(tmp_path,
     assert not list((tmp_path / "afs").glob("*-wal")) and not list((tmp_path / "afs").glob("*-shm"))
 
 
+@pytest.mark.parametrize("shared", [False, True])
+def test_every_connection_to_a_store_has_its_settings(tmp_path, shared):
+    """Each thread connects on its own; the settings go in with one script."""
+    import threading
+
+    from afs_core.delivery.store import Store
+
+    store = Store(tmp_path / "afs.db", shared_filesystem=shared)
+    expected = ({"journal_mode": "delete", "synchronous": 2, "foreign_keys": 1, "busy_timeout": 30000} if shared
+                else {"journal_mode": "wal", "synchronous": 1, "wal_autocheckpoint": 256,
+                      "journal_size_limit": 1048576, "foreign_keys": 1, "busy_timeout": 30000})
+    got = {}
+
+    def read():
+        with store._read() as db:
+            got.update({name: db.execute(f"PRAGMA {name}").fetchone()[0] for name in expected})
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join(timeout=10)
+    assert got == expected
+
+
 def test_an_unusable_home_falls_back_to_a_private_temporary_directory(tmp_path, monkeypatch):
     monkeypatch.delenv("AFS_HOME")
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)

@@ -685,18 +685,18 @@ class Store:
         wait = getattr(self._local, "patience", None) or 30.0
         db = sqlite3.connect(self.path, timeout=wait, isolation_level=None, check_same_thread=False)
         try:
+            # The settings in one script: each statement lets the GIL go and takes it back
+            # once, where execute() does twice, and every engine thread connects as it starts.
             if self.shared_filesystem:
                 _journal_mode(db, "delete", wait)
-                db.execute("PRAGMA synchronous=FULL")
+                db.executescript("PRAGMA synchronous=FULL; PRAGMA foreign_keys=ON; PRAGMA busy_timeout=30000;")
             else:
                 _journal_mode(db, "wal", wait)
-                db.execute("PRAGMA synchronous=NORMAL")
                 # A small WAL, checkpointed often: on a nearly full disk a large one could
                 # take the last space and never be checkpointed.
-                db.execute("PRAGMA wal_autocheckpoint=256")
-                db.execute("PRAGMA journal_size_limit=1048576")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.execute("PRAGMA busy_timeout = 30000")
+                db.executescript("PRAGMA synchronous=NORMAL; PRAGMA wal_autocheckpoint=256;"
+                                 " PRAGMA journal_size_limit=1048576; PRAGMA foreign_keys=ON;"
+                                 " PRAGMA busy_timeout=30000;")
             if self._prepared != self._local.inode:
                 # A file not made ready by this process: at the start, or one another
                 # process put in place of a damaged one (an older afs-core's lacks the
