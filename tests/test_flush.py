@@ -5,6 +5,7 @@ leases are moved through by advancing it, never by sleeping.
 """
 
 import logging
+import sqlite3
 import threading
 import time
 
@@ -256,3 +257,36 @@ def test_flush_without_a_timeout_ends_when_the_store_cannot_be_read(manager, mon
     thread, result = flush_in_thread(manager, timeout=None)
     thread.join(timeout=10)
     assert result == {"flushed": False} and "disk I/O error" in caplog.text
+
+
+def test_a_flush_says_nothing_is_left_only_when_no_event_is_in_the_ingest_threads_hands(afs_plugins, tmp_path):
+    """The store is busy for the flush; the ingest thread takes the event that waited for
+    it and is still storing it: the flush cannot see it in the store nor among those
+    waiting, and must not call that done."""
+    in_hand, let_go = threading.Event(), threading.Event()
+    tries = {"afs-ingest": 0}
+
+    class Busy(Store):
+        def ingest(self, records, *args, **kwargs):
+            if records and threading.current_thread().name == "afs-ingest":
+                tries["afs-ingest"] += 1
+                if tries["afs-ingest"] > 1:  # its second go: it holds the event until let go
+                    in_hand.set()
+                    assert let_go.wait(10)
+                    return super().ingest(records, *args, **kwargs)
+            if records and not let_go.is_set():
+                raise sqlite3.OperationalError("database is locked")
+            return super().ingest(records, *args, **kwargs)
+
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=Busy(tmp_path / "afs.db"))
+    try:
+        manager.register_handler("r", channel)
+        manager.notify("t", "m")
+        assert manager.flush(timeout=1.5) is False  # busy, then in the ingest thread's hands
+        assert in_hand.is_set() and channel.messages == []
+        let_go.set()
+        assert manager.flush(timeout=10) is True and len(channel.messages) == 1
+    finally:
+        let_go.set()
+        manager.close(timeout=5)

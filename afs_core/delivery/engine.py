@@ -774,7 +774,11 @@ class DeliveryEngine:
             patience = 1.0 if remaining is None else min(max(remaining, 0.0), 1.0)
             try:
                 with self.store.patience(patience):
-                    took_orphans = self.ingest(orphans=not took_orphans, wait=False) or took_orphans
+                    # False while the ingest thread is at it: what it took from the journal
+                    # (or from those waiting for a busy store) is then in its hands, in
+                    # neither the store nor _waiting, and nothing can be concluded yet.
+                    settled = self.ingest(orphans=not took_orphans, wait=False)
+                    took_orphans = settled or took_orphans
                     # Taken after the ingest: a shared store's clock is set from its server
                     # once connected, and the first ingest may be what connects.
                     due_by = None if remaining is None else clock.time() + max(remaining, 0.0)
@@ -788,7 +792,7 @@ class DeliveryEngine:
                     return False
                 clock.wait(self.progress, FLUSH_POLL_SECONDS)
                 continue
-            if left.total == 0 and took_orphans and not self._waiting:
+            if left.total == 0 and settled and took_orphans and not self._waiting:
                 return True
             if left.total and (left.due == 0 or (remaining is not None and remaining <= 0)):
                 self._say_left(left, timed_out=left.due > 0)
