@@ -173,6 +173,20 @@ def test_dead_deliveries_requeue_and_old_history_goes(store: Any) -> None:
     assert store.prune(max_age=-1) == 1 and store.history() == []
 
 
+def test_a_look_for_due_deliveries_goes_by_the_clock_claims_go_by(store: Any) -> None:
+    """A worker's look reads has_due() before it claims: it must agree with the claim,
+    on PostgreSQL by the server's clock even where this host's estimate of it is off."""
+    store.enqueue(make_event(), ["hook"])
+    assert store.has_due("hook") and not store.has_due("other")
+    (item,) = store.claim("hook", "me:1:1", limit=5, lease=30.0)
+    store.finish_many([(item.delivery_id, DeliveryStatus.PENDING, "503", store.clock.time() + 60)], "me:1:1")
+    assert not store.has_due("hook") and store.claim("hook", "me:1:1", limit=5, lease=30.0) == []
+    store.enqueue(make_event(), ["hook"])
+    if hasattr(store.clock, "offset"):  # the server's clock, estimated when this host connected
+        store.clock.offset -= 120.0  # ... and this host's clock stepped back since
+    assert store.has_due("hook") and len(store.claim("hook", "me:1:1", limit=5, lease=30.0)) == 1
+
+
 def test_a_store_pruned_within_the_interval_is_left_alone_by_the_next_engine(store: Any) -> None:
     """Every engine prunes as it starts, and runs start often: where any process pruned
     the store less than ``every`` seconds ago, a prune only reads when that was."""

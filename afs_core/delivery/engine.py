@@ -179,10 +179,9 @@ class _Worker(threading.Thread):
         read, where a claim takes the store's write lock to find nothing (five statements,
         each letting the GIL go and taking it back from a busy training thread)."""
         try:
-            when = store.next_due(self.channel_name)
+            return store.has_due(self.channel_name)
         except STORE_ERRORS:
             return True  # the claim tries, and says what is wrong
-        return when is not None and when <= store.clock.time()
 
     def _claim(self, store: Store) -> list[Claimed]:
         # Outcomes not yet written down stay leased to this worker: never claimed twice.

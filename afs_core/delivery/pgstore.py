@@ -735,6 +735,12 @@ class PostgresStore:
 
     # -- reading ---------------------------------------------------------------------------
 
+    def has_due(self, channel: str) -> bool:
+        """See :meth:`Store.has_due`: by the server's clock, as claims go."""
+        with self._read() as db:
+            return db.execute(f"SELECT 1 FROM deliveries WHERE channel = %s AND status = %s AND next_attempt <= {_NOW}"
+                              " LIMIT 1", (channel, PENDING)).fetchone() is not None
+
     def next_due(self, channel: str) -> float | None:
         with self._read() as db:
             row = db.execute("SELECT MIN(next_attempt) FROM deliveries WHERE channel = %s AND status = %s",
