@@ -199,10 +199,14 @@ def test_a_store_pruned_within_the_interval_is_left_alone_by_the_next_engine(sto
     delivered(3)
     assert store.prune(max_events=2, every=3600) == 1  # never pruned before: pruned now
     delivered(2)
-    assert store.prune(max_events=1, every=3600) == 0  # pruned a moment ago: left as it is
+    assert store.prune(max_events=3, every=3600) == 0  # pruned a moment ago, as strictly: left as it is
     assert len(store.history(limit=10)) == 4
-    store.set_state(PRUNED_KEY, repr(time.time() - 3601))  # as if that prune were an hour old
-    assert store.prune(max_events=1, every=3600) == 3
+    assert store.prune(max_events=3, every=3600) == 0
+    assert store.prune(max_events=1, every=3600) == 3  # stricter than that prune: pruned
+    delivered(2)
+    record = json.loads(store.get_state(PRUNED_KEY))
+    store.set_state(PRUNED_KEY, json.dumps({**record, "at": record["at"] - 3601}))  # as if an hour old
+    assert store.prune(max_events=1, every=3600) == 2
     assert store.prune(max_events=0) == 1  # without ``every`` (afs store prune): always
 
 

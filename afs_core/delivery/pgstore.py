@@ -58,6 +58,7 @@ from afs_core.delivery.store import (
     _owner_is_dead,
     _run_summary,
     _status,
+    prune_record,
     pruned_within,
     strict_json,
 )
@@ -645,11 +646,12 @@ class PostgresStore:
               max_metrics: int = 1_000_000, every: float | None = None) -> int:
         """See :meth:`Store.prune`; the times are the server's."""
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
+        limits = (max_age, max_events, max_metrics)
         if every is not None:
             with self._read() as db:
                 seen = db.execute(f"SELECT (SELECT value FROM run_state WHERE key = %s), {_NOW}",
                                   (PRUNED_KEY,)).fetchone()
-            if seen is not None and pruned_within(seen[0], float(seen[1]), every):
+            if seen is not None and pruned_within(seen[0], float(seen[1]), every, limits):
                 return 0
         with self._transaction() as db:
             row = db.execute(f"SELECT pg_try_advisory_xact_lock({_PRUNE_LOCK}), {_NOW} - %s, {_NOW}",
@@ -659,7 +661,7 @@ class PostgresStore:
             cutoff = float(row[1])  # the server's clock: a host whose clock is ahead prunes nothing early
             db.execute("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
                        " DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                       (PRUNED_KEY, repr(float(row[2])), float(row[2])))
+                       (PRUNED_KEY, prune_record(float(row[2]), limits), float(row[2])))
             db.execute("DELETE FROM metrics WHERE at < %s", (cutoff,))
             db.execute("DELETE FROM metrics WHERE seq <= (SELECT seq FROM metrics ORDER BY seq DESC LIMIT 1"
                        " OFFSET %s)", (max_metrics,))

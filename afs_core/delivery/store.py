@@ -495,16 +495,29 @@ def _pid_namespace() -> str:
         return ""
 
 
-#: Where a store keeps when it was last pruned (see Store.prune's ``every``).
+#: Where a store keeps when it was last pruned, and with what limits (see Store.prune's ``every``).
 PRUNED_KEY = "afs:pruned"
 
 
-def pruned_within(value: str | None, now: float, seconds: float) -> bool:
-    """Whether the prune time ``value`` (as PRUNED_KEY holds it) is less than ``seconds``
-    before ``now``; a time ahead of ``now`` (a clock set back) or unreadable counts as not."""
+def prune_record(now: float, limits: tuple[float, int, int]) -> str:
+    """What PRUNED_KEY holds after a prune at ``now`` with ``limits`` (max_age, max_events,
+    max_metrics)."""
+    return json.dumps({"at": now, "max_age": limits[0], "max_events": limits[1], "max_metrics": limits[2]})
+
+
+def pruned_within(value: str | None, now: float, seconds: float, limits: tuple[float, int, int]) -> bool:
+    """Whether the prune PRUNED_KEY records (``value``) ran less than ``seconds`` before
+    ``now`` with limits at least as strict as ``limits``: then what it kept, a prune with
+    these would keep too. A time ahead of ``now`` (a clock set back) or a record that
+    cannot be read counts as not."""
+    if not value:
+        return False
     try:
-        return value is not None and 0.0 <= now - float(value) < seconds
-    except ValueError:
+        seen = json.loads(value)
+        kept = (seen["max_age"], seen["max_events"], seen["max_metrics"])
+        return (0.0 <= now - float(seen["at"]) < seconds
+                and all(float(theirs) <= float(mine) for theirs, mine in zip(kept, limits, strict=True)))
+    except (ValueError, TypeError, KeyError):
         return False
 
 
@@ -1187,10 +1200,11 @@ class Store:
         ``every`` seconds ago: a read, where pruning takes the write lock and walks the
         history (every engine prunes as it starts, and runs start often)."""
         now = self.clock.time()
+        limits = (max_age, max_events, max_metrics)
         if every is not None:
             with self._read() as db:
                 row = db.execute("SELECT value FROM run_state WHERE key = ?", (PRUNED_KEY,)).fetchone()
-            if pruned_within(row[0] if row else None, now, every):
+            if pruned_within(row[0] if row else None, now, every, limits):
                 return 0
         cutoff = now - max_age
         finished = "NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.event_id = events.event_id AND d.status = 'pending')"
@@ -1206,7 +1220,7 @@ class Store:
             ).rowcount
             db.execute("INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
                        " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                       (PRUNED_KEY, repr(now), now))
+                       (PRUNED_KEY, prune_record(now, limits), now))
         return removed
 
     def set_state(self, key: str, value: str) -> None:
