@@ -775,8 +775,9 @@ class DeliveryEngine:
                 with self.store.patience(patience):
                     # False while the ingest thread is at it: what it took from the journal
                     # (or from those waiting for a busy store) is then in its hands, in
-                    # neither the store nor _waiting, and nothing can be concluded yet.
-                    settled = self.ingest(orphans=not took_orphans, wait=False)
+                    # neither the store nor _waiting, and nothing can be concluded yet. Its
+                    # turns are short (but for a busy store): a moment's wait finds a gap.
+                    settled = self.ingest(orphans=not took_orphans, wait=min(patience, FLUSH_POLL_SECONDS))
                     took_orphans = settled or took_orphans
                     # Taken after the ingest: a shared store's clock is set from its server
                     # once connected, and the first ingest may be what connects.
