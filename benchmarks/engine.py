@@ -92,7 +92,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=5000)
     parser.add_argument("--latency-samples", type=int, default=50)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="afs-bench-") as home:  # the stores, removed afterwards
+    with tempfile.TemporaryDirectory(prefix="afs-bench-", ignore_cleanup_errors=True) as home:  # removed afterwards
         os.environ["AFS_HOME"] = home
         os.environ["AFS_LOAD_PLUGINS"] = "slack,discord"
         measure(args)
