@@ -290,3 +290,46 @@ def test_a_flush_says_nothing_is_left_only_when_no_event_is_in_the_ingest_thread
     finally:
         let_go.set()
         manager.close(timeout=5)
+
+
+def test_a_flush_judges_what_is_left_waiting_before_the_ingest_thread_can_take_it(afs_plugins, tmp_path):
+    """The flush's own ingest finds the store busy and leaves the event waiting; the
+    moment it lets go, the ingest thread takes the event in hand. What the flush then
+    reads (nothing pending, nothing waiting) must not count: it judges by what its own
+    ingest left."""
+    in_hand, let_go = threading.Event(), threading.Event()
+    tries = {"afs-ingest": 0}
+
+    class Busy(Store):
+        def ingest(self, records, *args, **kwargs):
+            if records and threading.current_thread().name == "afs-ingest":
+                tries["afs-ingest"] += 1
+                if tries["afs-ingest"] > 1:
+                    in_hand.set()
+                    assert let_go.wait(10)
+                    return super().ingest(records, *args, **kwargs)
+            if records and not let_go.is_set():
+                raise sqlite3.OperationalError("database is locked")
+            return super().ingest(records, *args, **kwargs)
+
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=Busy(tmp_path / "afs.db"))
+    try:
+        manager.register_handler("r", channel)
+        engine = manager._get_engine()
+        count_pending = engine.pending
+
+        def pending_once_taken(due_by=None):  # the ingest thread runs between the two
+            in_hand.wait(5)
+            return count_pending(due_by)
+
+        engine.pending = pending_once_taken
+        manager.notify("t", "m")
+        assert manager.flush(timeout=1.5) is False
+        assert in_hand.is_set() and channel.messages == []
+        engine.pending = count_pending
+        let_go.set()
+        assert manager.flush(timeout=10) is True and len(channel.messages) == 1
+    finally:
+        let_go.set()
+        manager.close(timeout=5)

@@ -653,26 +653,43 @@ class DeliveryEngine:
         if not taken:
             return False
         try:
-            # While the store takes nothing (busy, or a database away), what was read waits
-            # in memory and the rest stays where it is (the journal on disk, the bounded
-            # metrics queue): memory does not grow with the length of the outage.
-            rows, self._metrics_waiting = self._metrics_waiting or self._take_metrics(), []
-            reading = self.journal is not None and not self._waiting
-            records = self.journal.read_new() if reading and self.journal is not None else []
-            held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
-            self._waiting = []
-            self._moved += len(records) + len(held)
-            if records or held or rows:  # in the order they were accepted
-                self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records, rows)
-            self._restore_from_memory()
-            if orphans and self.journal is not None:
-                count, touched = take_stopped_journals(self.store)
-                if count:
-                    self._wake(touched)
-                    self.progress.set()
+            self._ingest_held(orphans)
         finally:
             self._ingest_lock.release()
         return True
+
+    def _ingest_for_flush(self, orphans: bool, wait: float) -> bool | None:
+        """:meth:`ingest` for a flush: None when the ingest thread is at it (what it took
+        is then in its hands, in neither a store nor _waiting); otherwise whether all it
+        moved is in a store, none left waiting for a busy one, as of its end. Judged under
+        the lock: once it is let go the ingest thread may take those waiting in hand."""
+        if not self._ingest_lock.acquire(timeout=max(wait, 0.0)):
+            return None
+        try:
+            self._ingest_held(orphans)
+            return not self._waiting
+        finally:
+            self._ingest_lock.release()
+
+    def _ingest_held(self, orphans: bool) -> None:
+        """The body of :meth:`ingest`, the ingest lock held."""
+        # While the store takes nothing (busy, or a database away), what was read waits
+        # in memory and the rest stays where it is (the journal on disk, the bounded
+        # metrics queue): memory does not grow with the length of the outage.
+        rows, self._metrics_waiting = self._metrics_waiting or self._take_metrics(), []
+        reading = self.journal is not None and not self._waiting
+        records = self.journal.read_new() if reading and self.journal is not None else []
+        held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
+        self._waiting = []
+        self._moved += len(records) + len(held)
+        if records or held or rows:  # in the order they were accepted
+            self._store(sorted(records + held, key=lambda r: r.get("at") or 0.0) if held else records, rows)
+        self._restore_from_memory()
+        if orphans and self.journal is not None:
+            count, touched = take_stopped_journals(self.store)
+            if count:
+                self._wake(touched)
+                self.progress.set()
 
     def _store(self, records: list[dict[str, Any]], metric_rows: list[MetricRow]) -> None:
         joined: dict[str, str] = {}  # ranks' failures merged as they went in
@@ -773,12 +790,11 @@ class DeliveryEngine:
             patience = 1.0 if remaining is None else min(max(remaining, 0.0), 1.0)
             try:
                 with self.store.patience(patience):
-                    # False while the ingest thread is at it: what it took from the journal
-                    # (or from those waiting for a busy store) is then in its hands, in
-                    # neither the store nor _waiting, and nothing can be concluded yet. Its
-                    # turns are short (but for a busy store): a moment's wait finds a gap.
-                    settled = self.ingest(orphans=not took_orphans, wait=min(patience, FLUSH_POLL_SECONDS))
-                    took_orphans = settled or took_orphans
+                    # Nothing can be concluded in a round where the ingest thread holds
+                    # what it took (see _ingest_for_flush). Its turns are short (but for a
+                    # busy store): a moment's wait finds a gap.
+                    stored = self._ingest_for_flush(not took_orphans, wait=min(patience, FLUSH_POLL_SECONDS))
+                    took_orphans = stored is not None or took_orphans
                     # Taken after the ingest: a shared store's clock is set from its server
                     # once connected, and the first ingest may be what connects.
                     due_by = None if remaining is None else clock.time() + max(remaining, 0.0)
@@ -792,7 +808,7 @@ class DeliveryEngine:
                     return False
                 clock.wait(self.progress, FLUSH_POLL_SECONDS)
                 continue
-            if left.total == 0 and settled and took_orphans and not self._waiting:
+            if left.total == 0 and stored and took_orphans:
                 return True
             if left.total and (left.due == 0 or (remaining is not None and remaining <= 0)):
                 self._say_left(left, timed_out=left.due > 0)
