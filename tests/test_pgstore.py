@@ -189,7 +189,8 @@ def test_a_look_for_due_deliveries_goes_by_the_clock_claims_go_by(store: Any) ->
 
 def test_a_store_pruned_within_the_interval_is_left_alone_by_the_next_engine(store: Any) -> None:
     """Every engine prunes as it starts, and runs start often: where any process pruned
-    the store less than ``every`` seconds ago, a prune only reads when that was."""
+    the store less than ``every`` seconds ago, with limits at least as strict, a prune
+    only reads when and how that was."""
     def delivered(count: int) -> None:
         for _ in range(count):
             store.enqueue(make_event(), ["hook"])

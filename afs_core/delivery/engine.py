@@ -176,7 +176,7 @@ class _Worker(threading.Thread):
 
     def _due(self, store: Store) -> bool:
         """Whether a look (not woken by work of this process) finds a delivery due: one
-        read, where a claim takes the store's write lock to find nothing (five statements,
+        read, where a claim takes the store's write lock to find nothing (four statements,
         each letting the GIL go and taking it back from a busy training thread)."""
         try:
             return store.has_due(self.channel_name)

@@ -1197,8 +1197,9 @@ class Store:
         ``max_age`` and beyond the newest ``max_metrics``. Returns how many events went.
 
         ``every``: nothing is done (0) where any process pruned this store less than
-        ``every`` seconds ago: a read, where pruning takes the write lock and walks the
-        history (every engine prunes as it starts, and runs start often)."""
+        ``every`` seconds ago with limits at least as strict: a read, where pruning takes
+        the write lock and walks the history (every engine prunes as it starts, and runs
+        start often)."""
         now = self.clock.time()
         limits = (max_age, max_events, max_metrics)
         if every is not None:
