@@ -259,36 +259,42 @@ def test_flush_without_a_timeout_ends_when_the_store_cannot_be_read(manager, mon
     assert result == {"flushed": False} and "disk I/O error" in caplog.text
 
 
+class HeldByTheIngestThread(Store):
+    """Busy for every writer until ``let_go``, except the ingest thread's second go at
+    storing events: it then holds them (``in_hand``) until ``let_go``, and stores them."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.in_hand, self.let_go = threading.Event(), threading.Event()
+        self.goes = 0
+
+    def ingest(self, records, *args, **kwargs):
+        if records and threading.current_thread().name == "afs-ingest":
+            self.goes += 1
+            if self.goes > 1:
+                self.in_hand.set()
+                assert self.let_go.wait(10)
+                return super().ingest(records, *args, **kwargs)
+        if records and not self.let_go.is_set():
+            raise sqlite3.OperationalError("database is locked")
+        return super().ingest(records, *args, **kwargs)
+
+
 def test_a_flush_says_nothing_is_left_only_when_no_event_is_in_the_ingest_threads_hands(afs_plugins, tmp_path):
     """The store is busy for the flush; the ingest thread takes the event that waited for
     it and is still storing it: the flush cannot see it in the store nor among those
     waiting, and must not call that done."""
-    in_hand, let_go = threading.Event(), threading.Event()
-    tries = {"afs-ingest": 0}
-
-    class Busy(Store):
-        def ingest(self, records, *args, **kwargs):
-            if records and threading.current_thread().name == "afs-ingest":
-                tries["afs-ingest"] += 1
-                if tries["afs-ingest"] > 1:  # its second go: it holds the event until let go
-                    in_hand.set()
-                    assert let_go.wait(10)
-                    return super().ingest(records, *args, **kwargs)
-            if records and not let_go.is_set():
-                raise sqlite3.OperationalError("database is locked")
-            return super().ingest(records, *args, **kwargs)
-
-    channel = RecordingChannel()
-    manager = NotificationManager(plugins=afs_plugins, store=Busy(tmp_path / "afs.db"))
+    store, channel = HeldByTheIngestThread(tmp_path / "afs.db"), RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=store)
     try:
         manager.register_handler("r", channel)
         manager.notify("t", "m")
         assert manager.flush(timeout=1.5) is False  # busy, then in the ingest thread's hands
-        assert in_hand.is_set() and channel.messages == []
-        let_go.set()
+        assert store.in_hand.is_set() and channel.messages == []
+        store.let_go.set()
         assert manager.flush(timeout=10) is True and len(channel.messages) == 1
     finally:
-        let_go.set()
+        store.let_go.set()
         manager.close(timeout=5)
 
 
@@ -297,39 +303,24 @@ def test_a_flush_judges_what_is_left_waiting_before_the_ingest_thread_can_take_i
     moment it lets go, the ingest thread takes the event in hand. What the flush then
     reads (nothing pending, nothing waiting) must not count: it judges by what its own
     ingest left."""
-    in_hand, let_go = threading.Event(), threading.Event()
-    tries = {"afs-ingest": 0}
-
-    class Busy(Store):
-        def ingest(self, records, *args, **kwargs):
-            if records and threading.current_thread().name == "afs-ingest":
-                tries["afs-ingest"] += 1
-                if tries["afs-ingest"] > 1:
-                    in_hand.set()
-                    assert let_go.wait(10)
-                    return super().ingest(records, *args, **kwargs)
-            if records and not let_go.is_set():
-                raise sqlite3.OperationalError("database is locked")
-            return super().ingest(records, *args, **kwargs)
-
-    channel = RecordingChannel()
-    manager = NotificationManager(plugins=afs_plugins, store=Busy(tmp_path / "afs.db"))
+    store, channel = HeldByTheIngestThread(tmp_path / "afs.db"), RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=store)
     try:
         manager.register_handler("r", channel)
         engine = manager._get_engine()
         count_pending = engine.pending
 
         def pending_once_taken(due_by=None):  # the ingest thread runs between the two
-            in_hand.wait(5)
+            store.in_hand.wait(5)
             return count_pending(due_by)
 
         engine.pending = pending_once_taken
         manager.notify("t", "m")
         assert manager.flush(timeout=1.5) is False
-        assert in_hand.is_set() and channel.messages == []
+        assert store.in_hand.is_set() and channel.messages == []
         engine.pending = count_pending
-        let_go.set()
+        store.let_go.set()
         assert manager.flush(timeout=10) is True and len(channel.messages) == 1
     finally:
-        let_go.set()
+        store.let_go.set()
         manager.close(timeout=5)
