@@ -324,3 +324,42 @@ def test_a_flush_judges_what_is_left_waiting_before_the_ingest_thread_can_take_i
     finally:
         store.let_go.set()
         manager.close(timeout=5)
+
+
+def test_a_flush_reads_the_journal_past_those_that_waited_for_a_busy_store(afs_plugins, tmp_path):
+    """An ingest that stores events left waiting for a busy store does not read the
+    journal meanwhile: an event accepted after them is still there, unread. Once the
+    waiting one is stored and sent, nothing is pending; the flush must still find the
+    later one before it says True."""
+    free = threading.Event()
+
+    class BusyUntilFreed(Store):
+        def ingest(self, records, *args, **kwargs):
+            if records and not free.is_set():
+                raise sqlite3.OperationalError("database is locked")
+            return super().ingest(records, *args, **kwargs)
+
+    channel = RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=BusyUntilFreed(tmp_path / "afs.db"))
+    try:
+        manager.register_handler("r", channel)
+        engine = manager._get_engine()
+        manager.notify("first", "m")
+        assert wait_until(lambda: engine._waiting, seconds=5)  # met the busy store: waiting
+        engine._stopping.set()  # the ingest thread stops: only the flush ingests from here
+        engine._ingest_wake.set()
+        engine._ingester.join(timeout=5)
+        manager.notify("second", "m")  # in the journal, behind the waiting one
+        count_pending = engine.pending
+
+        def pending_once_the_first_is_sent(due_by=None):
+            wait_until(lambda: len(channel.messages) >= 1, seconds=5)
+            return count_pending(due_by)
+
+        engine.pending = pending_once_the_first_is_sent
+        free.set()
+        assert manager.flush(timeout=5) is True
+        assert len(channel.messages) == 2  # the second too, not only the one that waited
+    finally:
+        free.set()
+        manager.close(timeout=5)

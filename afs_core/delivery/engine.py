@@ -660,19 +660,27 @@ class DeliveryEngine:
 
     def _ingest_for_flush(self, orphans: bool, wait: float) -> bool | None:
         """:meth:`ingest` for a flush: None when the ingest thread is at it (what it took
-        is then in its hands, in neither a store nor _waiting); otherwise whether all it
-        moved is in a store, none left waiting for a busy one, as of its end. Judged under
-        the lock: once it is let go the ingest thread may take those waiting in hand."""
+        is then in its hands, in neither a store nor _waiting); otherwise whether all that
+        was accepted is in a store: the journal read to its end, none left waiting for a
+        busy store. Judged under the lock: once it is let go the ingest thread may take
+        those waiting in hand."""
         if not self._ingest_lock.acquire(timeout=max(wait, 0.0)):
             return None
         try:
-            self._ingest_held(orphans)
-            return not self._waiting
+            # An ingest that stores those waiting for a busy store does not read the journal
+            # (see _ingest_held): once they are in, a second one reads what came after them.
+            for _ in range(2):
+                read = self._ingest_held(orphans)
+                orphans = False
+                if self._waiting or read:
+                    break
+            return read and not self._waiting
         finally:
             self._ingest_lock.release()
 
-    def _ingest_held(self, orphans: bool) -> None:
-        """The body of :meth:`ingest`, the ingest lock held."""
+    def _ingest_held(self, orphans: bool) -> bool:
+        """The body of :meth:`ingest`, the ingest lock held; whether it read the journal
+        (or there is none)."""
         # While the store takes nothing (busy, or a database away), what was read waits
         # in memory and the rest stays where it is (the journal on disk, the bounded
         # metrics queue): memory does not grow with the length of the outage.
@@ -690,6 +698,7 @@ class DeliveryEngine:
             if count:
                 self._wake(touched)
                 self.progress.set()
+        return reading or self.journal is None
 
     def _store(self, records: list[dict[str, Any]], metric_rows: list[MetricRow]) -> None:
         joined: dict[str, str] = {}  # ranks' failures merged as they went in
