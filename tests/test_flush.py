@@ -259,13 +259,26 @@ def test_flush_without_a_timeout_ends_when_the_store_cannot_be_read(manager, mon
     assert result == {"flushed": False} and "disk I/O error" in caplog.text
 
 
-class HeldByTheIngestThread(Store):
-    """Busy for every writer until ``let_go``, except the ingest thread's second go at
-    storing events: it then holds them (``in_hand``) until ``let_go``, and stores them."""
+class BusyUntilLetGo(Store):
+    """Busy for every writer of events until ``let_go``."""
 
     def __init__(self, path):
         super().__init__(path)
-        self.in_hand, self.let_go = threading.Event(), threading.Event()
+        self.let_go = threading.Event()
+
+    def ingest(self, records, *args, **kwargs):
+        if records and not self.let_go.is_set():
+            raise sqlite3.OperationalError("database is locked")
+        return super().ingest(records, *args, **kwargs)
+
+
+class HeldByTheIngestThread(BusyUntilLetGo):
+    """... but for the ingest thread's second go at storing events: it then holds them
+    (``in_hand``) until ``let_go``, and stores them."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.in_hand = threading.Event()
         self.goes = 0
 
     def ingest(self, records, *args, **kwargs):
@@ -274,51 +287,38 @@ class HeldByTheIngestThread(Store):
             if self.goes > 1:
                 self.in_hand.set()
                 assert self.let_go.wait(10)
-                return super().ingest(records, *args, **kwargs)
-        if records and not self.let_go.is_set():
-            raise sqlite3.OperationalError("database is locked")
         return super().ingest(records, *args, **kwargs)
 
 
-def test_a_flush_says_nothing_is_left_only_when_no_event_is_in_the_ingest_threads_hands(afs_plugins, tmp_path):
+def count_pending_after(engine, condition):
+    """The engine's counts of what is pending wait (5 s at most) for ``condition`` first:
+    another thread's move put between a flush's ingest and its count."""
+    count = engine.pending
+
+    def after(due_by=None):
+        wait_until(condition, seconds=5)
+        return count(due_by)
+
+    engine.pending = after
+
+
+@pytest.mark.parametrize("between", [False, True], ids=["in-its-hands", "taken-between-ingest-and-count"])
+def test_a_flush_says_nothing_is_left_only_when_no_event_is_in_the_ingest_threads_hands(afs_plugins, tmp_path,
+                                                                                        between):
     """The store is busy for the flush; the ingest thread takes the event that waited for
     it and is still storing it: the flush cannot see it in the store nor among those
-    waiting, and must not call that done."""
+    waiting, and must not call that done. ``between``: the ingest thread takes it the
+    moment the flush's own ingest lets go, before the flush counts what is pending; the
+    flush judges by what its own ingest left."""
     store, channel = HeldByTheIngestThread(tmp_path / "afs.db"), RecordingChannel()
     manager = NotificationManager(plugins=afs_plugins, store=store)
     try:
         manager.register_handler("r", channel)
+        if between:
+            count_pending_after(manager._get_engine(), store.in_hand.is_set)
         manager.notify("t", "m")
         assert manager.flush(timeout=1.5) is False  # busy, then in the ingest thread's hands
         assert store.in_hand.is_set() and channel.messages == []
-        store.let_go.set()
-        assert manager.flush(timeout=10) is True and len(channel.messages) == 1
-    finally:
-        store.let_go.set()
-        manager.close(timeout=5)
-
-
-def test_a_flush_judges_what_is_left_waiting_before_the_ingest_thread_can_take_it(afs_plugins, tmp_path):
-    """The flush's own ingest finds the store busy and leaves the event waiting; the
-    moment it lets go, the ingest thread takes the event in hand. What the flush then
-    reads (nothing pending, nothing waiting) must not count: it judges by what its own
-    ingest left."""
-    store, channel = HeldByTheIngestThread(tmp_path / "afs.db"), RecordingChannel()
-    manager = NotificationManager(plugins=afs_plugins, store=store)
-    try:
-        manager.register_handler("r", channel)
-        engine = manager._get_engine()
-        count_pending = engine.pending
-
-        def pending_once_taken(due_by=None):  # the ingest thread runs between the two
-            store.in_hand.wait(5)
-            return count_pending(due_by)
-
-        engine.pending = pending_once_taken
-        manager.notify("t", "m")
-        assert manager.flush(timeout=1.5) is False
-        assert store.in_hand.is_set() and channel.messages == []
-        engine.pending = count_pending
         store.let_go.set()
         assert manager.flush(timeout=10) is True and len(channel.messages) == 1
     finally:
@@ -331,16 +331,8 @@ def test_a_flush_reads_the_journal_past_those_that_waited_for_a_busy_store(afs_p
     journal meanwhile: an event accepted after them is still there, unread. Once the
     waiting one is stored and sent, nothing is pending; the flush must still find the
     later one before it says True."""
-    free = threading.Event()
-
-    class BusyUntilFreed(Store):
-        def ingest(self, records, *args, **kwargs):
-            if records and not free.is_set():
-                raise sqlite3.OperationalError("database is locked")
-            return super().ingest(records, *args, **kwargs)
-
-    channel = RecordingChannel()
-    manager = NotificationManager(plugins=afs_plugins, store=BusyUntilFreed(tmp_path / "afs.db"))
+    store, channel = BusyUntilLetGo(tmp_path / "afs.db"), RecordingChannel()
+    manager = NotificationManager(plugins=afs_plugins, store=store)
     try:
         manager.register_handler("r", channel)
         engine = manager._get_engine()
@@ -350,16 +342,10 @@ def test_a_flush_reads_the_journal_past_those_that_waited_for_a_busy_store(afs_p
         engine._ingest_wake.set()
         engine._ingester.join(timeout=5)
         manager.notify("second", "m")  # in the journal, behind the waiting one
-        count_pending = engine.pending
-
-        def pending_once_the_first_is_sent(due_by=None):
-            wait_until(lambda: len(channel.messages) >= 1, seconds=5)
-            return count_pending(due_by)
-
-        engine.pending = pending_once_the_first_is_sent
-        free.set()
+        count_pending_after(engine, lambda: len(channel.messages) >= 1)  # the first sent before the count
+        store.let_go.set()
         assert manager.flush(timeout=5) is True
         assert len(channel.messages) == 2  # the second too, not only the one that waited
     finally:
-        free.set()
+        store.let_go.set()
         manager.close(timeout=5)
