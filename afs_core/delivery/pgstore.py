@@ -84,6 +84,9 @@ _CONNECTION_DEFAULTS = {"keepalives_idle": 10, "keepalives_interval": 5, "keepal
 _NOW = "extract(epoch from clock_timestamp())"  # the server's clock, in the store's unit (Unix seconds)
 _MIGRATION_LOCK = 0x41F5_0001  # pg_advisory_xact_lock key: one process migrates at a time
 _PRUNE_LOCK = 0x41F5_0002  # ... and one prunes: every process of every host prunes hourly
+#: A run_state value written, or written over: (key, value, updated).
+_PUT_STATE = ("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
+              " DO UPDATE SET value = excluded.value, updated = excluded.updated")
 
 # Each step takes the schema from the version before it; applied in order, each in its
 # own transaction with its version, never edited once released.
@@ -659,9 +662,7 @@ class PostgresStore:
             if not row or not row[0]:
                 return 0  # another process is pruning the same history right now
             cutoff = float(row[1])  # the server's clock: a host whose clock is ahead prunes nothing early
-            db.execute("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
-                       " DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                       (PRUNED_KEY, prune_record(float(row[2]), limits), float(row[2])))
+            db.execute(_PUT_STATE, (PRUNED_KEY, prune_record(float(row[2]), limits), float(row[2])))
             db.execute("DELETE FROM metrics WHERE at < %s", (cutoff,))
             db.execute("DELETE FROM metrics WHERE seq <= (SELECT seq FROM metrics ORDER BY seq DESC LIMIT 1"
                        " OFFSET %s)", (max_metrics,))
@@ -674,9 +675,7 @@ class PostgresStore:
         """Called from training code (a monitor's state): where the database cannot be
         reached it raises at once (for half a minute after a failed try), never waits."""
         with self.patience(0.5), self._transaction() as db:
-            db.execute("INSERT INTO run_state (key, value, updated) VALUES (%s, %s, %s) ON CONFLICT (key)"
-                       " DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                       (key, value, self.clock.time()))
+            db.execute(_PUT_STATE, (key, value, self.clock.time()))
 
     def get_state(self, key: str) -> str | None:
         with self.patience(0.5), self._read() as db:

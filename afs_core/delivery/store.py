@@ -497,6 +497,9 @@ def _pid_namespace() -> str:
 
 #: Where a store keeps when it was last pruned, and with what limits (see Store.prune's ``every``).
 PRUNED_KEY = "afs:pruned"
+#: A run_state value written, or written over: (key, value, updated).
+_PUT_STATE = ("INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
+              " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated")
 
 
 def prune_record(now: float, limits: tuple[float, int, int]) -> str:
@@ -1219,9 +1222,7 @@ class Store:
                 " (SELECT event_id FROM events ORDER BY rowid DESC LIMIT ?)",
                 (max_events,),
             ).rowcount
-            db.execute("INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
-                       " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                       (PRUNED_KEY, prune_record(now, limits), now))
+            db.execute(_PUT_STATE, (PRUNED_KEY, prune_record(now, limits), now))
         return removed
 
     def set_state(self, key: str, value: str) -> None:
@@ -1229,11 +1230,7 @@ class Store:
         Called from training code: waits at most half a second for the store, and
         raises where it is damaged rather than replace it there."""
         with self._quick(), self._transaction() as db:
-            db.execute(
-                "INSERT INTO run_state (key, value, updated) VALUES (?, ?, ?)"
-                " ON CONFLICT(key) DO UPDATE SET value = excluded.value, updated = excluded.updated",
-                (key, value, self.clock.time()),
-            )
+            db.execute(_PUT_STATE, (key, value, self.clock.time()))
 
     @_survives_damage
     def journal_mark(self, name: str) -> int:
