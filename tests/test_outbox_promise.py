@@ -426,3 +426,49 @@ def test_a_killed_runs_store_in_an_older_afs_cores_shape_is_delivered_by_the_nex
     assert second.stdout.split()[0] == "True"
     assert each_once(webhook_server, accepted)
     assert runs.afs(env, "outbox").stdout.strip() == "the outbox is empty"
+
+
+SEND_THEN_DIE = """
+import os, signal, time
+from afs_core import NotificationManager
+from afs_core.delivery.store import PRUNED_KEY
+manager = NotificationManager.from_env()
+deadline = time.monotonic() + 10
+while manager.store.get_state(PRUNED_KEY) is None and time.monotonic() < deadline:
+    time.sleep(0.05)  # the engine's prune as it starts, on an empty history
+for i in range(5):
+    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+assert manager.flush(timeout=30)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+PRUNE_AND_COUNT = """
+from afs_core.delivery.store import open_store
+store = open_store()
+print(store.prune(max_events={max_events}, every=3600), len(store.history(limit=100)))
+"""
+
+ENGINE_STARTS = """
+import time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+deadline = time.monotonic() + 10
+while len(manager.store.history(limit=100)) > 2 and time.monotonic() < deadline:
+    time.sleep(0.05)  # the engine's prune as it starts
+print(len(manager.store.history(limit=100)))
+"""
+
+
+def test_a_prune_recorded_by_a_killed_run_holds_for_the_next_and_a_stricter_one_prunes(runs, webhook_server):
+    """A run pruned the store as it started (at most 3 events kept), sent 5 and was
+    killed. Within the hour a process keeping as many leaves the history as it is; one
+    started to keep 2 prunes it as its engine starts; nothing is left to send."""
+    url = webhook_server.url + "/hook"
+    first = runs.python(SEND_THEN_DIE, runs.env(url, AFS_HISTORY_MAX_EVENTS="3"))
+    assert first.returncode == -signal.SIGKILL, first.stderr
+    assert each_once(webhook_server, first.stdout.split())
+    as_strict = runs.python(PRUNE_AND_COUNT.format(max_events=3), runs.env(url))
+    assert as_strict.stdout.split() == ["0", "5"], as_strict.stderr
+    stricter = runs.python(ENGINE_STARTS, runs.env(url, AFS_HISTORY_MAX_EVENTS="2"))
+    assert stricter.stdout.split() == ["2"], stricter.stderr
+    assert runs.afs(runs.env(url), "outbox").stdout.strip() == "the outbox is empty"
