@@ -23,7 +23,7 @@ def read(raw: bytes, max_body: int = 1024 * 1024, close: bool = True) -> http1.A
     writer.start()
     reader = mine.makefile("rb")
     try:
-        return http1._read_answer(reader, max_body)
+        return http1.read_answer(reader, max_body)
     finally:
         reader.close()
         writer.join(timeout=5)
@@ -109,18 +109,18 @@ def test_an_answer_that_cannot_be_read_says_why(raw, words):
 
 def test_the_head_is_one_block_and_refuses_what_would_end_it_early():
     connection = http1.Connection("::1", 8080, timeout=1)
-    head = connection._head("/hook?a=1", b"{}", {"User-Agent": "afs", "Content-Type": "application/json"})
+    head = connection.head("/hook?a=1", b"{}", {"User-Agent": "afs", "Content-Type": "application/json"})
     assert head == (b"POST /hook?a=1 HTTP/1.1\r\nHost: [::1]:8080\r\nAccept-Encoding: identity\r\n"
                     b"User-Agent: afs\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n")
-    assert http1.Connection("hooks.example", 443, timeout=1, context=object())._head(  # type: ignore[arg-type]
+    assert http1.Connection("hooks.example", 443, timeout=1, context=object()).head(  # type: ignore[arg-type]
         "/", b"", {}).startswith(b"POST / HTTP/1.1\r\nHost: hooks.example\r\n")
     for name, value in [("X-Token", "a\r\nInjected: yes"), ("X-Token", "a\nb"), ("Bad Name", "v"), ("X:Y", "v"),
                         ("X-Nul", "a\x00b"), ("X-A\n", "v"), ("X-A", "v\x0b"), ("X-A", "v\x7f"), ("X-A", "\u20ac"),
                         ("X-A", 5), (b"X-A", "v")]:
         with pytest.raises(http1.RequestError, match="cannot be sent"):
-            connection._head("/", b"", {name: value})
+            connection.head("/", b"", {name: value})
     for name in ("Host", "content-length", "Transfer-Encoding", "Connection"):  # the framing is this client's
         with pytest.raises(http1.RequestError, match="this client's to write"):
-            connection._head("/", b"", {name: "x"})
+            connection.head("/", b"", {name: "x"})
     with pytest.raises(http1.RequestError, match="request target"):
-        connection._head("/a b", b"", {})
+        connection.head("/a b", b"", {})

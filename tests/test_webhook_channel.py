@@ -208,6 +208,33 @@ def test_sends_share_one_kept_alive_connection_until_the_server_says_close(acme,
     assert webhook_server.received[4].client_port != ports[0]  # the closed one was not used again
 
 
+def _bodies(count):
+    return [(json.dumps({"n": n}).encode(), None) for n in range(count)]
+
+
+def test_several_posts_share_the_kept_connection_and_a_header_that_cannot_be_sent_fails_alone(acme, webhook_server):
+    requests = _bodies(6)
+    requests[3] = (requests[3][0], {"X-Note": "two\r\nlines"})
+    answers = acme.post_many(acme.webhook_url, requests)
+    assert isinstance(answers[3], PermanentDeliveryError) and "X-Note" in str(answers[3])
+    assert [answer.status for index, answer in enumerate(answers) if index != 3] == [200] * 5
+    assert [request.json["n"] for request in webhook_server.received] == [0, 1, 2, 4, 5]  # in order, 3 never sent
+    assert len({request.client_port for request in webhook_server.received}) == 1
+
+
+def test_a_429_among_several_posts_holds_the_webhook_and_the_answers_already_asked_for_count(
+        acme, webhook_server):
+    webhook_server.respond(status=200)
+    webhook_server.respond(status=200)
+    webhook_server.respond(status=429, body="slow", headers={"Retry-After": "30"})
+    answers = acme.post_many(acme.webhook_url, _bodies(5))
+    assert isinstance(answers[2], TransientDeliveryError) and answers[2].retry_after == 30
+    assert [answers[i].status for i in (0, 1, 3, 4)] == [200] * 4  # sent before the 429 came back: answered
+    later = acme.post_many(acme.webhook_url, _bodies(2))  # nothing more goes out while the hold lasts
+    assert all(isinstance(answer, TransientDeliveryError) and answer.retry_after > 29 for answer in later)
+    assert len(webhook_server.received) == 5
+
+
 def test_a_connection_the_server_dropped_while_idle_is_made_anew_not_a_failure(make_event):
     """A keep-alive server that closes an idle connection (without saying so first):
     the next send must see that before it writes, not fail on the dead socket."""
@@ -306,9 +333,11 @@ def test_https_checks_the_certificate_and_keeps_the_tls_connection(make_event, m
         try:
             assert send_now(channel, make_event()).delivered
             assert send_now(channel, make_event()).delivered
+            answers = channel.post_many(channel.webhook_url, _bodies(5))  # back to back, inside TLS
         finally:
             channel.close()
-        assert len(server.received) == 2 and server.received[0].client_port == server.received[1].client_port
+        assert [answer.status for answer in answers] == [200] * 5
+        assert len(server.received) == 7 and len({request.client_port for request in server.received}) == 1
     finally:
         server.stop()
 
@@ -325,7 +354,8 @@ def test_a_proxy_from_the_environment_carries_the_request(make_event, monkeypatc
     channel = Acme.from_env({"ACME_WEBHOOK_URL": f"http://127.0.0.1:9/hook/{TOKEN}", "ACME_TIMEOUT": "5"})
     try:
         assert send_now(channel, make_event()).delivered
-        assert [request.path for request in proxy.received] == [f"/hook/{TOKEN}"]
+        assert [answer.status for answer in channel.post_many(channel.webhook_url, _bodies(3))] == [200] * 3
+        assert [request.path for request in proxy.received] == [f"/hook/{TOKEN}"] * 4
     finally:
         channel.close()
         proxy.stop()

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -28,7 +28,7 @@ import attrs
 from afs_core.channels import http1
 from afs_core.channels.deadline import Deadline
 from afs_core.channels.webhook import encode_json
-from afs_core.errors import PermanentDeliveryError, TransientDeliveryError
+from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
 
 if TYPE_CHECKING:
@@ -99,6 +99,11 @@ def _tls() -> ssl.SSLContext:
 #: The most of an answer's body read (what it says is quoted, never more than a page):
 #: a receiver streaming without end fills no memory. Past it the connection is not kept.
 MAX_ANSWER_BYTES = 1024 * 1024
+#: The most requests, and bytes, sent back to back before their answers are read. Bytes
+#: are bounded so that the requests fit the socket buffers while the receiver's answers
+#: wait unread: it never blocks writing an answer while this thread blocks writing.
+PIPELINE_REQUESTS = 16
+PIPELINE_BYTES = 64 * 1024
 #: Charsets an answer is read in; any other is read as UTF-8 (what JSON is): some of
 #: Python's codecs are slow enough to outlast the deadline, or fail on their own.
 CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252",
@@ -204,22 +209,124 @@ class WebhookSession:
                         self._proxied = ProxiedPools()
                     answer = self._proxied.post(proxy, url, body, dict(sent), timeout)
             except Exception as exc:
-                failures: tuple[type[BaseException], ...] = (http1.AnswerError, OSError, *_proxy_errors())
-                if isinstance(exc, failures):
-                    if deadline.expired:
-                        raise late from None
-                    raise TransientDeliveryError(f"connection failed: {_describe(exc)}") from None
-                if isinstance(exc, http1.RequestError):  # nothing was sent: it never could be
-                    raise PermanentDeliveryError(str(exc)) from None
-                if isinstance(exc, ValueError):  # an answer (or a URL) that cannot be read
-                    raise PermanentDeliveryError("the answer could not be read (a redirect to an unreadable "
-                                                 "location?); not followed") from None
-                raise
+                failure = _failure(exc, deadline, timeout)
+                if failure is exc:
+                    raise
+                raise failure from None
             finally:
                 _current.deadline = None
         if deadline.expired:
             raise late
         return answer
+
+    def post_many(self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], *,
+                  timeout: float) -> list[HttpAnswer | DeliveryError]:
+        """POST each ``(body, headers)`` to ``url``, in order: one answer, or the error
+        :meth:`post` would have raised, for each.
+
+        On a connection that has already answered and stayed open, the requests go out
+        back to back, up to :data:`PIPELINE_REQUESTS` (and :data:`PIPELINE_BYTES`) at a
+        time, and their answers are read in order (HTTP/1.1 pipelining): the receiver's
+        time for one overlaps this thread's time for the next, and one write and a few
+        reads carry them all. Each answer has ``timeout`` from the one before. A new
+        connection proves itself with one request alone first, so a receiver that
+        closes after each answer is never sent a pipeline. At the first trouble (an
+        answer that closes the connection, a failure, a deadline) the rest go one at a
+        time, as :meth:`post` sends them. The request that met a failure is not sent
+        again here: the engine's retry decides.
+        """
+        results: list[HttpAnswer | DeliveryError] = []
+        pipelining = self._proxy(url) is None
+        while len(results) < len(requests):
+            if pipelining:
+                pipelining = self._pipelined(url, requests, timeout, results)
+                if len(results) == len(requests):
+                    break
+            body, headers = requests[len(results)]
+            try:
+                results.append(self.post(url, body, timeout=timeout, headers=headers))
+            except DeliveryError as exc:
+                results.append(exc)
+        return results
+
+    def _pipelined(self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], timeout: float,
+                   results: list[HttpAnswer | DeliveryError]) -> bool:
+        """Append the answers of as many of ``requests`` as go through pipelines on the
+        host's kept-alive connection. Stops where the next request goes alone: on a new
+        connection (True: pipelines may follow it) or after a trouble (False: the rest go
+        alone)."""
+        target = self._targets.get(url)
+        if target is None:
+            target = self._targets[url] = _target(url)
+        key = (target.tls, target.host, target.port)
+        while len(results) < len(requests):
+            connection = self._direct.pop(key, None)
+            if connection is None or _dropped(connection):
+                if connection is not None:
+                    connection.close()
+                return True  # a new connection's first request goes alone: post()
+            group: list[bytes] = []
+            size = 0
+            for body, headers in requests[len(results):len(results) + PIPELINE_REQUESTS]:
+                try:
+                    sent = {**self._headers, **headers} if headers else self._headers
+                    head = connection.head(target.path, body, sent)
+                except http1.RequestError:
+                    break  # post() says why this one cannot be sent
+                if group and size + len(head) + len(body) > PIPELINE_BYTES:
+                    break
+                group.append(head + body)
+                size += len(head) + len(body)
+            if len(group) < 2:
+                self._direct.setdefault(key, connection)
+                return True  # nothing to gain: post() sends it
+            try:
+                kept = self._answer_group(connection, target, group, timeout, results)
+            except BaseException:
+                connection.close()
+                raise
+            if not kept:
+                connection.close()
+                return False
+            if self._direct.setdefault(key, connection) is not connection:
+                connection.close()
+        return True
+
+    def _answer_group(self, connection: http1.Connection, target: _Target, group: list[bytes], timeout: float,
+                      results: list[HttpAnswer | DeliveryError]) -> bool:
+        """Send ``group`` in one write and read its answers; True when every answer came
+        and the connection may carry more."""
+        connection.timeout = timeout
+        reader = connection.open()
+        unsent: OSError | None = None
+        try:
+            for index in range(len(group)):
+                with Deadline(timeout) as deadline:
+                    deadline.attach(connection)
+                    try:
+                        if index == 0:
+                            try:
+                                connection.send(b"".join(group))
+                            except (BrokenPipeError, ConnectionResetError) as exc:
+                                unsent = exc  # the receiver may have answered some and closed
+                        answer = http1.read_answer(reader, MAX_ANSWER_BYTES)
+                    except Exception as exc:
+                        failure = _failure(exc if unsent is None else unsent, deadline, timeout)
+                        if not isinstance(failure, DeliveryError):
+                            raise
+                        results.append(failure)
+                        return False
+                    finally:
+                        deadline.detach()  # before the socket may go: its number may be another's next
+                if index == len(group) - 1:
+                    connection.check_drained(answer)
+                self._log(target, answer)
+                results.append(HttpAnswer(answer.status, answer.headers, answer_text(answer.headers, answer.body)))
+                if not answer.reusable or unsent is not None:
+                    return False
+            return True
+        finally:
+            reader.close()
 
     def _post_direct(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HttpAnswer:
         """One request on the host's kept-alive connection (made anew when the server
@@ -244,21 +351,29 @@ class WebhookSession:
                 deadline.attach(connection)
             answer = connection.post(target.path, body, headers, max_body=MAX_ANSWER_BYTES,
                                      time_left=None if deadline is None else deadline.left)
-        except BaseException:
+        except BaseException as exc:
             if deadline is not None:
                 deadline.detach()  # before the socket goes: its number may be another's next
-            connection.close()
+            if isinstance(exc, http1.RequestError):  # nothing was sent: the connection is as it was
+                if self._direct.setdefault(key, connection) is not connection:
+                    connection.close()
+            else:
+                connection.close()
             raise
         if deadline is not None:
             deadline.detach()  # the deadline no longer reaches this connection: kept, another request's
         if not answer.reusable or self._direct.setdefault(key, connection) is not connection:
             connection.close()
+        self._log(target, answer)
+        return HttpAnswer(answer.status, answer.headers, answer_text(answer.headers, answer.body))
+
+    @staticmethod
+    def _log(target: _Target, answer: http1.Answer) -> None:
         if logger.isEnabledFor(logging.DEBUG):  # the path holds a webhook's token: masked
             # Masked as sent too: a token with a character the path percent-encodes.
             hidden = {*_scrubber.secrets, *(urllib.parse.quote(s, safe=_PATH_SAFE) for s in _scrubber.secrets)}
             logger.debug("%s:%s \"POST %s HTTP/1.1\" %s %s", target.host, target.port,
                          scrub(target.path, hidden), answer.status, len(answer.body))
-        return HttpAnswer(answer.status, answer.headers, answer_text(answer.headers, answer.body))
 
     def close(self) -> None:
         if self._proxied is not None:
@@ -266,6 +381,24 @@ class WebhookSession:
         for connection in self._direct.values():
             connection.close()
         self._direct.clear()
+
+
+def _failure(exc: Exception, deadline: Deadline, timeout: float) -> Exception:
+    """What a request's failure is to the channel: transient for a connection or an
+    answer that failed (the deadline's own error when it had passed), permanent for a
+    request that could never be sent or an answer that cannot be read; anything else
+    (a bug) as it was."""
+    failures: tuple[type[BaseException], ...] = (http1.AnswerError, OSError, *_proxy_errors())
+    if isinstance(exc, failures):
+        if deadline.expired:
+            return TransientDeliveryError(f"no complete answer within the {timeout:.1f} s deadline")
+        return TransientDeliveryError(f"connection failed: {_describe(exc)}")
+    if isinstance(exc, http1.RequestError):  # nothing was sent: it never could be
+        return PermanentDeliveryError(str(exc))
+    if isinstance(exc, ValueError):  # an answer (or a URL) that cannot be read
+        return PermanentDeliveryError("the answer could not be read (a redirect to an unreadable location?); "
+                                      "not followed")
+    return exc
 
 
 def _may_have_proxies() -> bool:

@@ -143,36 +143,55 @@ class Connection:
              time_left: Callable[[], float] | None = None) -> Answer:
         """Send one POST and read its final answer (the body up to ``max_body`` bytes;
         past that the rest is left unread and the connection is not reusable)."""
-        head = self._head(target, body, headers)
+        head = self.head(target, body, headers)
+        reader = self.open(time_left)
+        try:
+            try:
+                self.send(head + body)
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                # The server answered early (413: too large) and closed: its answer, if it came.
+                try:
+                    answer = read_answer(reader, max_body)
+                except Exception:
+                    raise exc from None
+                answer.reusable = False
+                return answer
+            answer = read_answer(reader, max_body)
+            self.check_drained(answer)
+            return answer
+        finally:
+            reader.close()
+
+    # -- the steps of a request, for a caller that sends several before reading ------
+
+    def open(self, time_left: Callable[[], float] | None = None) -> Any:
+        """Connect if not yet connected; a buffered reader of the answers (one reader for
+        every answer read in a row: it may hold the start of the next one)."""
         if self.sock is None:
             self.connect(time_left)
         sock = self.sock
         assert sock is not None
         sock.settimeout(self.timeout)
-        reader = sock.makefile("rb")
-        try:
-            try:
-                sock.sendall(head + body)
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # The server answered early (413: too large) and closed: its answer, if it came.
-                try:
-                    answer = _read_answer(reader, max_body)
-                except Exception:
-                    raise exc from None
-                answer.reusable = False
-                return answer
-            answer = _read_answer(reader, max_body)
-            if answer.reusable and self.context is not None and sock.pending():  # type: ignore[attr-defined]
-                # Bytes after the answer, already decrypted inside TLS where polling the
-                # socket cannot see them: the next answer could not be told apart. (Any
-                # left in this reader's buffer go with it; any still in the socket are
-                # seen by the poll before the connection is used again.)
-                answer.reusable = False
-            return answer
-        finally:
-            reader.close()
+        return sock.makefile("rb")
 
-    def _head(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+    def send(self, data: bytes) -> None:
+        sock = self.sock
+        if sock is None:
+            raise ConnectionError("not connected")
+        sock.sendall(data)
+
+    def check_drained(self, answer: Answer) -> None:
+        """After the last answer read: bytes after it, already decrypted inside TLS where
+        polling the socket cannot see them, mean the next answer could not be told apart.
+        (Any left in the reader's buffer go with it; any still in the socket are seen by
+        the poll before the connection is used again.)"""
+        sock = self.sock
+        if answer.reusable and self.context is not None and sock is not None and sock.pending():  # type: ignore[attr-defined]
+            answer.reusable = False
+
+    def head(self, target: str, body: bytes, headers: Mapping[str, str]) -> bytes:
+        """A POST's request line and headers; :class:`RequestError` for a header or
+        target that cannot be sent."""
         lines = [f"POST {target} HTTP/1.1", f"Host: {self._host_header}", "Accept-Encoding: identity"]
         for name, value in headers.items():
             if not isinstance(name, str) or not isinstance(value, str) or not _TOKEN.fullmatch(name):
@@ -204,7 +223,8 @@ def _line(reader: Any) -> bytes:
     return line
 
 
-def _read_answer(reader: Any, max_body: int) -> Answer:
+def read_answer(reader: Any, max_body: int) -> Answer:
+    """The next final answer on ``reader`` (interim ones skipped)."""
     for _ in range(MAX_INTERIM_ANSWERS + 1):
         status_line = _line(reader)
         if not status_line:

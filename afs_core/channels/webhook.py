@@ -17,7 +17,7 @@ import re
 import threading
 import time
 import urllib.parse
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from afs_core.channels.base import Channel
@@ -329,15 +329,51 @@ class WebhookChannel(Channel):
         deadline = time.monotonic() + self.timeout
         keys = tuple(self.hold_keys() if hold_keys is None else hold_keys)
         self._keep_to_holds(deadline, keys)
-        if self._session is None:
-            from afs_core.channels.http import WebhookSession  # requests loads on the first send only
-
-            self._session = WebhookSession(user_agent=self.user_agent, secrets=self.secrets())
+        session = self._open_session()
         left = max(deadline - time.monotonic(), 0.1)
         if body is None:
-            answer = self._session.post_json(url, payload or {}, timeout=left, headers=headers)
+            answer = session.post_json(url, payload or {}, timeout=left, headers=headers)
         else:
-            answer = self._session.post(url, body, timeout=left, headers=headers)
+            answer = session.post(url, body, timeout=left, headers=headers)
+        return self._heard(answer)
+
+    def post_many(
+        self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], *,
+        hold_keys: Iterable[str] | None = None,
+    ) -> list[HttpAnswer | DeliveryError]:
+        """:meth:`post` for several ``(body, headers)`` to one ``url``, in order, sent back
+        to back on a kept-alive connection where the receiver allows it (see
+        :meth:`~afs_core.channels.http.WebhookSession.post_many`): for each, the answer or
+        the error :meth:`post` would have raised. Each request keeps to the holds and takes
+        its slot before any is sent; one whose hold outlasts the deadline fails, unsent."""
+        keys = tuple(self.hold_keys() if hold_keys is None else hold_keys)
+        results: list[HttpAnswer | DeliveryError | None] = [None] * len(requests)
+        going: list[int] = []
+        for index in range(len(requests)):
+            try:
+                self._keep_to_holds(time.monotonic() + self.timeout, keys)
+                going.append(index)
+            except TransientDeliveryError as exc:
+                results[index] = exc
+        answers = self._open_session().post_many(url, [requests[i] for i in going], timeout=self.timeout)
+        for index, answer in zip(going, answers, strict=True):
+            if not isinstance(answer, DeliveryError):
+                try:
+                    answer = self._heard(answer)
+                except DeliveryError as exc:
+                    answer = exc
+            results[index] = answer
+        return [result for result in results if result is not None]
+
+    def _open_session(self) -> WebhookSession:
+        if self._session is None:
+            from afs_core.channels.http import WebhookSession  # loaded on the first send only
+
+            self._session = WebhookSession(user_agent=self.user_agent, secrets=self.secrets())
+        return self._session
+
+    def _heard(self, answer: HttpAnswer) -> HttpAnswer:
+        """What ``answer`` says about later sends, learnt; a 429 holds its key and raises."""
         self.learn(answer)
         if answer.status == 429:
             wait, key, what = self.rate_limited(answer)
