@@ -1,0 +1,249 @@
+"""A burst to one URL goes out back to back on the kept-alive connection (HTTP/1.1
+pipelining), against a receiver on 127.0.0.1 that reads the bytes as they come: what
+it got, on which connection, and how many requests it held unanswered at once."""
+
+import select
+import socket
+import threading
+import time
+
+import pytest
+from standardwebhooks import Webhook
+
+from afs_core import EventType, NotificationManager
+from afs_core.delivery.direct import send_many_now
+from afs_core.delivery.policy import ChannelPolicy
+from afs_core.delivery.retry import RetryPolicy
+from afs_core.delivery.store import Store
+from afs_core.results import DeliveryStatus
+from afs_webhook import WebhookNotifier
+
+OK = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"
+CLOSE = b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok"
+FAIL = b"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\noops"
+
+
+class Receiver:
+    """An HTTP/1.1 receiver written on sockets, so that a test decides what each
+    request meets. ``answer(connection, index)`` (``index``: the request's place on
+    its connection, from 0) returns the bytes to answer, ``"cut"`` to close the
+    connection without answering, or a number of seconds to wait before answering OK.
+    Answers are written once no more requests arrive within ``GATHER`` seconds, or
+    ``hold`` are waiting: so ``groups`` shows how many requests came before their
+    answers were asked for (one at a time: every group is 1)."""
+
+    GATHER = 0.1
+
+    def __init__(self, answer=None, hold=64):
+        self.answer = answer or (lambda connection, index: OK)
+        self.hold = hold
+        self.received = []  # (connection, index, headers, body)
+        self.groups = []  # (connection, how many requests answered together)
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self._listener.settimeout(0.2)
+        self._stopping = threading.Event()
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    @property
+    def url(self):
+        return f"http://127.0.0.1:{self._listener.getsockname()[1]}/hooks/afs"
+
+    def stop(self):
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self):
+        number = 0
+        while not self._stopping.is_set():
+            try:
+                sock, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._serve, args=(sock, number), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+            number += 1
+
+    def _serve(self, sock, connection):
+        buffer = b""
+        index = 0
+        waiting = []
+        try:
+            for _ in range(10_000):  # bounded: far more turns than any test's requests
+                request, buffer = self._parse(buffer)
+                if request is not None:
+                    self.received.append((connection, index, *request))
+                    waiting.append(index)
+                    index += 1
+                    if len(waiting) < self.hold:
+                        continue
+                else:
+                    # The first request of a group is waited for (bounded); the rest are gathered.
+                    ready, _, _ = select.select([sock], [], [], self.GATHER if waiting else 5.0)
+                    data = sock.recv(65536) if ready else b""
+                    if data:
+                        buffer += data
+                        continue
+                if not waiting or self._stopping.is_set():
+                    return  # closed by the client, or idle too long
+                self.groups.append((connection, len(waiting)))
+                for place in waiting:
+                    reply = self.answer(connection, place)
+                    if reply == "cut":
+                        return
+                    if isinstance(reply, (int, float)):
+                        self._stopping.wait(reply)
+                        reply = OK
+                    sock.sendall(reply)
+                    if b"Connection: close" in reply:
+                        return
+                waiting = []
+        except OSError:
+            pass
+        finally:
+            sock.close()
+
+    @staticmethod
+    def _parse(buffer):
+        """The first whole request in ``buffer`` as (headers, body), and what follows it."""
+        end = buffer.find(b"\r\n\r\n")
+        if end < 0:
+            return None, buffer
+        headers = {}
+        for field in buffer[:end].split(b"\r\n")[1:]:
+            name, _, value = field.decode("latin-1").partition(":")
+            headers[name.strip().lower()] = value.strip()
+        length = int(headers.get("content-length", "0"))
+        if len(buffer) < end + 4 + length:
+            return None, buffer
+        return (headers, buffer[end + 4:end + 4 + length]), buffer[end + 4 + length:]
+
+
+@pytest.fixture
+def receiver():
+    made = []
+
+    def make(answer=None, hold=64):
+        made.append(Receiver(answer, hold))
+        return made[-1]
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+def _events(make_event, count):
+    return [make_event(event_type=EventType.CHECKPOINT_SAVED, title=f"step {n}", message=f"saved {n}")
+            for n in range(count)]
+
+
+def _ids(receiver):
+    return [headers["webhook-id"] for _, _, headers, _ in receiver.received]
+
+
+def test_a_burst_goes_out_back_to_back_on_one_connection_each_request_signed_in_order(
+        receiver, make_event, afs_plugins, kit):
+    server = receiver()
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    events = _events(make_event, 33)
+    try:
+        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED] * 33
+    assert _ids(server) == [event.event_id for event in events]
+    # One connection: its first request alone (it proves the connection stays open),
+    # then the rest sixteen at a time before any of their answers was read.
+    assert server.groups == [(0, 1), (0, 16), (0, 16)]
+    verifier = Webhook(kit.SECRET)
+    for (_, _, headers, body), event in zip(server.received, events, strict=True):
+        assert verifier.verify(body, headers)["id"] == event.event_id
+
+
+def test_an_answer_that_closes_the_connection_leaves_the_rest_one_at_a_time(receiver, make_event, afs_plugins, kit):
+    # The first connection closes after its third answer, as a server at its limit of
+    # requests per connection does; every later one answers once and closes.
+    server = receiver(lambda connection, index: CLOSE if connection > 0 or index == 2 else OK)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    events = _events(make_event, 8)
+    try:
+        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+    assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED] * 8
+    answered = [headers["webhook-id"] for connection, index, headers, _ in server.received
+                if connection > 0 or index <= 2]
+    assert answered == [event.event_id for event in events]  # each once, in order
+    later = [(connection, index) for connection, index, *_ in server.received if connection > 0]
+    assert later == [(n, 0) for n in range(1, 6)]  # never pipelined to a receiver that closes
+
+
+def test_a_refusal_inside_a_pipeline_is_that_event_s_alone(receiver, make_event, afs_plugins, kit):
+    server = receiver(lambda connection, index: FAIL if index == 4 else OK)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    events = _events(make_event, 10)
+    try:
+        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+    statuses = [o.status for o in outcomes]
+    assert statuses == [DeliveryStatus.DELIVERED] * 4 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 5
+    assert "HTTP 500" in outcomes[4].error and not outcomes[4].permanent
+    assert _ids(server) == [event.event_id for event in events]  # none sent twice
+    assert server.groups == [(0, 1), (0, 9)]
+
+
+def test_a_connection_cut_inside_a_pipeline_fails_the_unanswered_event_and_sends_the_rest_alone(
+        receiver, make_event, afs_plugins, kit):
+    server = receiver(lambda connection, index: "cut" if connection == 0 and index == 3 else OK)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    events = _events(make_event, 7)
+    try:
+        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+    statuses = [o.status for o in outcomes]
+    assert statuses == [DeliveryStatus.DELIVERED] * 3 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 3
+    assert "connection" in outcomes[3].error and not outcomes[3].permanent  # the engine retries it
+    # What the cut connection got but never answered is sent again, each on its own.
+    assert [headers["webhook-id"] for connection, _, headers, _ in server.received if connection > 0] == \
+        [event.event_id for event in events[4:]]
+    assert all(size == 1 for connection, size in server.groups if connection > 0)
+
+
+def test_an_answer_past_the_deadline_inside_a_pipeline(receiver, make_event, afs_plugins, kit):
+    server = receiver(lambda connection, index: 3.0 if connection == 0 and index == 2 else OK)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=0.5)
+    events = _events(make_event, 5)
+    began = time.monotonic()
+    try:
+        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+    assert time.monotonic() - began < 2.5  # the deadline cut it, not the receiver's wait
+    statuses = [o.status for o in outcomes]
+    assert statuses == [DeliveryStatus.DELIVERED] * 2 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 2
+    assert "deadline" in outcomes[2].error and not outcomes[2].permanent
+
+
+def test_the_engine_delivers_a_burst_through_pipelines_each_event_once_in_order(
+        receiver, make_event, afs_plugins, tmp_path, kit):
+    server = receiver()
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
+                                  retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
+    manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))  # every checkpoint
+    events = _events(make_event, 200)
+    try:
+        for event in events:
+            manager.send_event(event)
+        assert manager.flush(timeout=30)
+    finally:
+        manager.close()
+    assert _ids(server) == [event.event_id for event in events]
+    assert {connection for connection, *_ in server.received} == {0}
+    assert max(size for _, size in server.groups) > 1  # pipelined, not one at a time
+    assert Store(tmp_path / "afs.db").pending(["webhook"]).total == 0
