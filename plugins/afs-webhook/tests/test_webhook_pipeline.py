@@ -2,8 +2,11 @@
 pipelining), against a receiver on 127.0.0.1 that reads the bytes as they come: what
 it got, on which connection, and how many requests it held unanswered at once."""
 
+import os
 import select
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -247,3 +250,43 @@ def test_the_engine_delivers_a_burst_through_pipelines_each_event_once_in_order(
     assert {connection for connection, *_ in server.received} == {0}
     assert max(size for _, size in server.groups) > 1  # pipelined, not one at a time
     assert Store(tmp_path / "afs.db").pending(["webhook"]).total == 0
+
+
+SEND_THEN_LIVE_ON = """
+import time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+for i in range(200):
+    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_killed_while_its_pipelines_wait_for_answers_loses_nothing_and_repeats_little(
+        receiver, tmp_path, kit, afs_cli):
+    """Killed with requests sent and unanswered: the next process sends what the store
+    does not show as delivered; an event goes twice only where its pipeline or its group
+    of outcomes was cut."""
+    server = receiver()  # answers a group once no more requests come for a tenth of a second
+    env = {**os.environ, "AFS_HOME": str(tmp_path / "afs"), "WEBHOOK_URL": server.url, "WEBHOOK_SECRET": kit.SECRET,
+           "AFS_LOAD_PLUGINS": "webhook", "AFS_THROTTLE_SECONDS": "0"}
+    sender = subprocess.Popen([sys.executable, "-c", SEND_THEN_LIVE_ON], env=env, stdout=subprocess.PIPE, text=True,
+                              cwd=tmp_path)
+    try:
+        accepted = [sender.stdout.readline().strip() for _ in range(200)]
+        deadline = time.monotonic() + 30
+        while len(server.received) < 40 and time.monotonic() < deadline:
+            time.sleep(0.002)
+        sender.kill()
+        sender.wait(timeout=10)
+    finally:
+        sender.stdout.close()
+    assert 40 <= len(server.received) < 200  # killed mid-burst
+    flushed = subprocess.run([sys.executable, "-c", "from afs_core import NotificationManager\n"
+                              "print(NotificationManager.from_env().flush(60))"],
+                             env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert flushed.stdout.split() == ["True"], flushed.stderr
+    sent = _ids(server)
+    assert sorted(set(sent)) == sorted(accepted)
+    assert len(sent) - len(set(sent)) <= 2 * WebhookNotifier.batch_size
+    assert afs_cli("outbox", env=env).stdout.strip() == "the outbox is empty"
