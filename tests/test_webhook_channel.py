@@ -222,6 +222,21 @@ def test_several_posts_share_the_kept_connection_and_a_header_that_cannot_be_sen
     assert len({request.client_port for request in webhook_server.received}) == 1
 
 
+def test_a_header_that_cannot_be_sent_never_makes_an_untried_connection_look_kept_alive(acme, webhook_server):
+    """The connection made for a request whose header cannot be sent has never answered:
+    the next requests are not pipelined on it, to a receiver that closes after each."""
+    from afs_core.testing.loopback import Scripted
+
+    webhook_server.default = Scripted(headers={"Connection": "close"})
+    requests = _bodies(6)
+    requests[0] = (requests[0][0], {"X-Note": "two\r\nlines"})
+    answers = acme.post_many(acme.webhook_url, requests)
+    assert isinstance(answers[0], PermanentDeliveryError)
+    assert [answer.status for answer in answers[1:]] == [200] * 5
+    assert [request.json["n"] for request in webhook_server.received] == [1, 2, 3, 4, 5]  # each sent once
+    assert len({request.client_port for request in webhook_server.received}) == 5  # each alone
+
+
 def test_a_429_among_several_posts_holds_the_webhook_and_the_answers_already_asked_for_count(
         acme, webhook_server):
     webhook_server.respond(status=200)

@@ -20,7 +20,7 @@ import socket
 import sys
 import threading
 import urllib.parse
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import attrs
@@ -104,6 +104,10 @@ MAX_ANSWER_BYTES = 1024 * 1024
 #: wait unread: it never blocks writing an answer while this thread blocks writing.
 PIPELINE_REQUESTS = 16
 PIPELINE_BYTES = 64 * 1024
+#: What comes after a pipeline (see ``WebhookSession._pipelined``).
+_HALT, _ONE_THEN_MORE, _REST_ALONE = "halt", "one then more", "rest alone"
+#: A request's headers for :meth:`WebhookSession.post_many`: as they are, or made as it goes out.
+RequestHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
 #: Charsets an answer is read in; any other is read as UTF-8 (what JSON is): some of
 #: Python's codecs are slow enough to outlast the deadline, or fail on their own.
 CHARSETS = {"utf-8", "utf8", "us-ascii", "ascii", "iso-8859-1", "latin-1", "latin1", "windows-1252", "cp1252",
@@ -219,10 +223,13 @@ class WebhookSession:
             raise late
         return answer
 
-    def post_many(self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], *,
-                  timeout: float) -> list[HttpAnswer | DeliveryError]:
+    def post_many(self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], *, timeout: float,
+                  halt: Callable[[HttpAnswer], bool] | None = None) -> list[HttpAnswer | DeliveryError]:
         """POST each ``(body, headers)`` to ``url``, in order: one answer, or the error
-        :meth:`post` would have raised, for each.
+        :meth:`post` would have raised, for each. ``headers`` may be a function, called
+        as its request goes out (a signature made then is as fresh as a lone send's).
+        After an answer ``halt`` says yes to (a 429), no more requests go out: the answers
+        of those already sent are read, and the list is shorter than ``requests``.
 
         On a connection that has already answered and stayed open, the requests go out
         back to back, up to :data:`PIPELINE_REQUESTS` (and :data:`PIPELINE_BYTES`) at a
@@ -237,24 +244,31 @@ class WebhookSession:
         """
         results: list[HttpAnswer | DeliveryError] = []
         pipelining = self._proxy(url) is None
+        halted = halt or (lambda answer: False)
         while len(results) < len(requests):
             if pipelining:
-                pipelining = self._pipelined(url, requests, timeout, results)
-                if len(results) == len(requests):
+                then = self._pipelined(url, requests, timeout, results, halted)
+                if then is _HALT or len(results) == len(requests):
                     break
+                pipelining = then is _ONE_THEN_MORE
             body, headers = requests[len(results)]
             try:
-                results.append(self.post(url, body, timeout=timeout, headers=headers))
+                answer = self.post(url, body, timeout=timeout, headers=_made(headers))
             except DeliveryError as exc:
                 results.append(exc)
+                continue
+            results.append(answer)
+            if halted(answer):
+                break
         return results
 
-    def _pipelined(self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], timeout: float,
-                   results: list[HttpAnswer | DeliveryError]) -> bool:
+    def _pipelined(self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], timeout: float,
+                   results: list[HttpAnswer | DeliveryError], halted: Callable[[HttpAnswer], bool]) -> str:
         """Append the answers of as many of ``requests`` as go through pipelines on the
-        host's kept-alive connection. Stops where the next request goes alone: on a new
-        connection (True: pipelines may follow it) or after a trouble (False: the rest go
-        alone)."""
+        host's kept-alive connection. Stops, and says what comes next: after a group with
+        an answer ``halted`` says yes to (:data:`_HALT`); where the next request goes alone
+        on a new connection (:data:`_ONE_THEN_MORE`: pipelines may follow it); after a
+        trouble (:data:`_REST_ALONE`)."""
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _target(url)
@@ -264,11 +278,12 @@ class WebhookSession:
             if connection is None or _dropped(connection):
                 if connection is not None:
                     connection.close()
-                return True  # a new connection's first request goes alone: post()
+                return _ONE_THEN_MORE  # a new connection's first request goes alone: post()
             group: list[bytes] = []
             size = 0
-            for body, headers in requests[len(results):len(results) + PIPELINE_REQUESTS]:
+            for body, given in requests[len(results):len(results) + PIPELINE_REQUESTS]:
                 try:
+                    headers = _made(given)
                     sent = {**self._headers, **headers} if headers else self._headers
                     head = connection.head(target.path, body, sent)
                 except http1.RequestError:
@@ -278,8 +293,10 @@ class WebhookSession:
                 group.append(head + body)
                 size += len(head) + len(body)
             if len(group) < 2:
-                self._direct.setdefault(key, connection)
-                return True  # nothing to gain: post() sends it
+                if self._direct.setdefault(key, connection) is not connection:
+                    connection.close()
+                return _ONE_THEN_MORE  # nothing to gain: post() sends it
+            before = len(results)
             try:
                 kept = self._answer_group(connection, target, group, timeout, results)
             except BaseException:
@@ -287,10 +304,13 @@ class WebhookSession:
                 raise
             if not kept:
                 connection.close()
-                return False
-            if self._direct.setdefault(key, connection) is not connection:
+            elif self._direct.setdefault(key, connection) is not connection:
                 connection.close()
-        return True
+            if any(isinstance(result, HttpAnswer) and halted(result) for result in results[before:]):
+                return _HALT
+            if not kept:
+                return _REST_ALONE
+        return _ONE_THEN_MORE
 
     def _answer_group(self, connection: http1.Connection, target: _Target, group: list[bytes], timeout: float,
                       results: list[HttpAnswer | DeliveryError]) -> bool:
@@ -354,7 +374,9 @@ class WebhookSession:
         except BaseException as exc:
             if deadline is not None:
                 deadline.detach()  # before the socket goes: its number may be another's next
-            if isinstance(exc, http1.RequestError):  # nothing was sent: the connection is as it was
+            # Nothing was sent: a connection that has answered before is kept as it was (one
+            # made for this request has not, and is no kept-alive one to pipeline on).
+            if isinstance(exc, http1.RequestError) and connection.sock is not None:
                 if self._direct.setdefault(key, connection) is not connection:
                     connection.close()
             else:
@@ -381,6 +403,10 @@ class WebhookSession:
         for connection in self._direct.values():
             connection.close()
         self._direct.clear()
+
+
+def _made(headers: RequestHeaders) -> Mapping[str, str] | None:
+    return headers() if callable(headers) else headers
 
 
 def _failure(exc: Exception, deadline: Deadline, timeout: float) -> Exception:

@@ -27,7 +27,7 @@ from afs_core.formatting import one_line
 from afs_core.redaction import redact_url, scrub, url_secrets
 
 if TYPE_CHECKING:
-    from afs_core.channels.http import HttpAnswer, WebhookSession
+    from afs_core.channels.http import HttpAnswer, RequestHeaders, WebhookSession
 
 #: The longest wait a service may ask for before the event is left for later.
 MAX_RETRY_AFTER = 3600.0
@@ -338,31 +338,36 @@ class WebhookChannel(Channel):
         return self._heard(answer)
 
     def post_many(
-        self, url: str, requests: Sequence[tuple[bytes, Mapping[str, str] | None]], *,
+        self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], *,
         hold_keys: Iterable[str] | None = None,
     ) -> list[HttpAnswer | DeliveryError]:
         """:meth:`post` for several ``(body, headers)`` to one ``url``, in order, sent back
         to back on a kept-alive connection where the receiver allows it (see
         :meth:`~afs_core.channels.http.WebhookSession.post_many`): for each, the answer or
-        the error :meth:`post` would have raised. Each request keeps to the holds and takes
-        its slot before any is sent; one whose hold outlasts the deadline fails, unsent."""
+        the error :meth:`post` would have raised. Each request keeps to the holds before
+        it goes; after a 429 nothing more is sent until the hold it set is kept to (one
+        that outlasts the deadline fails the rest, unsent)."""
         keys = tuple(self.hold_keys() if hold_keys is None else hold_keys)
         results: list[HttpAnswer | DeliveryError | None] = [None] * len(requests)
-        going: list[int] = []
-        for index in range(len(requests)):
-            try:
-                self._keep_to_holds(time.monotonic() + self.timeout, keys)
-                going.append(index)
-            except TransientDeliveryError as exc:
-                results[index] = exc
-        answers = self._open_session().post_many(url, [requests[i] for i in going], timeout=self.timeout)
-        for index, answer in zip(going, answers, strict=True):
-            if not isinstance(answer, DeliveryError):
+        waiting = list(range(len(requests)))
+        while waiting:
+            going: list[int] = []
+            for index in waiting:
                 try:
-                    answer = self._heard(answer)
-                except DeliveryError as exc:
-                    answer = exc
-            results[index] = answer
+                    self._keep_to_holds(time.monotonic() + self.timeout, keys)
+                    going.append(index)
+                except TransientDeliveryError as exc:
+                    results[index] = exc
+            answers = self._open_session().post_many(url, [requests[i] for i in going], timeout=self.timeout,
+                                                     halt=lambda answer: answer.status == 429)
+            for index, answer in zip(going, answers, strict=False):
+                if not isinstance(answer, DeliveryError):
+                    try:
+                        answer = self._heard(answer)
+                    except DeliveryError as exc:
+                        answer = exc
+                results[index] = answer
+            waiting = going[len(answers):]  # after a 429: asked about the hold again
         return [result for result in results if result is not None]
 
     def _open_session(self) -> WebhookSession:

@@ -10,6 +10,7 @@ this module says what a receiver's answer means.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.parse
@@ -133,7 +134,7 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         endpoint = self.endpoints[0]
         results: list[Any] = [None] * len(messages)
         going: list[int] = []
-        requests: list[tuple[bytes, dict[str, str]]] = []
+        requests: list[tuple[bytes, Callable[[], dict[str, str]]]] = []
         for index, message in enumerate(messages):
             if not isinstance(message, Mapping):
                 results[index] = PermanentDeliveryError(
@@ -145,7 +146,8 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
                 results[index] = exc
                 continue
             going.append(index)
-            requests.append((body, self._signed(webhook_id(message, body), body)))
+            # Signed as it goes out: one sent alone after a trouble is as fresh as deliver()'s.
+            requests.append((body, functools.partial(self._signed, webhook_id(message, body), body)))
         self._posting.url = endpoint.url
         try:
             answers = self.post_many(endpoint.url, requests, hold_keys=(endpoint.url,))

@@ -14,6 +14,7 @@ import pytest
 from standardwebhooks import Webhook
 
 from afs_core import EventType, NotificationManager
+from afs_core.channels import HOLDS
 from afs_core.delivery.direct import send_many_now
 from afs_core.delivery.policy import ChannelPolicy
 from afs_core.delivery.retry import RetryPolicy
@@ -290,3 +291,38 @@ def test_a_run_killed_while_its_pipelines_wait_for_answers_loses_nothing_and_rep
     assert sorted(set(sent)) == sorted(accepted)
     assert len(sent) - len(set(sent)) <= 2 * WebhookNotifier.batch_size
     assert afs_cli("outbox", env=env).stdout.strip() == "the outbox is empty"
+
+
+def test_a_429_stops_the_rest_of_a_burst_until_its_hold_is_kept(receiver, make_event, afs_plugins, kit):
+    limited = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Length: 4\r\n\r\nslow"
+    server = receiver(lambda connection, index: limited)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    try:
+        outcomes = send_many_now(notifier, _events(make_event, 6), plugins=afs_plugins)
+    finally:
+        notifier.close()
+        HOLDS.clear()
+    assert len(server.received) == 1  # the rest were never sent into the 429
+    assert all(o.status is DeliveryStatus.FAILED and not o.permanent and o.retry_after >= 29 for o in outcomes)
+
+
+def test_a_request_sent_alone_after_a_trouble_is_signed_as_it_goes_not_with_its_pipeline(
+        receiver, make_event, afs_plugins, kit):
+    now = [1_800_000_000.0]
+
+    def answer(connection, index):
+        if connection == 0 and index == 2:
+            now[0] += 100  # the cut comes 100 s on: what is sent after it is signed then
+            return "cut"
+        return OK
+
+    server = receiver(answer)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+    notifier.clock = lambda: now[0]
+    try:
+        outcomes = send_many_now(notifier, _events(make_event, 6), plugins=afs_plugins)
+    finally:
+        notifier.close()
+    assert [o.delivered for o in outcomes] == [True, True, False, True, True, True]
+    alone = [int(headers["webhook-timestamp"]) for connection, _, headers, _ in server.received if connection > 0]
+    assert alone == [1_800_000_100] * 3
