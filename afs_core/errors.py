@@ -40,6 +40,12 @@ class TransientDeliveryError(DeliveryError):
     permanent = False
 
 
+class NotSent(TransientDeliveryError):
+    """In a ``deliver_batch``: the channel did not get to this message (the batch's time
+    ran out before its turn). Nothing was sent; the engine sends it again at once and
+    counts no attempt."""
+
+
 class PermanentDeliveryError(DeliveryError):
     """Trying again will not help (bad token, archived channel, rejected payload)."""
 

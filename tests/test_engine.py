@@ -620,3 +620,47 @@ def test_an_idle_worker_looks_for_other_processes_work_less_and_less_often(afs_p
     finally:
         clock.real_slice = 0.05  # the closing flush's waits: a clock no one moves now
         manager.close(timeout=5)
+
+
+class TimeBoxed(Channel):
+    """A batch channel that gets to two messages a call: the rest are not sent."""
+
+    batch_size = 5
+
+    def __init__(self):
+        self.sent = []
+        self.calls = 0
+
+    def deliver(self, message):
+        self.sent.append(message)
+
+    def deliver_batch(self, messages):
+        from afs_core.errors import NotSent
+
+        self.calls += 1
+        self.sent.extend(messages[:2])
+        return [None, None] + [NotSent("the batch's time ran out") for _ in messages[2:]]
+
+
+def test_what_a_batch_did_not_get_to_goes_next_in_order_and_costs_no_attempt(manager, tmp_path):
+    channel = TimeBoxed()
+    manager.register_handler("boxed", channel, policy=ChannelPolicy(throttle_window=0))
+    sent = [manager.notify_checkpoint_saved("m", "r", f"/ckpt/{n}", step=n) for n in range(9)]
+    assert manager.flush(timeout=20)
+    assert [message for message in channel.sent] == [channel.format(result.event) for result in sent]  # once, in order
+    assert all(result.wait(5) and result.ok for result in sent)
+    with sqlite3.connect(tmp_path / "afs.db") as db:
+        attempts = db.execute("SELECT d.attempts, a.outcome FROM deliveries d JOIN attempts a ON a.delivery_id = d.id"
+                              " WHERE d.channel = 'boxed'").fetchall()
+    assert attempts == [(1, "delivered")] * 9  # not sent is no attempt: no retry, no wait
+
+
+@pytest.mark.parametrize(("timeouts", "lease"), [(None, 3 * 50.0 * 5), (1, 3 * 50.0)])
+def test_a_claim_outlasts_the_longest_batch_the_channel_says_it_can_take(manager, timeouts, lease):
+    class Slow(TimeBoxed):
+        timeout = 50.0
+        batch_timeouts = timeouts
+
+    manager.register_channel("slow", Slow())
+    manager.notify_training_started("m", "r")
+    assert manager._get_engine()._workers["slow"].lease == lease

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from afs_core.delivery.dispatch import deliver_event, deliver_events, enrich_event
 from afs_core.events import NotificationEvent
-from afs_core.results import ChannelOutcome
+from afs_core.results import ChannelOutcome, DeliveryStatus
 
 if TYPE_CHECKING:
     from afs_core.channels.base import Channel
@@ -40,7 +40,19 @@ def send_many_now(channel: Channel, events: Iterable[NotificationEvent], *,
     (one connection and login for email, packed embeds for Discord)."""
     host = _host(plugins)
     enriched = [enrich_event(host, event) for event in events]
-    return deliver_events(host, name or channel.name or type(channel).__name__, channel, enriched)
+    label = name or channel.name or type(channel).__name__
+    outcomes = deliver_events(host, label, channel, enriched)
+    # What a batch did not get to (its time ran out) goes again, until a try sends none.
+    for _ in range(len(outcomes)):
+        waiting = [i for i, outcome in enumerate(outcomes) if outcome.status is DeliveryStatus.PENDING]
+        if not waiting:
+            break
+        again = deliver_events(host, label, channel, [enriched[i] for i in waiting])
+        for index, outcome in zip(waiting, again, strict=True):
+            outcomes[index] = outcome
+        if all(outcome.status is DeliveryStatus.PENDING for outcome in again):
+            break
+    return outcomes
 
 
 class SendsDirectly:

@@ -11,7 +11,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core.errors import DeliveryError, NothingToSend, PermanentDeliveryError, TransientDeliveryError
+from afs_core.errors import DeliveryError, NothingToSend, NotSent, PermanentDeliveryError, TransientDeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import strip_control
 from afs_core.redaction import scrub
@@ -101,7 +101,9 @@ def deliver_events(
     A channel with ``batch_size`` above one gets the rendered messages in one
     ``deliver_batch`` call (one connection and login for email, ten embeds to a
     request for Discord) unless a plugin implements ``afs_deliver``: then every
-    message goes through that hook, one at a time, as it would alone.
+    message goes through that hook, one at a time, as it would alone. A message the
+    batch did not get to (:class:`~afs_core.errors.NotSent`) comes back PENDING: not
+    sent, not failed.
     """
     outcomes: list[ChannelOutcome | None] = [None] * len(events)
     ready: list[tuple[int, Any, NotificationEvent]] = []
@@ -125,6 +127,9 @@ def deliver_events(
         for (index, _, event), result in zip(ready, results, strict=True):
             if isinstance(result, NothingToSend):
                 outcomes[index] = _nothing(name, result)
+            elif isinstance(result, NotSent):  # its turn did not come: no attempt, nothing to report
+                outcomes[index] = ChannelOutcome(name, DeliveryStatus.PENDING, error=strip_control(
+                    scrub(str(result.reason), _secrets_of(channel)), keep=""))
             elif isinstance(result, BaseException):
                 outcomes[index] = _failed(plugins, name, channel, [event], result, report)
             else:

@@ -148,8 +148,8 @@ class _Worker(threading.Thread):
         # could take a delivery while it is still being sent.
         timeout = getattr(channel, "timeout", None)
         per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
-        self.lease = max(engine.store.lease_seconds or LEASE_SECONDS,
-                         3 * per_send * max(1, int(getattr(channel, "batch_size", 1) or 1)))
+        sends = getattr(channel, "batch_timeouts", None) or getattr(channel, "batch_size", 1) or 1
+        self.lease = max(engine.store.lease_seconds or LEASE_SECONDS, 3 * per_send * max(1, int(sends)))
         self._pace_target: str | None = None  # hashed on first use: hashlib loads OpenSSL (3 ms)
         self._done: list[_Done] = []
         self._done_since = 0.0  # when the send of the oldest outcome not yet written down began
@@ -214,7 +214,14 @@ class _Worker(threading.Thread):
                     store.extend([d[1] for d in self._done if d[0] is store], self.owner, self.lease)
                     renewed_at = self.clock.time()
                 chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
-                self._send(store, chunk)
+                if not self._send(store, chunk):
+                    # The batch's time ran out before some were sent: they were let go
+                    # unsent, and so is the rest, to be claimed again at once, in order.
+                    for item in claimed[start + size:]:
+                        self._release(store, item)
+                    if self._record_now(last=True):
+                        self._record()
+                    return
             except Exception as exc:  # a bug or a store error here must not end the worker
                 if isinstance(exc, STORE_ERRORS):
                     self.engine.store_trouble(("deliver", self.channel_name), exc, "afs: deliveries to %r wait: the "
@@ -330,29 +337,36 @@ class _Worker(threading.Thread):
             if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _send(self, store: Store, chunk: list[Claimed]) -> None:
+    def _send(self, store: Store, chunk: list[Claimed]) -> bool:
+        """Send ``chunk`` and note each outcome; False when the channel's batch did not
+        get to some of them (they are let go, unsent, with no attempt counted)."""
         sending: list[tuple[Claimed, NotificationEvent]] = []
         for item in chunk:
             event = self._admit(store, item)
             if event is not None:
                 sending.append((item, event))
         if not sending:
-            return
+            return True
         if not self._pace(store):
             for item, _ in sending:
                 self._release(store, item)
-            return
+            return True
         self._send_began = self.clock.monotonic()
         outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
                                   report=False)
+        all_sent = True
         for (item, event), outcome in zip(sending, outcomes, strict=True):
             if outcome.status is DeliveryStatus.DELIVERED:
                 self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
             elif outcome.status is DeliveryStatus.FILTERED:
                 why = outcome.error or "held back by a plugin's afs_filter_event"
                 self._finish(store, item, DeliveryStatus.FILTERED, why, outcome)
+            elif outcome.status is DeliveryStatus.PENDING:  # not sent: its turn did not come
+                self._release(store, item)
+                all_sent = False
             else:
                 self._failed(store, item, event, outcome)
+        return all_sent
 
     def _admit(self, store: Store, item: Claimed) -> NotificationEvent | None:
         """The event to send for ``item``, or None when this channel's quiet policy held
