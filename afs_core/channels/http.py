@@ -19,6 +19,7 @@ import select
 import socket
 import sys
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
@@ -28,7 +29,7 @@ import attrs
 from afs_core.channels import http1
 from afs_core.channels.deadline import Deadline
 from afs_core.channels.webhook import encode_json
-from afs_core.errors import DeliveryError, PermanentDeliveryError, TransientDeliveryError
+from afs_core.errors import DeliveryError, NotSent, PermanentDeliveryError, TransientDeliveryError
 from afs_core.redaction import scrub
 
 if TYPE_CHECKING:
@@ -105,7 +106,9 @@ MAX_ANSWER_BYTES = 1024 * 1024
 PIPELINE_REQUESTS = 16
 PIPELINE_BYTES = 64 * 1024
 #: What comes after a pipeline (see ``WebhookSession._pipelined``).
-_HALT, _ONE_THEN_MORE, _REST_ALONE = "halt", "one then more", "rest alone"
+_PIPELINE, _HALT, _ONE_THEN_MORE, _REST_ALONE = "pipeline", "halt", "one then more", "rest alone"
+#: Less time than this left of a batch's budget: its next request is not sent.
+MIN_SEND_SECONDS = 0.05
 #: A request's headers for :meth:`WebhookSession.post_many`: as they are, or made as it goes out.
 RequestHeaders = Mapping[str, str] | Callable[[], Mapping[str, str]] | None
 #: Charsets an answer is read in; any other is read as UTF-8 (what JSON is): some of
@@ -182,6 +185,9 @@ class WebhookSession:
         self._proxied: ProxiedPools | None = None
         self._targets: dict[str, _Target] = {}
         self._direct: dict[tuple[bool, str, int], http1.Connection] = {}
+        #: Seconds an answer from a URL took last (alone, or a group's by answer): how many
+        #: requests a pipeline within a time budget holds.
+        self._answer_seconds: dict[str, float] = {}
 
     def _proxy(self, url: str) -> str | None:
         if url not in self._proxy_of:
@@ -224,46 +230,64 @@ class WebhookSession:
         return answer
 
     def post_many(self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], *, timeout: float,
-                  halt: Callable[[HttpAnswer], bool] | None = None) -> list[HttpAnswer | DeliveryError]:
+                  halt: Callable[[HttpAnswer], bool] | None = None,
+                  budget: float | None = None) -> list[HttpAnswer | DeliveryError]:
         """POST each ``(body, headers)`` to ``url``, in order: one answer, or the error
         :meth:`post` would have raised, for each. ``headers`` may be a function, called
         as its request goes out (a signature made then is as fresh as a lone send's).
         After an answer ``halt`` says yes to (a 429), no more requests go out: the answers
         of those already sent are read, and the list is shorter than ``requests``.
+        ``budget``: seconds for the whole call; a request whose turn comes after them is
+        not sent (:class:`~afs_core.errors.NotSent`), and no answer is waited for past them.
 
         On a connection that has already answered and stayed open, the requests go out
         back to back, up to :data:`PIPELINE_REQUESTS` (and :data:`PIPELINE_BYTES`) at a
         time, and their answers are read in order (HTTP/1.1 pipelining): the receiver's
         time for one overlaps this thread's time for the next, and one write and a few
-        reads carry them all. Each answer has ``timeout`` from the one before. A new
-        connection proves itself with one request alone first, so a receiver that
-        closes after each answer is never sent a pipeline. At the first trouble (an
-        answer that closes the connection, a failure, a deadline) the rest go one at a
-        time, as :meth:`post` sends them. The request that met a failure is not sent
-        again here: the engine's retry decides.
+        reads carry them all. Each answer has ``timeout`` from the one before; within a
+        budget, a group is as large as the receiver's last answers say fits in half of
+        what is left. A new connection proves itself with one request alone first, so a
+        receiver that closes after each answer is never sent a pipeline. At the first
+        trouble (an answer that closes the connection, a failure, a deadline) the rest
+        go one at a time, as :meth:`post` sends them. The request that met a failure is
+        not sent again here: the engine's retry decides.
         """
         results: list[HttpAnswer | DeliveryError] = []
-        pipelining = self._proxy(url) is None
+        # What goes next: a pipeline, one request alone and then pipelines, or every
+        # request alone (through a proxy, and after a trouble).
+        then = _PIPELINE if self._proxy(url) is None else _REST_ALONE
         halted = halt or (lambda answer: False)
+        ends = None if budget is None else time.monotonic() + budget
         while len(results) < len(requests):
-            if pipelining:
-                then = self._pipelined(url, requests, timeout, results, halted)
-                if then is _HALT or len(results) == len(requests):
+            left = timeout if ends is None else min(timeout, ends - time.monotonic())
+            if left < MIN_SEND_SECONDS or ends is not None and self._answer_seconds.get(url, 0.0) > left:
+                # Out of time, or less of it than the receiver's last answer took.
+                late = NotSent("not sent: the batch's time ran out before its turn")
+                results.extend(late for _ in range(len(requests) - len(results)))
+                break
+            if then is _PIPELINE:
+                then = self._pipelined(url, requests, timeout, results, halted, ends)
+                if then is _HALT:
                     break
-                pipelining = then is _ONE_THEN_MORE
+                continue  # the time left is looked at again
             body, headers = requests[len(results)]
+            began = time.monotonic()
             try:
-                answer = self.post(url, body, timeout=timeout, headers=_made(headers))
+                answer = self.post(url, body, timeout=left, headers=_made(headers))
             except DeliveryError as exc:
                 results.append(exc)
                 continue
+            self._answer_seconds[url] = time.monotonic() - began
             results.append(answer)
             if halted(answer):
                 break
+            if then is _ONE_THEN_MORE:
+                then = _PIPELINE
         return results
 
     def _pipelined(self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], timeout: float,
-                   results: list[HttpAnswer | DeliveryError], halted: Callable[[HttpAnswer], bool]) -> str:
+                   results: list[HttpAnswer | DeliveryError], halted: Callable[[HttpAnswer], bool],
+                   ends: float | None) -> str:
         """Append the answers of as many of ``requests`` as go through pipelines on the
         host's kept-alive connection. Stops, and says what comes next: after a group with
         an answer ``halted`` says yes to (:data:`_HALT`); where the next request goes alone
@@ -279,9 +303,13 @@ class WebhookSession:
                 if connection is not None:
                     connection.close()
                 return _ONE_THEN_MORE  # a new connection's first request goes alone: post()
+            most = PIPELINE_REQUESTS
+            if ends is not None:  # as many as the receiver's last answers say fit in half the time left
+                left, each = ends - time.monotonic(), self._answer_seconds.get(url)
+                most = 0 if left < MIN_SEND_SECONDS else most if not each else min(most, int(left / (2 * each)))
             group: list[bytes] = []
             size = 0
-            for body, given in requests[len(results):len(results) + PIPELINE_REQUESTS]:
+            for body, given in requests[len(results):len(results) + most]:
                 try:
                     headers = _made(given)
                     sent = {**self._headers, **headers} if headers else self._headers
@@ -296,12 +324,13 @@ class WebhookSession:
                 if self._direct.setdefault(key, connection) is not connection:
                     connection.close()
                 return _ONE_THEN_MORE  # nothing to gain: post() sends it
-            before = len(results)
+            before, began = len(results), time.monotonic()
             try:
-                kept = self._answer_group(connection, target, group, timeout, results)
+                kept = self._answer_group(connection, target, group, timeout, ends, results)
             except BaseException:
                 connection.close()
                 raise
+            self._answer_seconds[url] = (time.monotonic() - began) / max(len(results) - before, 1)
             if not kept:
                 connection.close()
             elif self._direct.setdefault(key, connection) is not connection:
@@ -313,15 +342,17 @@ class WebhookSession:
         return _ONE_THEN_MORE
 
     def _answer_group(self, connection: http1.Connection, target: _Target, group: list[bytes], timeout: float,
-                      results: list[HttpAnswer | DeliveryError]) -> bool:
-        """Send ``group`` in one write and read its answers; True when every answer came
-        and the connection may carry more."""
+                      ends: float | None, results: list[HttpAnswer | DeliveryError]) -> bool:
+        """Send ``group`` in one write and read its answers, each within ``timeout`` of
+        the one before and none past ``ends``; True when every answer came and the
+        connection may carry more."""
         connection.timeout = timeout
         reader = connection.open()
         unsent: OSError | None = None
         try:
             for index in range(len(group)):
-                with Deadline(timeout) as deadline:
+                seconds = timeout if ends is None else max(min(timeout, ends - time.monotonic()), 0.001)
+                with Deadline(seconds) as deadline:
                     deadline.attach(connection)
                     try:
                         if index == 0:

@@ -339,27 +339,31 @@ class WebhookChannel(Channel):
 
     def post_many(
         self, url: str, requests: Sequence[tuple[bytes, RequestHeaders]], *,
-        hold_keys: Iterable[str] | None = None,
+        hold_keys: Iterable[str] | None = None, budget: float | None = None,
     ) -> list[HttpAnswer | DeliveryError]:
         """:meth:`post` for several ``(body, headers)`` to one ``url``, in order, sent back
         to back on a kept-alive connection where the receiver allows it (see
         :meth:`~afs_core.channels.http.WebhookSession.post_many`): for each, the answer or
         the error :meth:`post` would have raised. Each request keeps to the holds before
         it goes; after a 429 nothing more is sent until the hold it set is kept to (one
-        that outlasts the deadline fails the rest, unsent)."""
+        that outlasts the deadline fails the rest, unsent). ``budget``: seconds for the
+        whole call, waits included; what is not sent within them is
+        :class:`~afs_core.errors.NotSent`."""
         keys = tuple(self.hold_keys() if hold_keys is None else hold_keys)
+        ends = None if budget is None else time.monotonic() + budget
         results: list[HttpAnswer | DeliveryError | None] = [None] * len(requests)
         waiting = list(range(len(requests)))
         while waiting:
             going: list[int] = []
             for index in waiting:
                 try:
-                    self._keep_to_holds(time.monotonic() + self.timeout, keys)
+                    self._keep_to_holds(time.monotonic() + self.timeout if ends is None else ends, keys)
                     going.append(index)
                 except TransientDeliveryError as exc:
                     results[index] = exc
+            left = None if ends is None else ends - time.monotonic()
             answers = self._open_session().post_many(url, [requests[i] for i in going], timeout=self.timeout,
-                                                     halt=lambda answer: answer.status == 429)
+                                                     halt=lambda answer: answer.status == 429, budget=left)
             for index, answer in zip(going, answers, strict=False):
                 if not isinstance(answer, DeliveryError):
                     try:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from afs_core import PermanentDeliveryError, SendsDirectly
 from afs_core.channels import Setting, WebhookChannel, deliver_to_each, seconds
 from afs_core.channels.webhook import parse_retry_after
-from afs_core.errors import ConfigurationError, DeliveryError, TransientDeliveryError
+from afs_core.errors import ConfigurationError, DeliveryError, NotSent, TransientDeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import ELLIPSIS, strip_control
 from afs_core.redaction import Secret, scrub
@@ -119,8 +119,10 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
         return {by_key[key].label: receipt for key, receipt in receipts.items()}
 
     #: A burst to one URL goes out as one batch: its requests back to back on the kept-alive
-    #: connection, each still one signed event (see :meth:`deliver_batch`).
+    #: connection, each still one signed event (see :meth:`deliver_batch`), all within one
+    #: timeout: what does not fit is sent by the next batch, at once.
     batch_size = 16
+    batch_timeouts = 1
 
     def deliver_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Several messages to a single URL: each its own signed request, as
@@ -150,7 +152,7 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
             requests.append((body, functools.partial(self._signed, webhook_id(message, body), body)))
         self._posting.url = endpoint.url
         try:
-            answers = self.post_many(endpoint.url, requests, hold_keys=(endpoint.url,))
+            answers = self.post_many(endpoint.url, requests, hold_keys=(endpoint.url,), budget=self.timeout)
             for index, answer in zip(going, answers, strict=True):
                 try:
                     if isinstance(answer, DeliveryError):
@@ -173,6 +175,8 @@ class WebhookNotifier(SendsDirectly, WebhookChannel):
 
     def _scrubbed(self, exc: DeliveryError) -> DeliveryError:
         # Scrubbed here too: deliver_to_each keeps a refusal's reason in the store.
+        if isinstance(exc, NotSent):
+            return exc  # nothing was sent: no words of a receiver's in it
         kind = PermanentDeliveryError if exc.permanent else TransientDeliveryError
         return kind(scrub(exc.reason, self.secrets()), retry_after=exc.retry_after)
 

@@ -326,3 +326,40 @@ def test_a_request_sent_alone_after_a_trouble_is_signed_as_it_goes_not_with_its_
     assert [o.delivered for o in outcomes] == [True, True, False, True, True, True]
     alone = [int(headers["webhook-timestamp"]) for connection, _, headers, _ in server.received if connection > 0]
     assert alone == [1_800_000_100] * 3
+
+
+def test_a_batch_to_a_slow_receiver_stops_within_one_timeout_and_sends_nothing_it_cannot_wait_for(
+        receiver, make_event, kit):
+    from afs_core.errors import NotSent
+
+    server = receiver(lambda connection, index: 0.25)  # each answer after a quarter of a second
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=1.0)
+    events = _events(make_event, 8)
+    began = time.monotonic()
+    try:
+        results = notifier.deliver_batch([notifier.format(event) for event in events])
+    finally:
+        notifier.close()
+    assert time.monotonic() - began < 1.5  # the lease is made for one timeout a batch
+    sent = [result for result in results if isinstance(result, str)]
+    assert sent and sent == ["HTTP 200: ok"] * len(sent) and len(sent) < 8
+    assert all(isinstance(result, NotSent) for result in results[len(sent):])
+    assert _ids(server) == [event.event_id for event in events[:len(sent)]]  # what was not sent was not sent
+
+
+def test_the_engine_sends_a_burst_to_a_slow_receiver_each_event_once(receiver, make_event, afs_plugins, tmp_path,
+                                                                      kit, caplog):
+    server = receiver(lambda connection, index: 0.1)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=0.6)
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
+                                  retry=RetryPolicy(max_attempts=2, base=0.05, cap=0.1))
+    manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))
+    events = _events(make_event, 10)
+    try:
+        for event in events:
+            manager.send_event(event)
+        assert manager.flush(timeout=60)
+    finally:
+        manager.close()
+    assert _ids(server) == [event.event_id for event in events]  # each once, in order, none given up
+    assert "retrying" not in caplog.text and "failed" not in caplog.text
