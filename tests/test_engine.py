@@ -664,3 +664,23 @@ def test_a_claim_outlasts_the_longest_batch_the_channel_says_it_can_take(manager
     manager.register_channel("slow", Slow())
     manager.notify_training_started("m", "r")
     assert manager._get_engine()._workers["slow"].lease == lease
+
+
+def test_a_batch_that_never_gets_to_any_message_is_asked_again_after_a_pause_not_at_once(manager):
+    class Stuck(TimeBoxed):
+        def deliver_batch(self, messages):
+            from afs_core.errors import NotSent
+
+            self.calls += 1
+            return [NotSent("no time") for _ in messages]
+
+    channel = Stuck()
+    manager.register_channel("stuck", channel)
+    manager.notify_training_started("m", "r")
+    manager.notify_training_started("m", "r2")
+    began = time.monotonic()
+    assert not manager.flush(timeout=1.2)  # still pending, never failed: nothing was sent
+    elapsed = time.monotonic() - began
+    assert 1 <= channel.calls <= 2 + elapsed / 0.5  # one ask per pause, not a spin
+    assert manager._get_engine().pending().total == 2
+    manager.close(timeout=0.5)

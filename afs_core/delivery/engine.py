@@ -58,6 +58,8 @@ LEASE_SECONDS = 120.0
 # notify() wakes the ingest thread; without a wake-up it looks this often (a busy store
 # to retry, log_metrics values to record), so an idle engine costs next to nothing.
 INGEST_SECONDS = 0.5
+#: A batch that sent none of its messages (each NotSent): the wait before the next claim.
+NOTHING_SENT_PAUSE = 0.5
 # After moving events the ingest thread waits this long, so a stream of events goes in
 # batches: each look takes the GIL a dozen times (SQLite lets go of it at every step),
 # and each time a busy training thread waits to get it back. The first event after a
@@ -214,13 +216,18 @@ class _Worker(threading.Thread):
                     store.extend([d[1] for d in self._done if d[0] is store], self.owner, self.lease)
                     renewed_at = self.clock.time()
                 chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
-                if not self._send(store, chunk):
+                unsent = self._send(store, chunk)
+                if unsent:
                     # The batch's time ran out before some were sent: they were let go
-                    # unsent, and so is the rest, to be claimed again at once, in order.
+                    # unsent, and so is the rest, to be claimed again at once, in order
+                    # (after a pause where the batch sent nothing: a channel that never
+                    # gets to any is not asked again and again without end).
                     for item in claimed[start + size:]:
                         self._release(store, item)
                     if self._record_now(last=True):
                         self._record()
+                    if unsent == len(chunk):
+                        self.stopping.wait(NOTHING_SENT_PAUSE)
                     return
             except Exception as exc:  # a bug or a store error here must not end the worker
                 if isinstance(exc, STORE_ERRORS):
@@ -337,24 +344,24 @@ class _Worker(threading.Thread):
             if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _send(self, store: Store, chunk: list[Claimed]) -> bool:
-        """Send ``chunk`` and note each outcome; False when the channel's batch did not
-        get to some of them (they are let go, unsent, with no attempt counted)."""
+    def _send(self, store: Store, chunk: list[Claimed]) -> int:
+        """Send ``chunk`` and note each outcome; how many the channel's batch did not get
+        to (they are let go, unsent, with no attempt counted)."""
         sending: list[tuple[Claimed, NotificationEvent]] = []
         for item in chunk:
             event = self._admit(store, item)
             if event is not None:
                 sending.append((item, event))
         if not sending:
-            return True
+            return 0
         if not self._pace(store):
             for item, _ in sending:
                 self._release(store, item)
-            return True
+            return 0
         self._send_began = self.clock.monotonic()
         outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
                                   report=False)
-        all_sent = True
+        unsent = 0
         for (item, event), outcome in zip(sending, outcomes, strict=True):
             if outcome.status is DeliveryStatus.DELIVERED:
                 self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
@@ -363,10 +370,10 @@ class _Worker(threading.Thread):
                 self._finish(store, item, DeliveryStatus.FILTERED, why, outcome)
             elif outcome.status is DeliveryStatus.PENDING:  # not sent: its turn did not come
                 self._release(store, item)
-                all_sent = False
+                unsent += 1
             else:
                 self._failed(store, item, event, outcome)
-        return all_sent
+        return unsent
 
     def _admit(self, store: Store, item: Claimed) -> NotificationEvent | None:
         """The event to send for ``item``, or None when this channel's quiet policy held
