@@ -94,7 +94,9 @@ class Channel:
     def deliver_batch(self, messages: Sequence[Any]) -> list[Any]:
         """Send several rendered messages at once (set ``batch_size`` above one to be
         given them); one entry per message, in order: its receipt, or the
-        :class:`~afs_core.errors.DeliveryError` it met. By default, one ``deliver`` each."""
+        :class:`~afs_core.errors.DeliveryError` it met (:class:`~afs_core.errors.NotSent`
+        for one it did not get to in time: sent again at once, no attempt counted). By
+        default, one ``deliver`` each."""
         results: list[Any] = []
         for message in messages:
             try:
