@@ -684,3 +684,35 @@ def test_a_batch_that_never_gets_to_any_message_is_asked_again_after_a_pause_not
     assert 1 <= channel.calls <= 2 + elapsed / 0.5  # one ask per pause, not a spin
     assert manager._get_engine().pending().total == 2
     manager.close(timeout=0.5)
+
+
+@pytest.mark.parametrize("hooked", [False, True])
+def test_where_a_plugin_delivers_each_message_a_claim_holds_one_message_and_its_lease_one_timeout(
+        manager, afs_plugins, hooked):
+    """A plugin's afs_deliver takes messages one at a time, each with its timeout: the
+    engine then hands the channel one a time, so the lease made for one batch's time
+    still outlasts each send (with a chunk of five, it would not)."""
+    class Watch:
+        @hookimpl(wrapper=True)
+        def afs_deliver(self, message, channel, event):
+            return (yield)
+
+    class Boxed(TimeBoxed):
+        timeout = 50.0
+        batch_timeouts = 1
+
+        def deliver_batch(self, messages):
+            self.calls += 1
+            self.sent.extend(messages)
+            return [None] * len(messages)
+
+    if hooked:
+        afs_plugins.register(Watch(), name="watch")
+    channel = Boxed()
+    manager.register_handler("boxed", channel, policy=ChannelPolicy(throttle_window=0))
+    for n in range(4):
+        manager.notify_checkpoint_saved("m", "r", f"/ckpt/{n}", step=n)
+    assert manager.flush(timeout=10)
+    worker = manager._get_engine()._workers["boxed"]
+    assert (worker.batch, worker.lease) == ((1, 150.0) if hooked else (5, 150.0))
+    assert len(channel.sent) == 4 and (channel.calls == 0) is hooked  # each through the plugin's hook

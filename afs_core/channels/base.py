@@ -41,10 +41,11 @@ class Channel:
     #: How many due messages the engine may hand to :meth:`deliver_batch` at once.
     batch_size: ClassVar[int] = 1
     #: How many of the channel's timeouts one :meth:`deliver_batch` call lasts at most
-    #: (None: one for each message). A claim's lease is made to outlast that: a batch
-    #: that stops in time (:class:`~afs_core.errors.NotSent` for the rest) keeps a dead
-    #: process's deliveries from waiting long for another to take them.
-    batch_timeouts: ClassVar[int | None] = None
+    #: (None: one for each message), or one :meth:`deliver` where messages go one at a
+    #: time. A claim's lease is made to outlast that: a batch that stops in time
+    #: (:class:`~afs_core.errors.NotSent` for the rest) keeps a dead process's
+    #: deliveries from waiting long for another to take them.
+    batch_timeouts: int | None = None  # (an instance may say its own: one per URL it posts to)
     #: Seconds in which repeats of a repetitive event are held back (0: never).
     throttle_seconds: ClassVar[float] = 600.0
     #: The settings this channel reads; ``from_env``, ``afs status`` and ``secrets()``

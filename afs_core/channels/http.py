@@ -260,8 +260,9 @@ class WebhookSession:
         ends = None if budget is None else time.monotonic() + budget
         while len(results) < len(requests):
             left = timeout if ends is None else min(timeout, ends - time.monotonic())
-            if left < MIN_SEND_SECONDS or ends is not None and self._answer_seconds.get(url, 0.0) > left:
-                # Out of time, or less of it than the receiver's last answer took.
+            if left < MIN_SEND_SECONDS or results and ends is not None and self._answer_seconds.get(url, 0.0) > left:
+                # Out of time, or (after the first request of the call, which always goes
+                # with its whole time) less of it than the receiver's last answer took.
                 late = NotSent("not sent: the batch's time ran out before its turn")
                 results.extend(late for _ in range(len(requests) - len(results)))
                 break
@@ -330,7 +331,9 @@ class WebhookSession:
             except BaseException:
                 connection.close()
                 raise
-            self._answer_seconds[url] = (time.monotonic() - began) / max(len(results) - before, 1)
+            answered = sum(isinstance(result, HttpAnswer) for result in results[before:])
+            if answered:  # a deadline's cut is no answer time: it would hold back every request after
+                self._answer_seconds[url] = (time.monotonic() - began) / answered
             if not kept:
                 connection.close()
             elif self._direct.setdefault(key, connection) is not connection:

@@ -152,6 +152,14 @@ def _batch(channel: Channel, messages: list[Any]) -> list[Any]:
     return results
 
 
+def batch_size_for(plugins: PluginHost, channel: Channel) -> int:
+    """How many messages one :func:`deliver_events` call hands ``channel`` at once: its
+    ``batch_size``, or one each where a plugin's ``afs_deliver`` takes them (then the
+    channel's ``batch_timeouts`` does not bound the call: each message has its timeout)."""
+    size = max(1, int(getattr(channel, "batch_size", 1) or 1))
+    return size if size > 1 and not _delivery_hooked(plugins) else 1
+
+
 def _delivery_hooked(plugins: PluginHost) -> bool:
     """Whether a plugin (not the core's own default) implements ``afs_deliver``."""
     from afs_core.plugins import BUILTIN_PLUGINS

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from afs_core.clock import Clock
 from afs_core.delivery import ranks
-from afs_core.delivery.dispatch import deliver_events, report_failure
+from afs_core.delivery.dispatch import batch_size_for, deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.memory import StoredMemory
 from afs_core.delivery.metrics import MetricEntry, MetricRow, rows_from_entries
@@ -146,12 +146,7 @@ class _Worker(threading.Thread):
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.owner = ""
-        # A lease must outlast the slowest sends of a whole batch, or another process
-        # could take a delivery while it is still being sent.
-        timeout = getattr(channel, "timeout", None)
-        per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
-        sends = getattr(channel, "batch_timeouts", None) or getattr(channel, "batch_size", 1) or 1
-        self.lease = max(engine.store.lease_seconds or LEASE_SECONDS, 3 * per_send * max(1, int(sends)))
+        self.batch, self.lease = self._batch_and_lease()
         self._pace_target: str | None = None  # hashed on first use: hashlib loads OpenSSL (3 ms)
         self._done: list[_Done] = []
         self._done_since = 0.0  # when the send of the oldest outcome not yet written down began
@@ -185,7 +180,20 @@ class _Worker(threading.Thread):
         except STORE_ERRORS:
             return True  # the claim tries, and says what is wrong
 
+    def _batch_and_lease(self) -> tuple[int, float]:
+        """How many deliveries go to the channel at once, and how long a claim holds:
+        long enough for the slowest sends of a whole batch (three times as long), or
+        another process could take a delivery while it is still being sent. A batch lasts
+        ``batch_timeouts`` of the channel's timeouts where it says so, else one a message;
+        one message at a time where a plugin's afs_deliver takes each (see batch_size_for)."""
+        timeout = getattr(self.channel, "timeout", None)
+        per_send = float(timeout) if isinstance(timeout, (int, float)) else 0.0
+        batch = batch_size_for(self.engine.plugins, self.channel)
+        sends = getattr(self.channel, "batch_timeouts", None) or batch
+        return batch, max(self.engine.store.lease_seconds or LEASE_SECONDS, 3 * per_send * max(1, int(sends)))
+
     def _claim(self, store: Store) -> list[Claimed]:
+        self.batch, self.lease = self._batch_and_lease()  # a plugin registered since may deliver each alone
         # Outcomes not yet written down stay leased to this worker: never claimed twice.
         unrecorded = [d[1] for d in self._done if d[0] is store]
         try:
@@ -197,7 +205,7 @@ class _Worker(threading.Thread):
 
     def _deliver(self, store: Store, claimed: list[Claimed]) -> None:
         """Deliver what was claimed, ``batch_size`` deliveries at a time."""
-        size = max(1, int(getattr(self.channel, "batch_size", 1) or 1))
+        size = self.batch
         renewed_at = self.clock.time()
         lost: set[int] = set()
         for start in range(0, len(claimed), size):

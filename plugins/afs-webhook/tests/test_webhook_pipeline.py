@@ -363,3 +363,23 @@ def test_the_engine_sends_a_burst_to_a_slow_receiver_each_event_once(receiver, m
         manager.close()
     assert _ids(server) == [event.event_id for event in events]  # each once, in order, none given up
     assert "retrying" not in caplog.text and "failed" not in caplog.text
+
+
+def test_one_answer_late_past_the_timeout_inside_a_pipeline_holds_back_nothing_after_it(
+        receiver, make_event, afs_plugins, tmp_path, kit):
+    """A receiver that is quick but once holds a pipelined request past the timeout (a
+    pause, a slow write): the cut costs that send, and the rest goes on at once."""
+    # The first request of the second batch: on a kept connection, it opens a pipeline.
+    server = receiver(lambda connection, index: 3.0 if connection == 0 and index == 16 else OK)
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=1.0)
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
+                                  retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
+    manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))
+    events = _events(make_event, 40)
+    try:
+        for event in events:
+            manager.send_event(event)
+        assert manager.flush(timeout=20)
+    finally:
+        manager.close()
+    assert set(_ids(server)) == {event.event_id for event in events}
