@@ -383,3 +383,19 @@ def test_one_answer_late_past_the_timeout_inside_a_pipeline_holds_back_nothing_a
     finally:
         manager.close()
     assert set(_ids(server)) == {event.event_id for event in events}
+
+
+def test_with_several_urls_an_event_is_a_batch_and_its_lease_a_timeout_per_url(receiver, afs_plugins, tmp_path, kit):
+    first, second = receiver(), receiver()
+    notifier = WebhookNotifier([first.url, second.url], kit.SECRET, timeout=30)
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={})
+    manager.register_channel("webhook", notifier)
+    try:
+        manager.notify_training_started("m", "r")
+        assert manager.flush(timeout=10)
+        worker = manager._get_engine()._workers["webhook"]
+        assert (worker.batch, worker.lease) == (1, 3 * 30.0 * 2)  # each event to each URL, a timeout each
+    finally:
+        manager.close()
+    assert len(first.received) == len(second.received) == 1
+    assert WebhookNotifier(first.url, kit.SECRET).batch_size == 16  # one URL: bursts as batches
