@@ -148,15 +148,22 @@ def _ids(receiver):
     return [headers["webhook-id"] for _, _, headers, _ in receiver.received]
 
 
+def _sent_now(server, events, afs_plugins, kit, *, timeout=5, clock=None):
+    """``events`` sent now, as one batch (``send_many_now``): their outcomes."""
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=timeout)
+    if clock is not None:
+        notifier.clock = clock
+    try:
+        return send_many_now(notifier, events, plugins=afs_plugins)
+    finally:
+        notifier.close()
+
+
 def test_a_burst_goes_out_back_to_back_on_one_connection_each_request_signed_in_order(
         receiver, make_event, afs_plugins, kit):
     server = receiver()
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
     events = _events(make_event, 33)
-    try:
-        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, events, afs_plugins, kit)
     assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED] * 33
     assert _ids(server) == [event.event_id for event in events]
     # One connection: its first request alone (it proves the connection stays open),
@@ -171,12 +178,8 @@ def test_an_answer_that_closes_the_connection_leaves_the_rest_one_at_a_time(rece
     # The first connection closes after its third answer, as a server at its limit of
     # requests per connection does; every later one answers once and closes.
     server = receiver(lambda connection, index: CLOSE if connection > 0 or index == 2 else OK)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
     events = _events(make_event, 8)
-    try:
-        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, events, afs_plugins, kit)
     assert [o.status for o in outcomes] == [DeliveryStatus.DELIVERED] * 8
     answered = [headers["webhook-id"] for connection, index, headers, _ in server.received
                 if connection > 0 or index <= 2]
@@ -187,12 +190,8 @@ def test_an_answer_that_closes_the_connection_leaves_the_rest_one_at_a_time(rece
 
 def test_a_refusal_inside_a_pipeline_is_that_event_s_alone(receiver, make_event, afs_plugins, kit):
     server = receiver(lambda connection, index: FAIL if index == 4 else OK)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
     events = _events(make_event, 10)
-    try:
-        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, events, afs_plugins, kit)
     statuses = [o.status for o in outcomes]
     assert statuses == [DeliveryStatus.DELIVERED] * 4 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 5
     assert "HTTP 500" in outcomes[4].error and not outcomes[4].permanent
@@ -203,12 +202,8 @@ def test_a_refusal_inside_a_pipeline_is_that_event_s_alone(receiver, make_event,
 def test_a_connection_cut_inside_a_pipeline_fails_the_unanswered_event_and_sends_the_rest_alone(
         receiver, make_event, afs_plugins, kit):
     server = receiver(lambda connection, index: "cut" if connection == 0 and index == 3 else OK)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
     events = _events(make_event, 7)
-    try:
-        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, events, afs_plugins, kit)
     statuses = [o.status for o in outcomes]
     assert statuses == [DeliveryStatus.DELIVERED] * 3 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 3
     assert "connection" in outcomes[3].error and not outcomes[3].permanent  # the engine retries it
@@ -220,33 +215,35 @@ def test_a_connection_cut_inside_a_pipeline_fails_the_unanswered_event_and_sends
 
 def test_an_answer_past_the_deadline_inside_a_pipeline(receiver, make_event, afs_plugins, kit):
     server = receiver(lambda connection, index: 3.0 if connection == 0 and index == 2 else OK)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=0.5)
     events = _events(make_event, 5)
     began = time.monotonic()
-    try:
-        outcomes = send_many_now(notifier, events, plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, events, afs_plugins, kit, timeout=0.5)
     assert time.monotonic() - began < 2.5  # the deadline cut it, not the receiver's wait
     statuses = [o.status for o in outcomes]
     assert statuses == [DeliveryStatus.DELIVERED] * 2 + [DeliveryStatus.FAILED] + [DeliveryStatus.DELIVERED] * 2
     assert "deadline" in outcomes[2].error and not outcomes[2].permanent
 
 
-def test_the_engine_delivers_a_burst_through_pipelines_each_event_once_in_order(
-        receiver, make_event, afs_plugins, tmp_path, kit):
-    server = receiver()
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
+def _through_the_engine(server, events, afs_plugins, tmp_path, kit, *, timeout, max_attempts=3, flush=30):
+    """``events`` sent to ``server`` as a training run sends them: a manager with the
+    engine and a store; whether its flush delivered all within ``flush`` seconds."""
+    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=timeout)
     manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
-                                  retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
+                                  retry=RetryPolicy(max_attempts=max_attempts, base=0.05, cap=0.1))
     manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))  # every checkpoint
-    events = _events(make_event, 200)
     try:
         for event in events:
             manager.send_event(event)
-        assert manager.flush(timeout=30)
+        return manager.flush(timeout=flush)
     finally:
         manager.close()
+
+
+def test_the_engine_delivers_a_burst_through_pipelines_each_event_once_in_order(
+        receiver, make_event, afs_plugins, tmp_path, kit):
+    server = receiver()
+    events = _events(make_event, 200)
+    assert _through_the_engine(server, events, afs_plugins, tmp_path, kit, timeout=5)
     assert _ids(server) == [event.event_id for event in events]
     assert {connection for connection, *_ in server.received} == {0}
     assert max(size for _, size in server.groups) > 1  # pipelined, not one at a time
@@ -296,11 +293,9 @@ def test_a_run_killed_while_its_pipelines_wait_for_answers_loses_nothing_and_rep
 def test_a_429_stops_the_rest_of_a_burst_until_its_hold_is_kept(receiver, make_event, afs_plugins, kit):
     limited = b"HTTP/1.1 429 Too Many Requests\r\nRetry-After: 30\r\nContent-Length: 4\r\n\r\nslow"
     server = receiver(lambda connection, index: limited)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
     try:
-        outcomes = send_many_now(notifier, _events(make_event, 6), plugins=afs_plugins)
+        outcomes = _sent_now(server, _events(make_event, 6), afs_plugins, kit)
     finally:
-        notifier.close()
         HOLDS.clear()
     assert len(server.received) == 1  # the rest were never sent into the 429
     assert all(o.status is DeliveryStatus.FAILED and not o.permanent and o.retry_after >= 29 for o in outcomes)
@@ -317,12 +312,7 @@ def test_a_request_sent_alone_after_a_trouble_is_signed_as_it_goes_not_with_its_
         return OK
 
     server = receiver(answer)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=5)
-    notifier.clock = lambda: now[0]
-    try:
-        outcomes = send_many_now(notifier, _events(make_event, 6), plugins=afs_plugins)
-    finally:
-        notifier.close()
+    outcomes = _sent_now(server, _events(make_event, 6), afs_plugins, kit, clock=lambda: now[0])
     assert [o.delivered for o in outcomes] == [True, True, False, True, True, True]
     alone = [int(headers["webhook-timestamp"]) for connection, _, headers, _ in server.received if connection > 0]
     assert alone == [1_800_000_100] * 3
@@ -350,17 +340,8 @@ def test_a_batch_to_a_slow_receiver_stops_within_one_timeout_and_sends_nothing_i
 def test_the_engine_sends_a_burst_to_a_slow_receiver_each_event_once(receiver, make_event, afs_plugins, tmp_path,
                                                                       kit, caplog):
     server = receiver(lambda connection, index: 0.1)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=0.6)
-    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
-                                  retry=RetryPolicy(max_attempts=2, base=0.05, cap=0.1))
-    manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))
     events = _events(make_event, 10)
-    try:
-        for event in events:
-            manager.send_event(event)
-        assert manager.flush(timeout=60)
-    finally:
-        manager.close()
+    assert _through_the_engine(server, events, afs_plugins, tmp_path, kit, timeout=0.6, max_attempts=2, flush=60)
     assert _ids(server) == [event.event_id for event in events]  # each once, in order, none given up
     assert "retrying" not in caplog.text and "failed" not in caplog.text
 
@@ -371,17 +352,8 @@ def test_one_answer_late_past_the_timeout_inside_a_pipeline_holds_back_nothing_a
     pause, a slow write): the cut costs that send, and the rest goes on at once."""
     # The first request of the second batch: on a kept connection, it opens a pipeline.
     server = receiver(lambda connection, index: 3.0 if connection == 0 and index == 16 else OK)
-    notifier = WebhookNotifier(server.url, kit.SECRET, timeout=1.0)
-    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"), settings={},
-                                  retry=RetryPolicy(max_attempts=3, base=0.05, cap=0.1))
-    manager.register_handler("webhook", notifier, policy=ChannelPolicy(throttle_window=0))
     events = _events(make_event, 40)
-    try:
-        for event in events:
-            manager.send_event(event)
-        assert manager.flush(timeout=20)
-    finally:
-        manager.close()
+    assert _through_the_engine(server, events, afs_plugins, tmp_path, kit, timeout=1.0, flush=20)
     assert set(_ids(server)) == {event.event_id for event in events}
 
 
