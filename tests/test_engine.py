@@ -716,3 +716,14 @@ def test_where_a_plugin_delivers_each_message_a_claim_holds_one_message_and_its_
     worker = manager._get_engine()._workers["boxed"]
     assert (worker.batch, worker.lease) == ((1, 150.0) if hooked else (5, 150.0))
     assert len(channel.sent) == 4 and (channel.calls == 0) is hooked  # each through the plugin's hook
+
+
+def test_an_event_its_batch_did_not_get_to_is_not_taken_for_a_repeat_of_itself(manager):
+    """Checkpoints are held back when they repeat (default throttle): one judged and then
+    not sent goes next as it was judged, not as a second checkpoint of its run."""
+    channel = TimeBoxed()
+    manager.register_channel("boxed", channel)  # the default policy: repeats held back
+    sent = [manager.notify_checkpoint_saved("m", f"run-{n}", f"/ckpt/{n}", step=n) for n in range(5)]
+    assert manager.flush(timeout=20)
+    assert channel.sent == [channel.format(result.event) for result in sent]
+    assert all(result.wait(5) and result.ok for result in sent)

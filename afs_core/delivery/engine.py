@@ -58,8 +58,12 @@ LEASE_SECONDS = 120.0
 # notify() wakes the ingest thread; without a wake-up it looks this often (a busy store
 # to retry, log_metrics values to record), so an idle engine costs next to nothing.
 INGEST_SECONDS = 0.5
-#: A batch that sent none of its messages (each NotSent): the wait before the next claim.
+#: A batch that sent none of its messages (each NotSent): the wait before the next try;
+#: and how many tries a claim's deliveries get (per delivery) before they are let go.
 NOTHING_SENT_PAUSE = 0.5
+MAX_NOT_SENT = 8
+#: Deliveries a worker keeps judged but unsent, at most.
+MAX_ADMITTED = 4096
 # After moving events the ingest thread waits this long, so a stream of events goes in
 # batches: each look takes the GIL a dozen times (SQLite lets go of it at every step),
 # and each time a busy training thread waits to get it back. The first event after a
@@ -153,6 +157,9 @@ class _Worker(threading.Thread):
         self._send_began = 0.0
         self._unwritable = False  # the last write of outcomes failed: the store takes none now
         self._idle_looks = 0  # looks in a row that found nothing pending for this channel
+        #: Deliveries judged (level, throttle) whose batch did not get to them: their events
+        #: as judged, for the next try, by this claim or the next one of this worker.
+        self._admitted: dict[int, NotificationEvent] = {}
 
     def run(self) -> None:
         self.owner = owner_id()
@@ -204,13 +211,18 @@ class _Worker(threading.Thread):
             return []
 
     def _deliver(self, store: Store, claimed: list[Claimed]) -> None:
-        """Deliver what was claimed, ``batch_size`` deliveries at a time."""
-        size = self.batch
+        """Deliver what was claimed, ``batch_size`` deliveries at a time. What a batch did
+        not get to (NotSent) stays in hand, judged once (level, throttle), and goes first
+        in the next batch; after a batch that sent none of its messages, a pause (a
+        channel that never gets to any is not asked again and again without end)."""
         renewed_at = self.clock.time()
         lost: set[int] = set()
-        for start in range(0, len(claimed), size):
+        waiting = list(claimed)
+        for _ in range(len(claimed) * MAX_NOT_SENT + 1):  # bounded: each batch sends one, or a pause
+            if not waiting:
+                return
             if self.stopping.is_set():
-                for item in claimed[start:]:
+                for item in waiting:
                     self._release(store, item)
                 return
             chunk: list[Claimed] = []
@@ -219,24 +231,16 @@ class _Worker(threading.Thread):
                 # what was sent but is not written down yet: renew them all before they run
                 # low, and skip what another process took meanwhile.
                 if self.clock.time() - renewed_at > self.lease / 3:
-                    rest = [item.delivery_id for item in claimed[start:] if item.delivery_id not in lost]
+                    rest = [item.delivery_id for item in waiting if item.delivery_id not in lost]
                     lost.update(set(rest) - store.extend(rest, self.owner, self.lease))
                     store.extend([d[1] for d in self._done if d[0] is store], self.owner, self.lease)
                     renewed_at = self.clock.time()
-                chunk = [item for item in claimed[start:start + size] if item.delivery_id not in lost]
+                waiting = [item for item in waiting if item.delivery_id not in lost]
+                chunk, waiting = waiting[:self.batch], waiting[self.batch:]
                 unsent = self._send(store, chunk)
-                if unsent:
-                    # The batch's time ran out before some were sent: they were let go
-                    # unsent, and so is the rest, to be claimed again at once, in order
-                    # (after a pause where the batch sent nothing: a channel that never
-                    # gets to any is not asked again and again without end).
-                    for item in claimed[start + size:]:
-                        self._release(store, item)
-                    if self._record_now(last=True):
-                        self._record()
-                    if unsent == len(chunk):
-                        self.stopping.wait(NOTHING_SENT_PAUSE)
-                    return
+                waiting = unsent + waiting
+                if unsent and len(unsent) == len(chunk):
+                    self.stopping.wait(NOTHING_SENT_PAUSE)
             except Exception as exc:  # a bug or a store error here must not end the worker
                 if isinstance(exc, STORE_ERRORS):
                     self.engine.store_trouble(("deliver", self.channel_name), exc, "afs: deliveries to %r wait: the "
@@ -247,13 +251,16 @@ class _Worker(threading.Thread):
                 for item in chunk:
                     if item.delivery_id not in settled:
                         self._release(store, item)
-            if self._record_now(last=start + size >= len(claimed)):
+                waiting = [item for item in waiting if item not in chunk]
+            if self._record_now(last=not waiting):
                 self._record()
             if self._unwritable and any(d[0] is store for d in self._done):
                 # Outcomes this store cannot take now: send no more from it until it can.
-                for item in claimed[start + size:]:
+                for item in waiting:
                     self._release(store, item)
                 return
+        for item in waiting:  # asked again and again, sent none: another claim, later
+            self._release(store, item)
 
     def _record_now(self, *, last: bool) -> bool:
         """Whether to write the outcomes down now. Where sends are quick (a relay on the
@@ -352,24 +359,26 @@ class _Worker(threading.Thread):
             if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _send(self, store: Store, chunk: list[Claimed]) -> int:
-        """Send ``chunk`` and note each outcome; how many the channel's batch did not get
-        to (they are let go, unsent, with no attempt counted)."""
+    def _send(self, store: Store, chunk: list[Claimed]) -> list[Claimed]:
+        """Send ``chunk`` and note each outcome; what the channel's batch did not get to
+        (still claimed, no attempt counted; its event as judged kept for its next try)."""
         sending: list[tuple[Claimed, NotificationEvent]] = []
+        admitted = self._admitted
         for item in chunk:
-            event = self._admit(store, item)
+            # Judged once: a second look would take the event for a repeat of itself.
+            event = admitted.pop(item.delivery_id, None) or self._admit(store, item)
             if event is not None:
                 sending.append((item, event))
         if not sending:
-            return 0
+            return []
         if not self._pace(store):
             for item, _ in sending:
                 self._release(store, item)
-            return 0
+            return []
         self._send_began = self.clock.monotonic()
         outcomes = deliver_events(self.engine.plugins, self.channel_name, self.channel, [e for _, e in sending],
                                   report=False)
-        unsent = 0
+        unsent: list[Claimed] = []
         for (item, event), outcome in zip(sending, outcomes, strict=True):
             if outcome.status is DeliveryStatus.DELIVERED:
                 self._finish(store, item, DeliveryStatus.DELIVERED, None, outcome)
@@ -377,8 +386,10 @@ class _Worker(threading.Thread):
                 why = outcome.error or "held back by a plugin's afs_filter_event"
                 self._finish(store, item, DeliveryStatus.FILTERED, why, outcome)
             elif outcome.status is DeliveryStatus.PENDING:  # not sent: its turn did not come
-                self._release(store, item)
-                unsent += 1
+                if len(admitted) >= MAX_ADMITTED:
+                    admitted.clear()  # left by claims another process took over: judged again, at worst
+                admitted[item.delivery_id] = event
+                unsent.append(item)
             else:
                 self._failed(store, item, event, outcome)
         return unsent
