@@ -251,7 +251,6 @@ class _Worker(threading.Thread):
                 for item in chunk:
                     if item.delivery_id not in settled:
                         self._release(store, item)
-                waiting = [item for item in waiting if item not in chunk]
             if self._record_now(last=not waiting):
                 self._record()
             if self._unwritable and any(d[0] is store for d in self._done):
