@@ -15,8 +15,16 @@ import time
 
 import pytest
 
-from afs_core import Channel, EventType, NotificationEvent, NotificationManager, PermanentDeliveryError
+from afs_core import (
+    Channel,
+    EventType,
+    NotificationEvent,
+    NotificationManager,
+    PermanentDeliveryError,
+    TransientDeliveryError,
+)
 from afs_core.delivery.repeats import RepeatedLog
+from afs_core.delivery.retry import RetryPolicy
 from afs_core.delivery.store import Store
 from afs_core.results import DeliveryStatus
 from afs_core.source import host_name
@@ -329,3 +337,66 @@ def test_what_waited_in_memory_goes_back_into_the_store_once_it_can_be_written(a
     # retries still: not taken for repeats of themselves, nor given a fresh budget
     assert [e.attempts for e in store.outbox() if e.title.startswith("while full")] == [1] * 5
     assert sorted(e.title for e in Store(tmp_path / "afs.db").history())[:2] == ["room again", "while full 0"]
+
+
+class Holding(Channel):
+    """A batch channel that gets to no message holding a word of ``hold`` (NotSent)."""
+
+    batch_size = 4
+
+    def __init__(self, *hold):
+        self.hold, self.sent, self.batches = set(hold), [], 0
+
+    def deliver(self, message):
+        if any(word in str(message) for word in self.hold):
+            raise TransientDeliveryError("not yet")  # alone: a try that failed
+        self.sent.append(message)
+
+    def deliver_batch(self, messages):
+        from afs_core.errors import NotSent
+
+        self.batches += 1
+        results = []
+        for message in messages:
+            if any(word in str(message) for word in self.hold):
+                results.append(NotSent("not yet"))
+            else:
+                self.sent.append(message)
+                results.append(None)
+        return results
+
+
+def test_an_event_its_batch_did_not_get_to_is_lent_to_no_delivery_of_another_store(afs_plugins, tmp_path,
+                                                                                    monkeypatch):
+    """Deliveries are numbered by their store: the in-memory store a full disk leaves
+    numbers from one as well. An event judged and not sent in one store's claim must
+    never go out in place of another store's delivery of the same number."""
+    from afs_core.delivery import engine as engine_module
+    from afs_core.delivery.policy import ChannelPolicy
+
+    monkeypatch.setattr(engine_module, "MAX_NOT_SENT", 1)  # a claim lets go of what it cannot send soon
+    monkeypatch.setattr(engine_module, "NOTHING_SENT_PAUSE", 0.05)
+    store = Store(tmp_path / "afs.db")
+    manager = NotificationManager(plugins=afs_plugins, store=store, settings={},
+                                  retry=RetryPolicy(max_attempts=100, base=0.05, cap=0.1))
+    channel = Holding("EVENT-A")
+    manager.register_handler("holding", channel, policy=ChannelPolicy(throttle_window=0))
+    try:
+        held = [manager.notify(f"EVENT-A{n}", "m") for n in (1, 2)]  # the file store's deliveries 1 and 2
+        deadline = time.monotonic() + 10
+        while channel.batches < 4 and time.monotonic() < deadline:  # a claim of them let go, and the next
+            time.sleep(0.01)
+        room = fill_up(store, monkeypatch)
+        taken = [manager.notify(f"EVENT-B{n}", "m") for n in (1, 2)]  # the memory store's 1 and 2
+        assert all(result.wait(10) and result.ok for result in taken)
+        assert [_title(message) for message in channel.sent] == ["EVENT-B1", "EVENT-B2"]
+        channel.hold.clear()
+        room()
+        assert manager.flush(timeout=10) and all(result.wait(5) and result.ok for result in held)
+    finally:
+        manager.close(timeout=2)
+    assert sorted(_title(message) for message in channel.sent) == ["EVENT-A1", "EVENT-A2", "EVENT-B1", "EVENT-B2"]
+
+
+def _title(message):
+    return str(message).splitlines()[0].split()[-1]  # after the level's sign

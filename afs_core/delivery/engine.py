@@ -62,8 +62,6 @@ INGEST_SECONDS = 0.5
 #: and how many tries a claim's deliveries get (per delivery) before they are let go.
 NOTHING_SENT_PAUSE = 0.5
 MAX_NOT_SENT = 8
-#: Deliveries a worker keeps judged but unsent, at most.
-MAX_ADMITTED = 4096
 # After moving events the ingest thread waits this long, so a stream of events goes in
 # batches: each look takes the GIL a dozen times (SQLite lets go of it at every step),
 # and each time a busy training thread waits to get it back. The first event after a
@@ -157,9 +155,6 @@ class _Worker(threading.Thread):
         self._send_began = 0.0
         self._unwritable = False  # the last write of outcomes failed: the store takes none now
         self._idle_looks = 0  # looks in a row that found nothing pending for this channel
-        #: Deliveries judged (level, throttle) whose batch did not get to them: their events
-        #: as judged, for the next try, by this claim or the next one of this worker.
-        self._admitted: dict[int, NotificationEvent] = {}
 
     def run(self) -> None:
         self.owner = owner_id()
@@ -218,6 +213,10 @@ class _Worker(threading.Thread):
         renewed_at = self.clock.time()
         lost: set[int] = set()
         waiting = list(claimed)
+        # The events as judged of deliveries a batch did not get to, for their next try in
+        # this claim: a delivery let go leaves it with them (ids are a store's own, and
+        # an in-memory store's start again from one).
+        admitted: dict[int, NotificationEvent] = {}
         for _ in range(len(claimed) * MAX_NOT_SENT + 1):  # bounded: each batch sends one, or a pause
             if not waiting:
                 return
@@ -237,7 +236,7 @@ class _Worker(threading.Thread):
                     renewed_at = self.clock.time()
                 waiting = [item for item in waiting if item.delivery_id not in lost]
                 chunk, waiting = waiting[:self.batch], waiting[self.batch:]
-                unsent = self._send(store, chunk)
+                unsent = self._send(store, chunk, admitted)
                 waiting = unsent + waiting
                 if unsent and len(unsent) == len(chunk):
                     self.stopping.wait(NOTHING_SENT_PAUSE)
@@ -358,11 +357,11 @@ class _Worker(threading.Thread):
             if self.clock.wait(self.stopping, wait):
                 return False
 
-    def _send(self, store: Store, chunk: list[Claimed]) -> list[Claimed]:
+    def _send(self, store: Store, chunk: list[Claimed], admitted: dict[int, NotificationEvent]) -> list[Claimed]:
         """Send ``chunk`` and note each outcome; what the channel's batch did not get to
-        (still claimed, no attempt counted; its event as judged kept for its next try)."""
+        (still claimed, no attempt counted; its event as judged kept in ``admitted`` for
+        its next try)."""
         sending: list[tuple[Claimed, NotificationEvent]] = []
-        admitted = self._admitted
         for item in chunk:
             # Judged once: a second look would take the event for a repeat of itself.
             event = admitted.pop(item.delivery_id, None) or self._admit(store, item)
@@ -385,8 +384,6 @@ class _Worker(threading.Thread):
                 why = outcome.error or "held back by a plugin's afs_filter_event"
                 self._finish(store, item, DeliveryStatus.FILTERED, why, outcome)
             elif outcome.status is DeliveryStatus.PENDING:  # not sent: its turn did not come
-                if len(admitted) >= MAX_ADMITTED:
-                    admitted.clear()  # left by claims another process took over: judged again, at worst
                 admitted[item.delivery_id] = event
                 unsent.append(item)
             else:
