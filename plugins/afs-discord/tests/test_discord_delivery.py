@@ -326,3 +326,40 @@ def test_a_global_429_at_the_end_of_a_run_is_waited_out_before_it_exits(webhook_
     assert done.returncode == 0 and done.stdout.strip() == "True", done.stderr
     first, second = webhook_server.received
     assert first.json == second.json and second.at - first.at >= 0.4
+
+
+def test_a_batch_to_a_slow_discord_stops_within_its_three_timeouts(webhook_server, afs_plugins, make_event,
+                                                                     tmp_path):
+    """A claim's lease is made for three of the channel's timeouts: a batch of requests
+    answered slowly sends none that could end after them; the engine sends those next,
+    each once, counting no attempt."""
+    from afs_core.delivery.store import Store
+    from afs_core.errors import NotSent
+
+    webhook_server.default = Scripted(status=200, body=STORED, headers={"Content-Type": "application/json"},
+                                      delay=0.3)
+    notifier = DiscordNotifier(webhook_url=f"{webhook_server.url}/api/webhooks/42/{TOKEN}", timeout=0.5)
+    alone = [{"content": f"message {n}"} for n in range(8)]  # text: each its own request
+    began = time.monotonic()
+    try:
+        results = notifier.deliver_batch(alone)
+    finally:
+        notifier.close()
+    assert time.monotonic() - began < 2.0  # three timeouts are 1.5 s; ten requests would be 2.4 s
+    sent = [result for result in results if not isinstance(result, NotSent)]
+    assert 1 <= len(sent) < 8 and all(isinstance(result, NotSent) for result in results[len(sent):])
+    assert [request.json["content"] for request in webhook_server.received] == [m["content"] for m in alone[:len(sent)]]
+
+    webhook_server.received.clear()
+    manager = NotificationManager(plugins=afs_plugins, store=Store(tmp_path / "afs.db"))
+    manager.register_handler("discord", DiscordNotifier(webhook_url=f"{webhook_server.url}/api/webhooks/42/{TOKEN}",
+                                                        timeout=0.5, username="bot"))
+    events = [make_event(title=f"event {n}", run_id=f"run-{n}") for n in range(40)]
+    try:
+        for event in events:
+            manager.send_event(event)
+        assert manager.flush(timeout=60)
+    finally:
+        manager.close(timeout=5)
+    titles = [embed["title"] for request in webhook_server.received for embed in request.json["embeds"]]
+    assert titles == [f"✅ event {n}" for n in range(40)]  # each once, in order
