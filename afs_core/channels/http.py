@@ -294,10 +294,7 @@ class WebhookSession:
         an answer ``halted`` says yes to (:data:`_HALT`); where the next request goes alone
         on a new connection (:data:`_ONE_THEN_MORE`: pipelines may follow it); after a
         trouble (:data:`_REST_ALONE`)."""
-        target = self._targets.get(url)
-        if target is None:
-            target = self._targets[url] = _target(url)
-        key = (target.tls, target.host, target.port)
+        target, key = self._target_of(url)
         while len(results) < len(requests):
             connection = self._direct.pop(key, None)
             if connection is None or _dropped(connection):
@@ -382,13 +379,17 @@ class WebhookSession:
         finally:
             reader.close()
 
-    def _post_direct(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HttpAnswer:
-        """One request on the host's kept-alive connection (made anew when the server
-        closed it while idle). Not retried: a POST may have been acted on."""
+    def _target_of(self, url: str) -> tuple[_Target, tuple[bool, str, int]]:
+        """What ``url`` comes to (worked out once), and the key of its host's connection."""
         target = self._targets.get(url)
         if target is None:
             target = self._targets[url] = _target(url)
-        key = (target.tls, target.host, target.port)
+        return target, (target.tls, target.host, target.port)
+
+    def _post_direct(self, url: str, body: bytes, headers: Mapping[str, str], timeout: float) -> HttpAnswer:
+        """One request on the host's kept-alive connection (made anew when the server
+        closed it while idle). Not retried: a POST may have been acted on."""
+        target, key = self._target_of(url)
         # Taken out while in use: a direct send from the training thread and the
         # channel's worker never share one connection.
         connection = self._direct.pop(key, None)

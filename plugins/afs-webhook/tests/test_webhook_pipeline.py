@@ -254,32 +254,38 @@ SEND_THEN_LIVE_ON = """
 import time
 from afs_core import NotificationManager
 manager = NotificationManager.from_env()
-for i in range(200):
-    print(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id, flush=True)
-time.sleep(60)
+for i in range({count}):
+    print(manager.notify_training_completed("m", f"run-{{i}}", 1.0).event.event_id, flush=True)
+time.sleep(60)  # alive, its deliveries in hand, until the test kills it (within seconds)
 """
 
 
-def test_a_run_killed_while_its_pipelines_wait_for_answers_loses_nothing_and_repeats_little(
-        receiver, tmp_path, kit, afs_cli):
-    """Killed with requests sent and unanswered: the next process sends what the store
-    does not show as delivered; an event goes twice only where its pipeline or its group
-    of outcomes was cut."""
-    server = receiver()  # answers a group once no more requests come for a tenth of a second
+@pytest.mark.parametrize(("count", "answer_after", "timeout", "killed_after"), [
+    (200, 0, "10", 40),  # answered a group at a time: killed with a pipeline sent, unanswered
+    (30, 0.15, "0.6", 6),  # answered slowly: killed holding what its batches did not get to (NotSent)
+], ids=["pipelines-in-flight", "batches-held-unsent"])
+def test_a_run_killed_mid_burst_loses_nothing_and_repeats_little(
+        receiver, tmp_path, kit, afs_cli, count, answer_after, timeout, killed_after):
+    """Killed with requests sent and unanswered, or with deliveries its batches had not
+    got to: the next process sends what the store does not show as delivered; an event
+    goes twice only where its pipeline or its group of outcomes was cut."""
+    delay = [answer_after]
+    server = receiver(lambda connection, index: delay[0])  # seconds, then OK; a group once no more come
     env = {**os.environ, "AFS_HOME": str(tmp_path / "afs"), "WEBHOOK_URL": server.url, "WEBHOOK_SECRET": kit.SECRET,
-           "AFS_LOAD_PLUGINS": "webhook", "AFS_THROTTLE_SECONDS": "0"}
-    sender = subprocess.Popen([sys.executable, "-c", SEND_THEN_LIVE_ON], env=env, stdout=subprocess.PIPE, text=True,
-                              cwd=tmp_path)
+           "WEBHOOK_TIMEOUT": timeout, "AFS_LOAD_PLUGINS": "webhook", "AFS_THROTTLE_SECONDS": "0"}
+    sender = subprocess.Popen([sys.executable, "-c", SEND_THEN_LIVE_ON.format(count=count)], env=env,
+                              stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
-        accepted = [sender.stdout.readline().strip() for _ in range(200)]
+        accepted = [sender.stdout.readline().strip() for _ in range(count)]
         deadline = time.monotonic() + 30
-        while len(server.received) < 40 and time.monotonic() < deadline:
+        while len(server.received) < killed_after and time.monotonic() < deadline:
             time.sleep(0.002)
         sender.kill()
         sender.wait(timeout=10)
     finally:
         sender.stdout.close()
-    assert 40 <= len(server.received) < 200  # killed mid-burst
+    assert killed_after <= len(server.received) < count  # killed mid-burst
+    delay[0] = 0  # the next process finds a quick receiver
     flushed = subprocess.run([sys.executable, "-c", "from afs_core import NotificationManager\n"
                               "print(NotificationManager.from_env().flush(60))"],
                              env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
