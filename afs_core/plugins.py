@@ -110,6 +110,9 @@ class PluginHost:
         self.channels: dict[str, ChannelSpec] = {}
         self._commands: dict[str, CommandSpec] | None = None  # asked for by the afs command only
         self._registration_order: list[str] = []
+        #: Whether every plugin came from an entry point (or the core): another process
+        #: with the same settings then has the same ones (a courier, see afs_core.delivery.courier).
+        self.reproducible = load_entry_points
         if trace:
             self.pm.trace.root.setwriter(logger.debug)
             self.pm.enable_tracing()
@@ -162,6 +165,7 @@ class PluginHost:
         name = name or getattr(plugin, "__name__", None) or repr(plugin)
         if not self._register_checked(plugin, name, None):
             return None
+        self.reproducible = False
         self._collect_channels()
         return name
 

@@ -24,15 +24,15 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from afs_core.clock import Clock
 from afs_core.delivery import ranks
 from afs_core.delivery.dispatch import batch_size_for, deliver_events, report_failure
 from afs_core.delivery.journal import Journal, take_orphans
 from afs_core.delivery.memory import StoredMemory
-from afs_core.delivery.metrics import MetricEntry, MetricRow, rows_from_entries
+from afs_core.delivery.metrics import MetricEntry, MetricRow, rows_from_entries, split_rows
 from afs_core.delivery.pacing import Pacer, pace_target
 from afs_core.delivery.policy import ChannelPolicy, Throttle
 from afs_core.delivery.repeats import RepeatedLog
@@ -72,6 +72,14 @@ METRICS_HELD = 200_000  # log_metrics calls waiting for the ingest thread, at mo
 FLUSH_POLL_SECONDS = 0.05  # a flush looks again at least this often
 FLUSH_LOOK_SECONDS = 0.02  # ...and at most this often
 STORE_ERRORS = (sqlite3.Error, OSError)  # a full disk, a busy or unreadable store
+
+
+class JournalSource(Protocol):
+    """Journal files another process writes, read here (see :mod:`afs_core.delivery.courier`)."""
+
+    def read_new(self) -> list[dict[str, Any]]: ...
+    def marks(self) -> dict[str, int]: ...
+    def acknowledge(self) -> list[str]: ...
 
 
 class Tracker:
@@ -460,7 +468,10 @@ class DeliveryEngine:
         flush_timeout: float = 10.0,
         retention: tuple[float, int] = (30 * 86400.0, 10_000),
         clock: Clock | None = None,
+        source: JournalSource | None = None,
     ) -> None:
+        #: Another process's journal this engine takes in beside its own (a courier's).
+        self.source = source
         self.store = store
         self.plugins = plugins
         self.retry = retry or RetryPolicy()
@@ -524,6 +535,16 @@ class DeliveryEngine:
             since = dt.datetime.fromtimestamp(self._unwritten_since).strftime("%H:%M:%S")
             return f"the store could not be written since {since}; events are delivered from memory"
         return None
+
+    #: Told :attr:`not_durable` whenever it changes (a courier tells its training process).
+    on_durability: Callable[[str | None], None] | None = None
+
+    def _durability_changed(self) -> None:
+        if self.on_durability is not None:
+            try:
+                self.on_durability(self.not_durable)
+            except Exception as exc:
+                logger.debug("afs: a change of durability could not be told: %s", exc)
 
     def store_trouble(self, doing: str | tuple[str, str], exc: BaseException, message: str, *args: object) -> None:
         """Log a failure to read or write the journal or store, once with a count: a
@@ -679,6 +700,21 @@ class DeliveryEngine:
             self._ingest_wake.wait(min(INGEST_SECONDS, ORPHAN_SCAN_SECONDS - (time.monotonic() - last_scan)))
             self._ingest_wake.clear()
 
+    def take_in(self, record: dict[str, Any]) -> None:
+        """A record another process could not journal (a courier's training process, on a
+        full disk): held like one this process could not journal."""
+        self._unjournaled.append(record)
+        self._ingest_wake.set()
+
+    def wake_workers(self) -> None:
+        """Deliveries were stored by another process (a courier's training process): look now."""
+        with self._lock:
+            self._wake(list(self._workers))
+
+    def wake_ingest(self) -> None:
+        """New lines are in the journal this engine reads (a courier's wake-up)."""
+        self._ingest_wake.set()
+
     def ingest(self, orphans: bool = False, *, wait: bool | float = True) -> bool:
         """Move accepted events into the store: this process's journal, what is held in
         memory, and (when asked) the journals stopped processes left. When the ingest
@@ -723,6 +759,9 @@ class DeliveryEngine:
         rows, self._metrics_waiting = self._metrics_waiting or self._take_metrics(), []
         reading = self.journal is not None and not self._waiting
         records = self.journal.read_new() if reading and self.journal is not None else []
+        if self.source is not None and not self._waiting:
+            records, more_rows = split_rows(self.source.read_new() + records)
+            rows += more_rows
         held = self._waiting + [self._unjournaled.popleft() for _ in range(len(self._unjournaled))]
         self._waiting = []
         self._moved += len(records) + len(held)
@@ -750,12 +789,14 @@ class DeliveryEngine:
             touched = self._memory_store().ingest(records, joined=joined, metric_rows=metric_rows)
             if self._unwritten_since is None:
                 self._unwritten_since = self.clock.time()
+                self._durability_changed()
             self.store_trouble("ingest", exc, "afs: the store cannot be written (%s); notifications are delivered "
                                "from memory until it can, and only their journal lines outlive a crash", exc)
         else:
             if self._unwritten_since is not None and self.store.durable:
                 self._unwritten_since = None
                 logger.warning("afs: the store can be written again; new events are safe from a crash once more")
+                self._durability_changed()
             self._acknowledge()
         for event_id, into in joined.items():
             tracker = self._trackers.get(event_id)
@@ -791,12 +832,18 @@ class DeliveryEngine:
 
     def _marks(self) -> dict[str, int] | None:
         """How far the store holds this process's journal, written with what it takes in."""
-        return self.journal.marks() if self.journal is not None and self._journal_all_stored() else None
+        if not self._journal_all_stored():
+            return None
+        marks = {} if self.journal is None else self.journal.marks()
+        if self.source is not None:
+            marks.update(self.source.marks())
+        return marks
 
     def _acknowledge(self) -> None:
         """The journal may let go of files once all it held is in the store for good."""
-        if self.journal is not None and self._journal_all_stored():
-            for name in self.journal.acknowledge():
+        if self._journal_all_stored():
+            done = [] if self.journal is None else self.journal.acknowledge()
+            for name in done + ([] if self.source is None else self.source.acknowledge()):
                 with contextlib.suppress(*STORE_ERRORS):  # a mark left for a file that is gone does no harm
                     self.store.forget_journal(name)
 
@@ -996,9 +1043,10 @@ def take_stopped_journals(store: Store) -> tuple[int, set[str]]:
     taken, touched = 0, set()
     journals = take_orphans(store.journal_directory, start=store.journal_mark)
     try:
-        for path, records in journals:
-            if records:
-                touched |= store.ingest(records, marks={path.name: path.stat().st_size})
+        for path, lines in journals:
+            records, rows = split_rows(lines)
+            if records or rows:
+                touched |= store.ingest(records, marks={path.name: path.stat().st_size}, metric_rows=rows)
             path.unlink(missing_ok=True)
             with contextlib.suppress(*STORE_ERRORS):
                 store.forget_journal(path.name)

@@ -95,9 +95,15 @@ def _lock(fd: int) -> bool:
 
 
 class Journal:
-    """This process's append-only journal in ``directory`` (0700; files 0600)."""
+    """This process's append-only journal in ``directory`` (0700; files 0600).
 
-    def __init__(self, directory: Path) -> None:
+    ``read_here`` False: another process (the courier) reads the files, told where the
+    written lines end by :meth:`position`. A full file is then cut to its lines and kept
+    locked (no orphan scan takes it) until the courier, having stored and removed it,
+    says so: :meth:`let_go`."""
+
+    def __init__(self, directory: Path, *, read_here: bool = True) -> None:
+        self.read_here = read_here
         self.directory = directory
         self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
@@ -142,7 +148,7 @@ class Journal:
         self._map = _mapped(fd, path, self._room) if mapped else None
         if self._map is not None:
             self._room = min(self._room * 2, ROTATE_BYTES)
-        self._end = 0
+        self._end = 0  # bytes of whole lines written (mapped or not)
         self._fd = fd
         self._path = path
         self._pid = os.getpid()
@@ -182,8 +188,11 @@ class Journal:
                     self._map[self._end:self._end + len(line)] = line
                     self._end += len(line)
                     return
+            elif not self.read_here and self._end >= ROTATE_BYTES:
+                with contextlib.suppress(OSError):  # no new file: this one goes on
+                    self._rotate(mapped=False)
             if self._torn:  # end the piece a full disk left, so this line starts clean
-                os.write(self._fd, b"\n")
+                self._end += os.write(self._fd, b"\n")
                 self._torn = False
             written = 0
             try:
@@ -191,11 +200,30 @@ class Journal:
                     written += os.write(self._fd, line[written:])
             except OSError:
                 if written:
+                    self._end += written  # a damaged line, ended here or by the next: readers skip it
                     try:
-                        os.write(self._fd, b"\n")
+                        self._end += os.write(self._fd, b"\n")
                     except OSError:
                         self._torn = True
                 raise
+            self._end += written
+
+    def let_go(self, name: str) -> None:
+        """The courier stored and removed the full file ``name``: its lock may go."""
+        with self._lock:
+            for retired in self._retired:
+                if retired[0].name == name:
+                    self._retired.remove(retired)
+                    os.close(retired[3])
+                    return
+
+    def position(self) -> tuple[str, int] | None:
+        """The file written to now and the bytes of whole lines in it; None before the
+        first line."""
+        with self._lock:
+            if self._path is None or self._pid != os.getpid():
+                return None
+            return self._path.name, self._end
 
     def read_new(self) -> list[dict[str, Any]]:
         """Records appended since the last call, oldest first (rotating a large file on

@@ -69,6 +69,26 @@ def rows_from_entries(entries: Iterable[MetricEntry]) -> list[MetricRow]:
     return rows
 
 
+#: A journal line of ``log_metrics`` rows (written by a process whose courier delivers).
+ROWS_KEY = "metric_rows"
+
+
+def split_rows(records: Sequence[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[MetricRow]]:
+    """Journal records apart from the metric rows some lines carry; a damaged row is left out."""
+    events: list[dict[str, Any]] = []
+    rows: list[MetricRow] = []
+    for record in records:
+        if ROWS_KEY not in record:
+            events.append(record)
+            continue
+        for row in record[ROWS_KEY] if isinstance(record[ROWS_KEY], list) else ():
+            try:
+                rows.append(MetricRow(*row))
+            except TypeError:
+                continue
+    return events, rows
+
+
 def as_number(value: Any) -> float | None:
     """``value`` as a float when it is a real number (NumPy and framework scalars too), else
     None; also None for one too large for a float (10**400): skipped, never an error."""

@@ -801,6 +801,12 @@ class PostgresStore:
                                         event.get("model_name"), event))
         return entries
 
+    def outcomes(self, event_id: str) -> dict[str, tuple[DeliveryStatus, str | None]]:
+        with self._read() as db:
+            rows = db.execute("SELECT channel, status, last_error FROM deliveries WHERE event_id = %s",
+                              (event_id,)).fetchall()
+        return {channel: (_status(status), error) for channel, status, error in rows}
+
     def outbox(self, statuses: Iterable[DeliveryStatus] = (DeliveryStatus.PENDING, DeliveryStatus.FAILED),
                limit: int = 200) -> list[OutboxEntry]:
         wanted = [_WORDS[status] for status in statuses]

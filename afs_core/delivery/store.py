@@ -972,6 +972,8 @@ class Store:
             rows = _Rows()  # plain records, written together (see _insert_rows)
             for record in records:
                 event = record.get("event") or {}
+                if not isinstance(event, Mapping) or not event:
+                    continue  # not an event's line (metric rows are taken apart before)
                 channels = [c for c in record.get("channels") or [] if isinstance(c, str)]
                 at = record.get("at", now)
                 attempts = record.get("attempts")
@@ -1353,6 +1355,14 @@ class Store:
                 entries.append(HistoryEntry(event_id, created, run, event_type, level, title, deliveries,
                                             event.get("model_name"), event))
         return entries
+
+    @_survives_damage
+    def outcomes(self, event_id: str) -> dict[str, tuple[DeliveryStatus, str | None]]:
+        """Per channel, where the event's deliveries stand: status and last error."""
+        with self._read() as db:
+            rows = db.execute("SELECT channel, status, last_error FROM deliveries WHERE event_id = ?",
+                              (event_id,)).fetchall()
+        return {channel: (_status(status), error) for channel, status, error in rows}
 
     @_survives_damage
     def outbox(self, statuses: Iterable[DeliveryStatus] = (DeliveryStatus.PENDING, DeliveryStatus.FAILED),
