@@ -16,9 +16,9 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from types import MappingProxyType
-from typing import Any, Concatenate, ParamSpec
+from typing import TYPE_CHECKING, Any, Concatenate, ParamSpec
 
 from afs_core import builders, run_context
 from afs_core.channels.base import Channel
@@ -26,7 +26,7 @@ from afs_core.clock import SYSTEM_CLOCK, Clock
 from afs_core.config import env_bool, env_duration, env_float, env_int, load_env
 from afs_core.delivery import progress, ranks
 from afs_core.delivery.dispatch import deliver_event, enrich_event
-from afs_core.delivery.engine import DeliveryEngine
+from afs_core.delivery.engine import DeliveryEngine, JournalSource
 from afs_core.delivery.metrics import MetricEntry
 from afs_core.delivery.policy import ChannelPolicy
 from afs_core.delivery.retry import RetryPolicy
@@ -35,6 +35,9 @@ from afs_core.errors import ConfigurationError
 from afs_core.events import NotificationEvent
 from afs_core.plugins import PluginHost, get_plugins
 from afs_core.results import ChannelOutcome, DeliveryStatus, NotifyResult
+
+if TYPE_CHECKING:
+    from afs_core.delivery.courier import CourierLink
 
 logger = logging.getLogger("afs.manager")
 
@@ -126,7 +129,9 @@ class NotificationManager:
         self._flush_timeout = flush_timeout
         self._retention = retention
         self._settings = settings
-        self._engine: DeliveryEngine | None = None
+        self._engine: DeliveryEngine | CourierLink | None = None
+        self._source: JournalSource | None = None  # a courier's: the training process's journal
+        self._starting = False  # from_env() registering channels: no engine yet
         #: The run ``afs run`` started this process for, if it did.
         self._run = run_context.RunContext.from_env()
 
@@ -145,6 +150,20 @@ class NotificationManager:
         """
         env = load_env(dotenv_path)
         stall_after = env_duration(env, "AFS_STALL_AFTER")
+        manager = cls._from_settings(env, plugins, courier=plugins is None)
+        if stall_after is not None:
+            manager.watch_progress(stall_after)
+        return manager
+
+    @classmethod
+    def _from_settings(
+        cls, env: Mapping[str, str], plugins: PluginHost | None = None, *, courier: bool = False,
+        only: Sequence[str] | None = None, source: JournalSource | None = None,
+    ) -> NotificationManager:
+        """:meth:`from_env`'s manager from settings read already. ``courier``: deliver from
+        a courier process where one can (see :mod:`afs_core.delivery.courier`). A courier
+        builds its own with ``only`` the channels the training process has, reading its
+        journal as ``source``."""
         plugins = plugins if plugins is not None else get_plugins(env)
         manager = cls(
             plugins=plugins,
@@ -157,7 +176,11 @@ class NotificationManager:
             retention=(env_float(env, "AFS_HISTORY_DAYS", 30.0) * 86400,
                        env_int(env, "AFS_HISTORY_MAX_EVENTS", 10_000)),
         )
+        manager._source = source
+        manager._starting = courier  # the engine waits until the channels are known
         for spec in plugins.channels.values():
+            if only is not None and spec.name not in only:
+                continue
             try:
                 channel = spec.channel_class.from_env(env)
             except ConfigurationError as exc:
@@ -170,11 +193,31 @@ class NotificationManager:
                 continue
             if channel is not None:
                 manager.register_channel(spec.name, channel)
-        if not manager._channels and env_bool(env, "AFS_CONSOLE", True) and "console" in plugins.channels:
+        if (not manager._channels and env_bool(env, "AFS_CONSOLE", True) and "console" in plugins.channels
+                and (only is None or "console" in only)):
             manager.register_channel("console", plugins.channels["console"].channel_class())
-        if stall_after is not None:
-            manager.watch_progress(stall_after)
+        manager._starting = False
+        if courier and manager.background:
+            manager._start(env)
         return manager
+
+    def _start(self, env: Mapping[str, str]) -> None:
+        """The engine, or a courier delivering for it where one can (said in the log at
+        debug level when not, with why)."""
+        from afs_core.delivery import courier
+
+        why = courier.wanted(env, self.store, self._channels, self.plugins, all_ranks=self.all_ranks)
+        if why is None:
+            try:
+                with self._lock:
+                    self._engine = courier.CourierLink(
+                        self.store, env, list(self._channels), make_local=self._new_engine,
+                        flush_timeout=self._flush_timeout)
+                return
+            except OSError as exc:
+                why = f"it could not be started ({exc})"
+        logger.debug("afs: no courier: %s; this process delivers", why)
+        self._get_engine()
 
     @property
     def plugins(self) -> PluginHost:
@@ -211,7 +254,7 @@ class NotificationManager:
             self._policies = {**self._policies, name: policy}
             if self._engine is not None:
                 self._engine.attach(name, channel, policy)
-        if self.background:
+        if self.background and not self._starting:
             # Start now, not at the first notify: what an earlier process left pending
             # for this channel is delivered even if this one never sends anything.
             self._get_engine()
@@ -240,14 +283,20 @@ class NotificationManager:
             self._store = open_store()
         return self._store
 
-    def _get_engine(self) -> DeliveryEngine:
+    def _get_engine(self) -> DeliveryEngine | CourierLink:
         with self._lock:
             if self._engine is None:
-                self._engine = DeliveryEngine(self.store, self.plugins, retry=self._retry,
-                                              flush_timeout=self._flush_timeout, retention=self._retention)
-                for name, channel in self._channels.items():
-                    self._engine.attach(name, channel, self._policies[name])
+                self._engine = self._new_engine()
             return self._engine
+
+    def _new_engine(self) -> DeliveryEngine:
+        """An engine in this process for the channels registered now."""
+        engine = DeliveryEngine(self.store, self.plugins, retry=self._retry, flush_timeout=self._flush_timeout,
+                                retention=self._retention, source=self._source)
+        channels, policies = self._channels, self._policies  # replaced, never mutated: a snapshot
+        for name, channel in channels.items():
+            engine.attach(name, channel, policies[name])
+        return engine
 
     def flush(self, timeout: float | None = None) -> bool:
         """Deliver what is pending for this manager's channels and falls due within

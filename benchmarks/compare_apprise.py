@@ -104,7 +104,13 @@ if side == "afs":
     def send(step):
         manager.notify_epoch_completed("bench", "run-1", step, metrics={"loss": 1.0 / (step + 1)})
     def finish(timeout):
-        return manager.close(timeout=timeout)
+        courier = getattr(manager._engine, "process", None)  # AFS's courier process, where one delivers
+        closed = manager.close(timeout=timeout)
+        if courier is not None:  # gone before the next run starts: it must not share its CPU time
+            courier.wait(timeout)
+        return closed
+    def warm():
+        manager.flush(30)  # the engine (or its courier) started, the first request delivered
 elif side == "apprise":
     import apprise
     notifier = apprise.Apprise()
@@ -113,6 +119,8 @@ elif side == "apprise":
         notifier.notify(title="Epoch %d completed" % step, body="bench run-1: loss=%.6f" % (1.0 / (step + 1)))
     def finish(timeout):
         return True
+    def warm():
+        pass
 else:  # neither: the training loop without notifications
     def finish(timeout):
         return True
@@ -137,6 +145,7 @@ elif what == "throughput":  # figure 3: count notify() calls (AFS: then flush)
     finish(5)
 elif what == "latency":  # figure 4: notify() on an idle sender to the request on the wire
     send(10**6)  # the connection made, the engine started: the idle sender is a warm one
+    warm()
     time.sleep(0.2)
     sent = []
     for step in range(job["count"]):
@@ -154,6 +163,9 @@ elif what == "loop":  # the training loop: 3,000 steps of pure-Python work
         return total
     if variant == "b2":
         time.sleep(2.0)  # past the engine's start (its store opened and checked, its first looks)
+    warmed = time.perf_counter() + 0.3
+    while time.perf_counter() < warmed:  # every variant starts its loop on a CPU already busy (its clock up)
+        step_work()
     started, cpu, own = time.perf_counter(), time.process_time(), time.thread_time()
     if variant in ("a", "b", "b2"):
         for step in range(steps):
@@ -170,6 +182,32 @@ elif what == "loop":  # the training loop: 3,000 steps of pure-Python work
     out["seconds"] = time.perf_counter() - started
     out["cpu"] = time.process_time() - cpu  # every thread of the process, the engine's too
     out["own"] = time.thread_time() - own  # the training thread's alone
+    finish(30)
+elif what == "paired":  # the loop without and with notify() every 10 steps, in turns, in one process
+    steps, work = job["steps"], job["work"]
+    def step_work(n=work):
+        total = 0
+        for i in range(n):
+            total += i * i
+        return total
+    warm()  # the engine (or its courier) started and idle before the first block
+    warmed = time.perf_counter() + 0.3
+    while time.perf_counter() < warmed:
+        step_work()
+    pairs = []
+    for block in range(job["rounds"]):
+        took = {}
+        for kind in (("plain", "notify") if block % 2 == 0 else ("notify", "plain")):
+            started = time.perf_counter()
+            for step in range(steps):
+                step_work()
+                if kind == "notify" and step % 10 == 0:
+                    send(step)
+            took[kind] = time.perf_counter() - started
+            if kind == "notify" and side == "afs":
+                manager.flush(30)  # what it accepted is delivered before the next block starts
+        pairs.append([took["plain"], took["notify"]])
+    out["pairs"] = pairs
     finish(30)
 print(json.dumps(out), flush=True)
 """
@@ -281,11 +319,13 @@ class Bench:
                        WEBHOOK_URL=self.url(side, path), WEBHOOK_SECRET=self.secret)
         return env
 
-    def work(self, side: str, what: str, path: str, timeout: float, **job: object) -> dict[str, object]:
+    def work(self, side: str, what: str, path: str, timeout: float, *, settings: dict[str, str] | None = None,
+             **job: object) -> dict[str, object]:
         """One worker process; its JSON results. Bounded by ``timeout`` (killed past it)."""
         spec = json.dumps({"side": side, "what": what, "url": self.url(side, path), **job})
+        env = {**self.env(side, path), **(settings or {})}
         try:
-            done = subprocess.run([self.python[side], "-c", WORKER, spec], env=self.env(side, path), cwd=self.cwd,
+            done = subprocess.run([self.python[side], "-c", WORKER, spec], env=env, cwd=self.cwd,
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             raise SystemExit(f"{side} {what} took longer than {timeout:.0f} s")
@@ -488,13 +528,45 @@ def training_loop(bench: Bench, quick: bool) -> None:
         print(f"    ({variant}) {label:<{73 - len(variant)}} {median:.3f} s ({spread}){extra}", flush=True)
 
 
+PAIRED = {
+    "process": ("afs", {"AFS_DELIVERY": "process"}, "AFS, a courier process delivering (the default)"),
+    "thread": ("afs", {"AFS_DELIVERY": "thread"}, "AFS, delivering from the training process's threads"),
+    "apprise": ("apprise", {}, "Apprise notify() (for comparison)"),
+}
+
+
+def paired_loop(bench: Bench, quick: bool) -> None:
+    """The training loop's cost of notify() every 10 steps, measured inside each process:
+    blocks of the same 3,000 steps without and with it, in turns, a flush between (not
+    timed). Fresh processes differ from each other by more than the figure sought (their
+    memory laid out differently: several per cent here); blocks of one process do not."""
+    steps, work = 3000, calibrate()
+    processes, rounds = (2, 2) if quick else (7, 4)
+    overheads: dict[str, list[float]] = {mode: [] for mode in PAIRED}
+    for process in range(processes):
+        for mode in (PAIRED if process % 2 == 0 else reversed(list(PAIRED))):
+            side, settings, _ = PAIRED[mode]
+            out = bench.work(side, "paired", f"/paired/{mode}", 300, settings=settings, steps=steps, work=work,
+                             rounds=rounds)
+            pairs = out["pairs"]
+            assert isinstance(pairs, list)
+            overheads[mode] += [100 * (notify / plain - 1) for plain, notify in pairs]
+    print(f"6. the same loop, notify() every 10 steps against none, in turns within each process ({processes} "
+          f"processes of {rounds} pairs of blocks; median and quartiles over the pairs)", flush=True)
+    for mode, (_, _, label) in PAIRED.items():
+        values = overheads[mode]
+        print(f"    {label:<58} {statistics.median(values):+.2f} % "
+              f"({percentile(values, 0.25):+.2f} to {percentile(values, 0.75):+.2f} %)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer iterations: a smoke run")
     parser.add_argument("--apprise-venv", type=Path, default=DEFAULT_VENV,
                         help=f"virtual environment holding Apprise (made if missing; default {DEFAULT_VENV})")
     parser.add_argument("--apprise-spec", default="apprise", help="what pip installs there (default: apprise)")
-    parser.add_argument("--only", choices=("compare", "loop"), help="run only the comparison or the training loop")
+    parser.add_argument("--only", choices=("compare", "loop", "paired"),
+                        help="run only the comparison, the training loop (both figures) or its paired figure")
     args = parser.parse_args()
 
     apprise_python = ensure_apprise(args.apprise_venv, args.apprise_spec)
@@ -508,12 +580,14 @@ def main() -> None:
               f"notifier) vs AFS's webhook channel (afs-webhook, signed JSON, AFS_LOAD_PLUGINS=webhook, "
               f"AFS_THROTTLE_SECONDS=0); loopback server at {server.base}{' [--quick]' if args.quick else ''}",
               flush=True)
-        if args.only != "loop":
+        if args.only not in ("loop", "paired"):
             compare(bench, args.quick)
             print("    Apprise's notify() is measured as normally used: synchronous, one service per call. "
                   "Its async_notify() overlaps the services of one call, not successive calls.", flush=True)
-        if args.only != "compare":
+        if args.only in (None, "loop"):
             training_loop(bench, args.quick)
+        if args.only != "compare":
+            paired_loop(bench, args.quick)
     finally:
         server.stop()
         shutil.rmtree(bench.root, ignore_errors=True)

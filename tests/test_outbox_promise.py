@@ -39,6 +39,14 @@ def each_once(server, accepted):
     return sorted(received) == sorted(accepted) and len(set(received)) == len(received)
 
 
+# The machine dies: the training process and its courier process with it (a courier
+# that outlives its training process delivers by itself: tests/test_courier.py).
+KILL_THE_COURIER = """
+courier = getattr(manager._engine, "process", None)
+if courier is not None:
+    os.kill(courier.pid, signal.SIGKILL)
+"""
+
 NOTIFY_THEN_DIE = """
 import os, signal
 from afs_core import NotificationManager
@@ -46,6 +54,7 @@ manager = NotificationManager.from_env()
 for i in range({count}):
     result = manager.notify_training_completed("m", f"run-{{i}}", 1.0)
     print(result.event.event_id, flush=True)
+""" + KILL_THE_COURIER + """
 os.kill(os.getpid(), signal.SIGKILL)
 """
 
@@ -254,7 +263,8 @@ for i in range(200):
 
 
 def test_a_kill_right_after_the_journal_rotated_loses_nothing(runs, webhook_server):
-    done = runs.python(DIE_RIGHT_AFTER_A_ROTATION, runs.env(dead_url()))
+    # The process reading its own journal (a courier's reading: tests/test_courier.py).
+    done = runs.python(DIE_RIGHT_AFTER_A_ROTATION, runs.env(dead_url(), AFS_DELIVERY="thread"))
     accepted = done.stdout.split()
     assert done.returncode == -signal.SIGKILL and 5 < len(accepted) < 200
     flushed = runs.python(FLUSH.format(timeout=60), runs.env(webhook_server.url + "/hook"))
@@ -303,6 +313,7 @@ SEND_SLOWLY_THEN_DIE = """
 import os, signal, time
 from afs_core import NotificationManager
 manager = NotificationManager.from_env()
+print(getattr(getattr(manager._engine, "process", None), "pid", 0), flush=True)  # its courier, if any
 for i in range({count}):
     print(manager.notify_training_completed("m", f"run-{{i}}", 1.0).event.event_id, flush=True)
 time.sleep(60)
@@ -317,10 +328,13 @@ def killed_mid_burst(runs, webhook_server, *, count, delay, killed_after):
     env = runs.env(webhook_server.url + "/hook")
     sender = subprocess.Popen([sys.executable, "-c", SEND_SLOWLY_THEN_DIE.format(count=count)], env=env,
                               stdout=subprocess.PIPE, text=True, cwd=runs.tmp_path)
+    courier = int(sender.stdout.readline())
     accepted = [sender.stdout.readline().strip() for _ in range(count)]
     deadline = time.monotonic() + 30
     while len(webhook_server.received) < killed_after and time.monotonic() < deadline:
         time.sleep(0.002)
+    if courier:  # the machine dies: the process delivering goes first
+        os.kill(courier, signal.SIGKILL)
     sender.kill()
     sender.wait(timeout=10)
     assert len(webhook_server.received) < count  # killed mid-burst

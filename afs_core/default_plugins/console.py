@@ -45,6 +45,7 @@ class ConsoleChannel(Channel):
     name = "console"
     settings = (Setting("AFS_CONSOLE", "enabled", parse=boolean, required=True),)
     throttle_seconds = 0.0  # a local terminal shows every epoch; nobody's phone buzzes
+    stays_in_process = True  # its lines go to this process's stderr (a notebook's cell): never a courier's
 
     def __init__(self, stream: IO[str] | None = None, colour: bool | None = None) -> None:
         self._stream = stream

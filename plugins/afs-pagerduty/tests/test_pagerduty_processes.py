@@ -3,6 +3,8 @@ the next, a recovery with nothing open is recorded as filtered, 64 ranks page on
 
 import os
 
+import pytest
+
 from afs_core.delivery.store import Store
 from afs_core.testing import Scripted
 
@@ -60,12 +62,17 @@ def test_an_incident_opened_by_one_process_is_resolved_by_the_next(run_python, w
     assert deliveries()[-1] == ("training_completed", "filtered", "no open incident for run run-7")
 
 
-def test_a_crashed_processs_failure_leaves_no_incident_open_once_the_run_resumed(run_python, webhook_server):
+@pytest.mark.parametrize("delivery", ["process", "thread"])
+def test_a_crashed_processs_failure_leaves_no_incident_open_once_the_run_resumed(run_python, webhook_server,
+                                                                                 delivery):
     crashed = run_python("import os\nfrom afs_core import NotificationManager\n"
                          "m = NotificationManager.from_env()\n"
                          "m.notify_training_failed('llama-7b', 'run-7', 'Killed')\n"
-                         "os._exit(137)\n")
-    assert crashed.returncode == 137 and webhook_server.received == []
+                         "os._exit(137)\n", env={"AFS_DELIVERY": delivery})
+    assert crashed.returncode == 137
+    # Its courier outlives it and pages at once; a process delivering itself pages nothing.
+    paged = [r.json["event_action"] for r in webhook_server.received]
+    assert paged == (["trigger"] if delivery == "process" else []), crashed.stderr
     python(run_python, REPORT, "resumed")
     sent = [(r.json["event_action"], r.json["dedup_key"]) for r in webhook_server.received]
     # The next process takes the crashed one's trigger from its journal. Taken in first, it
