@@ -56,6 +56,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     top.addHandler(handler)
     top.setLevel(int(config.get("level", logging.WARNING)))
     top.propagate = False
+    here = str(Path(__file__).resolve().parents[1])
+    if config.get("afs_core", here) != here:  # the training process would be served by other code
+        _say(sock, f"E runs the afs_core in {here}, not the one in {config['afs_core']}")
+        return 1
     tail = TrainerJournal(Path(config["journal"]), str(config.get("owner", "")),
                           removed=lambda name: _say(sock, f"A {name}"))
     try:

@@ -217,7 +217,8 @@ class NotificationManager:
             except OSError as exc:
                 why = f"it could not be started ({exc})"
         logger.debug("afs: no courier: %s; this process delivers", why)
-        self._get_engine()
+        if self._channels:
+            self._get_engine()
 
     @property
     def plugins(self) -> PluginHost:

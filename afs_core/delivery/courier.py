@@ -164,8 +164,9 @@ class CourierLink:
         self._shut = socket.SHUT_RDWR
         child_env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[2])  # where afs_core is imported from
-        child_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
-        config = {"env": dict(env), "channels": list(channels), "store": str(store.path),
+        if here not in _site_directories():  # a source tree: the courier must import this afs_core, no other
+            child_env["PYTHONPATH"] = os.pathsep.join(p for p in (here, os.environ.get("PYTHONPATH", "")) if p)
+        config = {"afs_core": here, "env": dict(env), "channels": list(channels), "store": str(store.path),
                   "journal": str(store.journal_directory), "flush_timeout": flush_timeout,
                   "level": logging.getLogger("afs").getEffectiveLevel(),
                   "owner": f"{host_name()}-{os.getpid()}-"}  # how this process's journal files are named
@@ -343,7 +344,12 @@ class CourierLink:
 
     def _write_metrics(self) -> None:
         """The kept log_metrics calls as one journal line of rows."""
-        entries = [self._metrics.popleft() for _ in range(len(self._metrics))]
+        entries = []
+        for _ in range(len(self._metrics)):
+            try:
+                entries.append(self._metrics.popleft())
+            except IndexError:  # another thread took the rest
+                break
         rows = rows_from_entries(entries)
         if not rows:
             return
@@ -485,6 +491,14 @@ class Child:
         while self.poll() is None and time.monotonic() < deadline:
             time.sleep(0.02)
         return self.returncode
+
+
+def _site_directories() -> set[str]:
+    """Where installed packages are: put before the standard library, they could hide it."""
+    import site
+
+    found = [*getattr(site, "getsitepackages", list)(), getattr(site, "getusersitepackages", str)()]
+    return {str(Path(p).resolve()) for p in found if p}
 
 
 def _made(name: str) -> int:
