@@ -18,6 +18,7 @@ from afs_core.delivery import courier as courier_module
 from afs_core.delivery.courier import TrainerJournal
 from afs_core.delivery.journal import Journal
 from afs_core.source import host_name
+from afs_core.testing.loopback import Scripted
 
 
 def ids(server):
@@ -172,6 +173,57 @@ def test_a_killed_courier_hands_delivery_back_to_the_training_process(runs, webh
     assert set(received) == set(accepted.split()) and len(received) <= 60 + 16
     assert statuses(runs.home) == {"delivered": 60}
     assert done.stderr.count("the courier process ended unexpectedly") == 1, done.stderr
+    assert journals(runs.home) == []
+
+
+KILLED_IN_CLOSE = """
+import os, signal, threading, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+courier = manager._engine.process
+ids = [manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id for i in range(60)]
+threading.Timer(0.5, os.kill, (courier.pid, signal.SIGKILL)).start()  # in the middle of the close's flush
+started = time.monotonic()
+print(manager.close(20), round(time.monotonic() - started, 1), flush=True)
+print(" ".join(ids), flush=True)
+"""
+
+
+def test_a_courier_killed_during_the_close_leaves_the_rest_to_the_training_process(runs, webhook_server):
+    webhook_server.default = Scripted(delay=0.03)  # the 60 take about 2 s: the kill comes mid-way
+    done = runs.python(KILLED_IN_CLOSE, runs.env(webhook_server.url + "/hook"))
+    assert done.returncode == 0, done.stderr
+    (closed, took), accepted = done.stdout.splitlines()[0].split(), done.stdout.splitlines()[1].split()
+    assert closed == "True" and float(took) < 20, done.stderr
+    assert "the courier process ended unexpectedly" in done.stderr
+    assert set(ids(webhook_server)) == set(accepted)
+    assert statuses(runs.home) == {"delivered": 60}
+
+
+TERM_THE_COURIER = """
+import os, signal, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+courier = manager._engine.process
+ids = [manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id for i in range(60)]
+time.sleep(0.3)
+os.kill(courier.pid, signal.SIGTERM)  # the courier alone is told to stop: the run goes on, notifying
+for i in range(60, 100):  # while the courier still delivers what it has, for up to its flush timeout
+    ids.append(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id)
+    time.sleep(0.02)
+print(manager.flush(60), manager._engine.delivering_here, flush=True)
+print(" ".join(ids), flush=True)
+"""
+
+
+def test_a_courier_told_to_stop_while_its_run_goes_on_loses_nothing(runs, webhook_server):
+    webhook_server.default = Scripted(delay=0.02)  # the courier is still delivering when the run notifies on
+    done = runs.python(TERM_THE_COURIER, runs.env(webhook_server.url + "/hook", AFS_FLUSH_TIMEOUT="3"))
+    assert done.returncode == 0, done.stderr
+    flushed, accepted = done.stdout.splitlines()
+    assert flushed == "True True", done.stderr
+    assert set(ids(webhook_server)) == set(accepted.split())
+    assert statuses(runs.home) == {"delivered": 100}
     assert journals(runs.home) == []
 
 

@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from afs_core.delivery import ranks
 from afs_core.delivery.engine import STORE_ERRORS, DeliveryEngine, _merged
-from afs_core.delivery.journal import SUFFIX, Journal, _read_from
+from afs_core.delivery.journal import SUFFIX, Journal, _lock, _read_from
 from afs_core.delivery.metrics import ROWS_KEY, MetricEntry, rows_from_entries
 from afs_core.delivery.repeats import RepeatedLog
 from afs_core.plugins import get_plugins
@@ -152,7 +152,8 @@ class CourierLink:
         self._make_local = make_local
         self._local: DeliveryEngine | None = None
         self._switch = threading.Lock()  # submits against a fall-back in progress
-        self._closed = False
+        self._closed = False  # close() began
+        self._let_go = False  # the courier answered the close (or did not in time): its end of the socket goes
         self._pid = os.getpid()
         self.journal = Journal(store.journal_directory, read_here=False)
         self._metrics: deque[MetricEntry] = deque()
@@ -256,6 +257,7 @@ class CourierLink:
             return True
         self._closed = True
         budget = self.flush_timeout if timeout is None else timeout
+        deadline = time.monotonic() + budget
         if self._pid != os.getpid():
             self.journal.close()  # kept on disk for the parent's courier
             return False
@@ -266,11 +268,12 @@ class CourierLink:
         with self._switch:
             local = self._local
             if local is None:
+                self._let_go = True
                 self.journal.close()  # its lock let go: the courier takes in what is left and removes it
                 with contextlib.suppress(OSError):
                     self._sock.shutdown(self._shut)
-        if local is not None:  # the courier stopped meanwhile: this process finishes
-            return local.close(max(budget, 0.5))
+        if local is not None:  # the courier stopped meanwhile: this process finishes in the time left
+            return local.close(max(deadline - time.monotonic(), 0.5))
         return answer == "1"
 
     def attach(self, name: str, channel: Channel, policy: ChannelPolicy) -> None:
@@ -435,9 +438,9 @@ class CourierLink:
                     self._not_durable = rest or None
                 elif kind == "E":
                     why = f"the courier process {rest}"
-        if not self._closed and self._pid == os.getpid():
+        if self._pid == os.getpid():
             with self._switch:
-                if self._local is None:
+                if self._local is None and not self._let_go:  # gone before it was done (a close included)
                     self._fall_back(why)
         if self._process is not None:
             self._process.wait(timeout=30.0)  # reaped, not left a zombie
@@ -499,6 +502,18 @@ def _site_directories() -> set[str]:
 
     found = [*getattr(site, "getsitepackages", list)(), getattr(site, "getusersitepackages", str)()]
     return {str(Path(p).resolve()) for p in found if p}
+
+
+def _let_go_by_writer(path: Path) -> bool:
+    """Whether no live process holds the journal file ``path`` (its lock can be taken)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return True  # gone: nothing of it to read
+    try:
+        return _lock(fd)
+    finally:
+        os.close(fd)
 
 
 def _made(name: str) -> int:
@@ -578,10 +593,13 @@ class TrainerJournal:
         return sorted((n for n in found if n not in known and _made(n) < _made(name)), key=_made)
 
     def finish(self) -> None:
-        """The training process is gone: read its last file to the end too."""
+        """The training process is gone: read its last file to the end too. A file its
+        writer still holds (the courier was told to stop, the process goes on) is left
+        to that writer, and to whoever takes it in once the writer lets it go."""
         with self._lock:
             for file in self._files:
-                file[3] = None
+                if file[3] is not None and _let_go_by_writer(self.directory / file[0]):
+                    file[3] = None
 
     def read_new(self) -> list[dict[str, Any]]:
         with self._lock:
