@@ -304,6 +304,7 @@ class Bench:
         os.mkdir(self.cwd)
         self.secret = "whsec_" + base64.b64encode(os.urandom(32)).decode()
         self.runs = 0
+        self.delivery = "process"  # AFS_DELIVERY for figures 1-5
 
     def url(self, side: str, path: str) -> str:
         return (f"http://{self.server.base}{path}" if side == "afs"
@@ -316,7 +317,7 @@ class Bench:
             self.runs += 1
             home = os.path.join(self.root, f"home-{self.runs}")  # each process its own store
             env.update(AFS_HOME=home, AFS_LOAD_PLUGINS="webhook", AFS_THROTTLE_SECONDS="0",
-                       WEBHOOK_URL=self.url(side, path), WEBHOOK_SECRET=self.secret)
+                       WEBHOOK_URL=self.url(side, path), WEBHOOK_SECRET=self.secret, AFS_DELIVERY=self.delivery)
         return env
 
     def work(self, side: str, what: str, path: str, timeout: float, *, settings: dict[str, str] | None = None,
@@ -565,6 +566,8 @@ def main() -> None:
     parser.add_argument("--apprise-venv", type=Path, default=DEFAULT_VENV,
                         help=f"virtual environment holding Apprise (made if missing; default {DEFAULT_VENV})")
     parser.add_argument("--apprise-spec", default="apprise", help="what pip installs there (default: apprise)")
+    parser.add_argument("--delivery", choices=("process", "thread"), default="process",
+                        help="AFS_DELIVERY for figures 1-5: a courier process (the default) or the process's threads")
     parser.add_argument("--only", choices=("compare", "loop", "paired"),
                         help="run only the comparison, the training loop (both figures) or its paired figure")
     args = parser.parse_args()
@@ -574,11 +577,13 @@ def main() -> None:
                              capture_output=True, text=True, timeout=60, check=True).stdout.strip()
     server = Server(delay=0.2)
     bench = Bench(apprise_python, server, args.quick)
+    bench.delivery = args.delivery
     bench.python["loop-a"] = sys.executable
     try:
         print(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs; Apprise {version} (json://, its JSON "
               f"notifier) vs AFS's webhook channel (afs-webhook, signed JSON, AFS_LOAD_PLUGINS=webhook, "
-              f"AFS_THROTTLE_SECONDS=0); loopback server at {server.base}{' [--quick]' if args.quick else ''}",
+              f"AFS_THROTTLE_SECONDS=0, AFS_DELIVERY={bench.delivery}); loopback server at {server.base}"
+              f"{' [--quick]' if args.quick else ''}",
               flush=True)
         if args.only not in ("loop", "paired"):
             compare(bench, args.quick)
