@@ -146,7 +146,9 @@ class NotificationManager:
         Reads ``.env`` (``dotenv_path`` or the nearest one), the real environment
         winning. With no channel configured it uses the console channel, unless
         ``AFS_CONSOLE=false``. Raises :class:`~afs_core.errors.ConfigurationError`
-        when a channel's settings are present but wrong.
+        when a channel's settings are present but wrong. Delivery runs in a courier
+        process where one can do the same work (``AFS_DELIVERY``; see
+        :mod:`afs_core.delivery.courier`), else on this process's threads.
         """
         env = load_env(dotenv_path)
         stall_after = env_duration(env, "AFS_STALL_AFTER")
