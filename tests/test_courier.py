@@ -120,6 +120,11 @@ def test_what_a_killed_training_process_accepted_its_courier_delivers_without_a_
     assert sorted(ids(webhook_server)) == sorted(accepted)
     assert statuses(runs.home) == {"delivered": 60}
     assert journals(runs.home) == []
+    # What a user then sees, and what a next process on the same store finds: nothing left.
+    assert runs.afs(runs.env(webhook_server.url + "/hook"), "outbox").stdout.strip() == "the outbox is empty"
+    after = runs.python("from afs_core import NotificationManager\nprint(NotificationManager.from_env().flush(10))\n",
+                        runs.env(webhook_server.url + "/hook"))
+    assert after.stdout.split() == ["True"] and len(ids(webhook_server)) == 60
 
 
 ROTATE_THEN_DIE = """

@@ -4,6 +4,7 @@ it got, on which connection, and how many requests it held unanswered at once.""
 
 import os
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -254,6 +255,7 @@ SEND_THEN_LIVE_ON = """
 import time
 from afs_core import NotificationManager
 manager = NotificationManager.from_env()
+print(getattr(getattr(manager._engine, "process", None), "pid", 0), flush=True)  # its courier, if one delivers
 for i in range({count}):
     print(manager.notify_training_completed("m", f"run-{{i}}", 1.0).event.event_id, flush=True)
 time.sleep(60)  # alive, its deliveries in hand, until the test kills it (within seconds)
@@ -276,10 +278,13 @@ def test_a_run_killed_mid_burst_loses_nothing_and_repeats_little(
     sender = subprocess.Popen([sys.executable, "-c", SEND_THEN_LIVE_ON.format(count=count)], env=env,
                               stdout=subprocess.PIPE, text=True, cwd=tmp_path)
     try:
+        courier = int(sender.stdout.readline())
         accepted = [sender.stdout.readline().strip() for _ in range(count)]
         deadline = time.monotonic() + 30
         while len(server.received) < killed_after and time.monotonic() < deadline:
             time.sleep(0.002)
+        if courier:  # the machine dies: the process sending the pipelines goes first, then the run
+            os.kill(courier, signal.SIGKILL)
         sender.kill()
         sender.wait(timeout=10)
     finally:
