@@ -221,8 +221,8 @@ class CourierLink:
                 else:
                     if self._unjournaled is not None:
                         self._unjournaled = None
-                        logger.warning("afs: the journal can be written again; new events are safe from a crash "
-                                       "once more")
+                        # INFO: the courier's store says its own recovery, as a WARNING, beside this
+                        logger.info("afs: the journal can be written again; new events are safe from a crash once more")
                     self._tell()
         if local is not None:
             return local.accept(event, channels)
