@@ -1,4 +1,4 @@
-"""The courier process: ``python -m afs_core.courier FD``, started by ``from_env()``.
+"""The courier process: ``python -m afs_core.courier FD [BELL]``, started by ``from_env()``.
 
 It builds the training process's manager again from the settings it is sent (only
 the channels that process has), and its engine takes in that process's journal as it
@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from afs_core.delivery.bell import Bell
 from afs_core.delivery.courier import FINISH_WAIT, TrainerJournal
 from afs_core.delivery.engine import DeliveryEngine, take_stopped_journals
 from afs_core.manager import NotificationManager
@@ -38,7 +39,8 @@ def _on_term(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Deliver for the training process at the other end of the socket ``FD``."""
+    """Deliver for the training process at the other end of the socket ``FD`` (and,
+    where one is passed, told how far its journal goes by the bell ``BELL``)."""
     import signal
     import socket
 
@@ -77,15 +79,32 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # the training process delivers itself, and says why
         _say(sock, f"E could not start ({type(exc).__name__}: {exc})")
         return 1
+    names: dict[int, str] = {}  # the training process's numbers for its journal files
+    woken, stopped = threading.Event(), threading.Event()
+
+    def hear(number: int, end: int) -> bool:
+        name = names.get(number)
+        if name is None:
+            return False
+        tail.told(name, end)
+        engine.wake_ingest()
+        return True
+
+    if len(argv) > 2:
+        threading.Thread(target=Bell(int(argv[2])).watch, args=(hear, woken, stopped),
+                         name="afs-courier-bell", daemon=True).start()
     closed = False
     try:
         for line in lines:
             kind, _, rest = line.partition(" ")
             if kind == "P":
-                name, _, end = rest.partition(" ")
+                name, end, number = (rest.split(" ") + ["0", ""])[:3]
+                if number.isdigit():
+                    names[int(number)] = name
                 with contextlib.suppress(ValueError):
                     tail.told(name, int(end))
                 engine.wake_ingest()
+                woken.set()
             elif kind in ("F", "C"):
                 number, timeout, name, end = (rest.split(" ") + ["", "", "", "0"])[:4]
                 tail.told(name, int(end or 0))
@@ -106,6 +125,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 break
     except _Finish:
         pass
+    stopped.set()
+    woken.set()
     signal.signal(signal.SIGTERM, signal.SIG_IGN)  # what is left is bounded by the flush timeout
     if not closed:  # the training process is gone without closing (killed, or SIGTERM here)
         tail.finish()

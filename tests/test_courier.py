@@ -97,6 +97,42 @@ def test_a_courier_process_delivers_and_the_training_process_runs_no_delivery_th
     assert runs.afs(runs.env(webhook_server.url + "/hook"), "outbox").stdout.strip() == "the outbox is empty"
 
 
+BURST_THEN_QUIET = """
+import json, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+link = manager._engine
+wake_ups = []
+say = link._say
+def counting(line):
+    if line.startswith(b"P "):
+        wake_ups.append(line)
+    return say(line)
+link._say = counting
+ids = [manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id for i in range(300)]
+in_burst = len(wake_ups)
+flushed = manager.flush(30)
+time.sleep(1.0)  # the courier has looked long enough to sleep
+last = manager.notify_training_completed("m", "run-last", 1.0)
+print(json.dumps({"flushed": flushed, "in_burst": in_burst, "after": len(wake_ups) - in_burst,
+                  "waited": last.wait(10), "ids": ids + [last.event.event_id]}), flush=True)
+manager.close(10)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd: every notify() wakes the courier")
+def test_a_busy_courier_reads_the_bell_and_only_a_sleeping_one_is_woken_on_the_socket(runs, webhook_server):
+    done = runs.python(BURST_THEN_QUIET, runs.env(webhook_server.url + "/hook"))
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert report["flushed"] is True and report["waited"] is True
+    # Without the bell each notify() sends a wake-up: here the busy courier looked itself.
+    assert 1 <= report["in_burst"] < 100, report["in_burst"]
+    assert report["after"] == 1  # it slept, so the next notify() woke it, and it delivered at once
+    assert sorted(ids(webhook_server)) == sorted(report["ids"])
+    assert statuses(runs.home) == {"delivered": 301}
+
+
 NOTIFY_THEN_DIE = """
 import os, signal
 from afs_core import NotificationManager
@@ -319,6 +355,8 @@ if child == 0:  # a data-loader worker: its event waits in its own journal until
     print(manager.notify_training_started("m", "run-child", epochs=1).event.event_id, flush=True)
     os._exit(0)
 os.waitpid(child, 0)
+bell = manager._engine._bell  # the child rang nothing: the shared page holds the parent's word alone
+print(bell is None or bell._words[0] >> 40 == manager._engine._told_number, flush=True)
 print(manager.flush(30), manager._engine.delivering_here, flush=True)
 recording = RecordingChannel()
 manager.register_channel("recording", recording)  # given in code: this process delivers from now on
@@ -331,7 +369,8 @@ print(" ".join(ids), flush=True)
 def test_a_forked_workers_events_and_a_channel_given_in_code_are_delivered(runs, webhook_server):
     done = runs.python(FORKED_AND_ADDED, runs.env(webhook_server.url + "/hook"))
     assert done.returncode == 0, done.stderr
-    child_id, first, second, parent_ids = done.stdout.splitlines()
+    child_id, bell_untouched, first, second, parent_ids = done.stdout.splitlines()
+    assert bell_untouched == "True"
     assert first == "True False"  # the child's journal taken in by the courier's flush
     assert second == "True True 1"
     assert "the channel 'recording' was given in code" in done.stderr
@@ -385,6 +424,48 @@ def test_files_the_courier_was_never_told_of_are_read_in_their_place(tmp_path, m
     assert read == list(range(300))
     reader.acknowledge()
     assert len(list(tmp_path.iterdir())) == 1  # the one written now
+
+
+def test_an_earlier_file_told_of_late_is_not_read_again(tmp_path, monkeypatch):
+    """The bell's look-out and the socket both tell the reader: an end of the previous file
+    heard after the next was named must not start that file over (duplicates)."""
+    tmp_path = tmp_path / "journal"
+    monkeypatch.setattr("afs_core.delivery.journal.MAP_BYTES", 4096)
+    monkeypatch.setattr("afs_core.delivery.journal.ROTATE_BYTES", 8192)
+    writer = Journal(tmp_path, read_here=False)
+    reader = TrainerJournal(tmp_path)
+    read = []
+    writer.append({"event": {"n": 0}})
+    first = writer.position()
+    reader.told(*first)
+    read += [r["event"]["n"] for r in reader.read_new()]
+    i = 1
+    while writer.position()[0] == first[0]:
+        writer.append({"event": {"n": i, "pad": "x" * 50}})
+        i += 1
+    reader.told(*writer.position())  # the next file named
+    reader.told(*first)  # a late end of the first
+    read += [r["event"]["n"] for r in reader.read_new()]
+    assert read == list(range(i))
+
+
+def test_an_end_told_after_the_writer_is_gone_does_not_cut_its_last_file_short(tmp_path):
+    """finish() reads the last file to its real end; the bell's look-out may still tell an
+    older end a moment later."""
+    tmp_path = tmp_path / "journal"
+    writer = Journal(tmp_path, read_here=False)
+    reader = TrainerJournal(tmp_path)
+    writer.append({"event": {"n": 0}})
+    told = writer.position()
+    reader.told(*told)
+    assert [r["event"]["n"] for r in reader.read_new()] == [0]
+    writer.append({"event": {"n": 1}})  # never told: the process was killed right after
+    writer.close()
+    reader.finish()
+    reader.told(*told)  # late
+    assert [r["event"]["n"] for r in reader.read_new()] == [1]
+    reader.acknowledge()
+    assert list(tmp_path.iterdir()) == []  # read whole, stored, removed
 
 
 def test_a_file_appended_to_with_write_is_told_and_read_the_same(tmp_path, monkeypatch):

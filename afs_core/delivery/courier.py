@@ -6,8 +6,10 @@ training process it takes turns with the training loop for the one interpreter l
 ``from_env()`` therefore starts a courier: a child process running the very engine,
 built from the same settings, which takes in the training process's journal as it
 grows. The training process keeps only what must be its own: validating an event,
-copying its line into the journal's memory map, and a few bytes on a socket saying
-how far the journal goes (the wake-up).
+copying its line into the journal's memory map, and saying how far the journal goes:
+in a word of memory both processes share while the courier is busy (see
+:mod:`afs_core.delivery.bell`), and in a few bytes on a socket that wake it when it
+sleeps.
 
 What does not change: a line in the journal is accepted for good (the courier, or
 whoever takes in a stopped process's journals, delivers it); ``flush()`` and
@@ -40,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from afs_core.delivery import ranks
+from afs_core.delivery.bell import FILES, Bell
 from afs_core.delivery.engine import STORE_ERRORS, DeliveryEngine, _merged
 from afs_core.delivery.journal import SUFFIX, Journal, _lock, _read_from
 from afs_core.delivery.metrics import ROWS_KEY, MetricEntry, rows_from_entries
@@ -161,6 +164,9 @@ class CourierLink:
         self._answers: dict[int, str] = {}
         self._answered = threading.Condition()
         self._sock, theirs = socket.socketpair()
+        self._bell = Bell.make()  # None: every notify() wakes the courier on the socket
+        self._told_name = ""  # the journal file the courier was last told of, and its number
+        self._told_number = 0
         self._dont_wait = socket.MSG_DONTWAIT
         self._shut = socket.SHUT_RDWR
         child_env = dict(os.environ)
@@ -204,7 +210,7 @@ class CourierLink:
                         return NotifyResult(event, {n: _merged(n, joined) for n in channels})
                     with self._switch:
                         failed = self._say(b"W\n")  # the courier's workers look now, and wait out the hold
-                        if failed is not None:
+                        if isinstance(failed, OSError):
                             self._fall_back(f"the courier cannot be reached ({failed})")
                     return NotifyResult(event, tracker=StoredOutcomes(self.store, event.event_id, channels))
             record.update(merge={"key": key, "since": now - ranks.MERGE_WINDOW, "rank": event.source.rank},
@@ -306,28 +312,43 @@ class CourierLink:
     # -- the courier -------------------------------------------------------------------
 
     def _tell(self) -> None:
-        """Say how far the journal goes: the courier's wake-up. Never blocks; a full
+        """Say how far the journal goes: in the bell while the courier is busy, on the
+        socket (the wake-up) when it sleeps or a new file begins. Never blocks; a full
         socket means the courier has a wake-up to read already (the next says more)."""
+        if self._pid != os.getpid():
+            return  # a forked worker: its own file waits for its exit (the bell is the parent's)
         position = self.journal.position()
-        if position is not None:
-            failed = self._say(f"P {position[0]} {position[1]}\n".encode())
-            if failed is not None:
-                self._fall_back(f"the courier cannot be reached ({failed})")
+        if position is None:
+            return
+        name, end = position
+        bell = self._bell
+        if name != self._told_name:  # a new file: named on the socket before its number is rung
+            self._told_number = self._told_number % FILES + 1
+            self._told_name = name
+            if bell is not None:
+                bell.ring(self._told_number, end)
+        elif bell is not None and not bell.ring(self._told_number, end):
+            return  # the courier is busy and looks at the bell
+        sent = self._say(f"P {name} {end} {self._told_number}\n".encode())
+        if isinstance(sent, OSError):
+            self._fall_back(f"the courier cannot be reached ({sent})")
+        elif not sent:
+            self._told_name = ""  # no room: the file is named again with the next notify()
 
-    def _say(self, line: bytes) -> OSError | None:
-        """A line to the courier, not waiting for room (a line begun is finished); the
-        error when the courier cannot be reached."""
+    def _say(self, line: bytes) -> bool | OSError:
+        """A line to the courier, not waiting for room (a line begun is finished):
+        whether it went, or the error when the courier cannot be reached."""
         if self._pid != os.getpid() or self._closed:
-            return None
+            return True
         try:
             sent = self._sock.send(line, self._dont_wait)
             if sent < len(line):  # only part of it had room: the rest follows, or the lines would run together
                 self._sock.sendall(line[sent:])
         except BlockingIOError:
-            pass  # no room at all: the courier has wake-ups to read already (the next says more)
+            return False  # no room at all: the courier has wake-ups to read already (the next says more)
         except OSError as exc:
             return exc
-        return None
+        return True
 
     def _hand_over(self, record: dict[str, Any], exc: OSError) -> DeliveryEngine | None:
         """The journal takes nothing (a full disk): the record goes to the courier, which
@@ -395,13 +416,16 @@ class CourierLink:
         """Start the courier (here, not on the caller's thread). What the script accepts
         while it starts waits in the journal, its wake-ups on the socket."""
         try:
-            self._process = Child(self._theirs.fileno(), self._child_env)
+            self._process = Child(self._theirs.fileno(), self._child_env,
+                                  bell=None if self._bell is None else self._bell.fd)
         except OSError as exc:
             with self._switch:
                 self._fall_back(f"the courier process could not be started ({exc})")
             return False
         finally:
             self._theirs.close()
+            if self._bell is not None:
+                self._bell.forget_descriptor()  # the map stays: later children must not inherit it
             self._spawned.set()
         return True
 
@@ -463,15 +487,18 @@ class CourierLink:
 
 
 class Child:
-    """The courier process, spawned with only its end of the socket (``fd``) besides
-    stdin and stdout on /dev/null and this process's stderr, where its warnings show
-    beside this process's. (``subprocess`` would cost start-up 4 ms of imports.)"""
+    """The courier process, spawned with only its end of the socket (``fd``) and the
+    bell besides stdin and stdout on /dev/null and this process's stderr, where its
+    warnings show beside this process's. (``subprocess`` would cost start-up 4 ms of
+    imports.)"""
 
-    def __init__(self, fd: int, env: Mapping[str, str]) -> None:
-        os.set_inheritable(fd, True)  # every other descriptor is not (PEP 446)
+    def __init__(self, fd: int, env: Mapping[str, str], *, bell: int | None = None) -> None:
+        passed = [fd] if bell is None else [fd, bell]
+        for each in passed:
+            os.set_inheritable(each, True)  # every other descriptor is not (PEP 446)
         null = os.devnull
         self.pid = os.posix_spawn(
-            sys.executable, [sys.executable, "-m", "afs_core.courier", str(fd)], env,
+            sys.executable, [sys.executable, "-m", "afs_core.courier", *map(str, passed)], env,
             file_actions=[(os.POSIX_SPAWN_OPEN, 0, null, os.O_RDONLY, 0),
                           (os.POSIX_SPAWN_OPEN, 1, null, os.O_WRONLY, 0)])
         self.returncode: int | None = None
@@ -566,6 +593,7 @@ class TrainerJournal:
         # In order: [name, offset read, partial line, end told (None: read to its end)].
         self._files: list[list[Any]] = []
         self._whole: list[tuple[str, int]] = []  # read to the end, not yet acknowledged
+        self._seen: set[str] = set()  # every file taken up: one told of again late (the bell) is not new
 
     def told(self, name: str, end: int) -> None:
         """The training process writes ``name``, whose whole lines end at ``end``."""
@@ -573,19 +601,24 @@ class TrainerJournal:
             return
         with self._lock:
             if self._files and self._files[-1][0] == name:
-                self._files[-1][3] = max(self._files[-1][3] or 0, end)
+                if self._files[-1][3] is not None:  # None: to be read to its real end already
+                    self._files[-1][3] = max(self._files[-1][3], end)
+                return
+            if name in self._seen:  # an earlier file, read to its end already or now
                 return
             for file in self._files:
                 file[3] = None  # an earlier file: whole, and let go
             for missed in self._between(name):  # wake-ups dropped while this process was not reading
                 self._files.append([missed, 0, b"", None])
+                self._seen.add(missed)
             self._files.append([name, 0, b"", end])
+            self._seen.add(name)
 
     def _between(self, name: str) -> list[str]:
         """The process's files older than ``name`` this reader was never told of."""
         if not self.owner:
             return []
-        known = {file[0] for file in self._files} | {whole for whole, _ in self._whole}
+        known = self._seen
         try:
             found = [p.name for p in self.directory.glob(f"{self.owner}*{SUFFIX}")]
         except OSError:

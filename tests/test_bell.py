@@ -1,0 +1,120 @@
+"""The bell: how a busy courier learns how far the journal goes without a wake-up.
+
+The look-out runs in a thread here, against a real shared page (a memfd), as in the
+courier; the processes on both ends are tested in test_courier.py. Waits are bounded.
+"""
+
+import threading
+import time
+
+import pytest
+
+from afs_core.delivery import bell as bell_module
+from afs_core.delivery.bell import Bell
+
+pytestmark = pytest.mark.skipif(Bell.make() is None, reason="no memfd on this platform: every notify() uses the socket")
+
+
+def wait_for(condition, seconds=10.0):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.005)
+    return condition()
+
+
+class LookOut:
+    """A bell, its look-out thread, and what the look-out heard."""
+
+    def __init__(self, known=(1,)):
+        self.bell = Bell.make()
+        self.known = set(known)
+        self.heard: list[tuple[int, int]] = []
+        self.woken, self.stopped = threading.Event(), threading.Event()
+        self.thread = threading.Thread(target=self.bell.watch, args=(self.hear, self.woken, self.stopped))
+        self.thread.start()
+
+    def hear(self, file, end):
+        if file not in self.known:
+            return False
+        self.heard.append((file, end))
+        return True
+
+    def asleep(self):
+        return self.bell._words[1] != 0
+
+    def stop(self):
+        self.stopped.set()
+        self.woken.set()
+        self.thread.join(5)
+        assert not self.thread.is_alive()
+
+
+@pytest.fixture
+def look_out():
+    made = LookOut()
+    yield made
+    made.stop()
+
+
+def test_a_busy_look_out_hears_each_new_end_and_no_wake_up_is_asked_for(look_out):
+    for end in range(10, 200, 10):
+        assert look_out.bell.ring(1, end) is False  # awake: nothing goes on the socket
+        assert wait_for(lambda end=end: look_out.heard and look_out.heard[-1] == (1, end), 5)
+    assert [end for _, end in look_out.heard] == sorted({end for _, end in look_out.heard})  # in order, once each
+
+
+def test_a_look_out_with_nothing_new_sleeps_and_then_asks_for_the_socket(look_out):
+    look_out.bell.ring(1, 10)
+    assert wait_for(look_out.asleep, 5)  # after LINGER with nothing new
+    assert look_out.bell.ring(1, 20) is True  # the training process must wake it on the socket
+    time.sleep(bell_module.RECHECK * 5)
+    heard = len(look_out.heard)
+    look_out.woken.set()  # the wake-up came
+    assert wait_for(lambda: look_out.heard[-1] == (1, 20), 5)
+    assert len(look_out.heard) >= heard
+    assert look_out.bell.ring(1, 30) is False  # awake again
+
+
+def test_an_end_rung_just_as_the_look_out_falls_asleep_is_still_heard(look_out, monkeypatch):
+    """A notify() that read the flag just before it was set sends no wake-up: the look-out
+    looks once more after saying it sleeps."""
+    look_out.bell.ring(1, 10)
+    assert wait_for(lambda: look_out.heard == [(1, 10)], 5)
+    assert wait_for(look_out.asleep, 5)
+    # The look-out is now in its recheck or already waiting; ring without a wake-up,
+    # as a notify() that read the flag a moment earlier would.
+    look_out.bell._words[0] = 1 << bell_module.FILE_SHIFT | 15
+    if wait_for(lambda: look_out.heard[-1] == (1, 15), bell_module.RECHECK * 20):
+        return  # heard in the recheck
+    assert look_out.asleep()  # waiting: the next notify() sees the flag and wakes it
+    assert look_out.bell.ring(1, 20) is True
+
+
+def test_an_end_in_a_file_not_named_yet_is_heard_once_it_is():
+    look_out = LookOut(known=())
+    try:
+        look_out.bell.ring(2, 50)
+        assert wait_for(look_out.asleep, 5)  # nothing it can hear: it sleeps, and asks for the socket
+        assert look_out.heard == []
+        look_out.known.add(2)  # the name came on the socket
+        look_out.woken.set()
+        assert wait_for(lambda: look_out.heard == [(2, 50)], 5)
+    finally:
+        look_out.stop()
+
+
+def test_ends_up_to_the_largest_file_fit_in_one_word():
+    bell = Bell.make()
+    biggest = bell_module.END_MASK
+    bell.ring(12345, biggest)
+    word = bell._words[0]
+    assert (word >> bell_module.FILE_SHIFT, word & bell_module.END_MASK) == (12345, biggest)
+
+
+def test_an_end_that_does_not_fit_asks_for_the_socket_and_leaves_the_word():
+    bell = Bell.make()
+    bell.ring(3, 100)
+    assert bell.ring(3, bell_module.END_MASK + 1) is True
+    assert bell._words[0] == 3 << bell_module.FILE_SHIFT | 100
