@@ -144,7 +144,10 @@ class CourierLink:
 
     def __init__(self, store: Store, env: Mapping[str, str], channels: Sequence[str], *,
                  make_local: Callable[[], DeliveryEngine], flush_timeout: float) -> None:
-        import socket  # here: a process without a courier never loads it
+        # The socket module's C core: the module itself (its constants made enums, and
+        # selectors) would add about 4 ms to every training script's start-up, for a
+        # socketpair. Imported here: a process without a courier loads neither.
+        import _socket
 
         assert store.journal_directory is not None
         self.store = store
@@ -163,12 +166,12 @@ class CourierLink:
         self._requests = itertools.count(1)
         self._answers: dict[int, str] = {}
         self._answered = threading.Condition()
-        self._sock, theirs = socket.socketpair()
+        self._sock, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._bell = Bell.make()  # None: every notify() wakes the courier on the socket
         self._told_name = ""  # the journal file the courier was last told of, and its number
         self._told_number = 0
-        self._dont_wait = socket.MSG_DONTWAIT
-        self._shut = socket.SHUT_RDWR
+        self._dont_wait = _socket.MSG_DONTWAIT
+        self._shut = _socket.SHUT_RDWR
         child_env = dict(os.environ)
         here = str(Path(__file__).resolve().parents[2])  # where afs_core is imported from
         if here not in _site_directories():  # a source tree: the courier must import this afs_core, no other

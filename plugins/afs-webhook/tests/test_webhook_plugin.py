@@ -204,21 +204,24 @@ def test_afs_status_names_what_is_missing_shows_the_host_and_never_a_secret(afs_
 
 
 def test_a_sender_does_not_load_what_only_a_receiver_needs(kit, tmp_path):
-    """Start-up to the first notify() with the channel configured: the schema file's
-    reader (importlib.resources, and tempfile, shutil and the compressors it brings) is
-    for receivers calling load_schema(), not for a training script."""
+    """Start-up to the first notify() with the channel configured, as a training script
+    runs it (a courier delivers): neither the schema file's reader (importlib.resources,
+    and the tempfile, shutil and compressors it brings), for receivers calling
+    load_schema(), nor the socket module is loaded."""
     probe = ("import json, sys\n"
              "from afs_core import NotificationManager\n"
              "manager = NotificationManager.from_env()\n"
              "manager.notify('probe', 'probe')\n"
-             "print(json.dumps(sorted(sys.modules)), flush=True)\n"
+             "print(json.dumps([type(manager._engine).__name__, sorted(sys.modules)]), flush=True)\n"
              "manager.close(0.1)\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AFS_", "WEBHOOK_"))}
-    env.update(AFS_HOME=str(tmp_path / "afs"), AFS_LOAD_PLUGINS="webhook", AFS_DELIVERY="thread",
-               WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET=kit.SECRET, AFS_FLUSH_TIMEOUT="0.1")
-    done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
-                          cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    modules = set(json.loads(done.stdout.splitlines()[0]))
-    assert "afs_webhook.notifier" in modules  # the probe really made the channel
-    assert not modules & {"importlib.resources", "tempfile", "shutil", "lzma", "bz2"}
+    env.update(AFS_HOME=str(tmp_path / "afs"), AFS_LOAD_PLUGINS="webhook", AFS_FLUSH_TIMEOUT="0.1",
+               WEBHOOK_URL="http://127.0.0.1:9/hook", WEBHOOK_SECRET=kit.SECRET)
+    for _ in range(2):  # the first reads the entry points (importlib.metadata loads socket) and keeps them
+        done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=60,
+                              cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+    engine, modules = json.loads(done.stdout.splitlines()[0])
+    assert engine == "CourierLink" and "afs_webhook.notifier" in modules  # the probe really made the channel
+    assert not set(modules) & {"importlib.resources", "tempfile", "shutil", "lzma", "bz2", "socket", "selectors",
+                               "subprocess"}
