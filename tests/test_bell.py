@@ -32,7 +32,8 @@ class LookOut:
         self.known = set(known)
         self.heard: list[tuple[int, int]] = []
         self.woken, self.stopped = threading.Event(), threading.Event()
-        self.thread = threading.Thread(target=self.bell.watch, args=(self.hear, self.woken, self.stopped))
+        self.thread = threading.Thread(target=self.bell.watch,
+                                       args=(lambda *word: self.hear(*word), self.woken, self.stopped))
         self.thread.start()
 
     def hear(self, file, end):
@@ -121,3 +122,26 @@ def test_an_end_that_does_not_fit_asks_for_the_socket_and_leaves_the_word():
     bell.ring(3, 100)
     assert bell.ring(3, bell_module.END_MASK + 1) is True
     assert bell._words[0] == 3 << bell_module.FILE_SHIFT | 100
+
+
+def test_a_name_that_comes_just_as_the_look_out_falls_asleep_is_not_missed():
+    """The name of a new file arrives on the socket (and its wake-up is set) right after
+    the look-out's last look failed for want of it: the look-out clears that wake-up
+    on its way to sleep, so it must try the word once more."""
+    look_out = LookOut(known=())
+
+    def hear(file, end):
+        if file not in look_out.known:
+            if time.monotonic_ns() >= look_out.bell._words[1] > 0:  # its last look: it sleeps next
+                look_out.known.add(file)  # the socket's reader names the file, and wakes it
+                look_out.woken.set()
+            return False
+        look_out.heard.append((file, end))
+        return True
+
+    look_out.hear = hear
+    try:
+        look_out.bell.ring(2, 50)
+        assert wait_for(lambda: look_out.heard == [(2, 50)], 2)
+    finally:
+        look_out.stop()

@@ -133,6 +133,42 @@ def test_a_busy_courier_reads_the_bell_and_only_a_sleeping_one_is_woken_on_the_s
     assert statuses(runs.home) == {"delivered": 301}
 
 
+WAKE_UPS_DROPPED = """
+import json, os, signal, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+link = manager._engine
+courier = link.process.pid
+assert manager.notify_training_completed("m", "run-0", 1.0).wait(10)
+time.sleep(0.5)  # the courier sleeps
+os.kill(courier, signal.SIGSTOP)  # and is slow to wake: the socket fills
+say = link._say
+let_through = [5]
+def full_socket(line):
+    if line.startswith(b"P "):
+        if not let_through[0]:
+            return False  # no room: dropped, as a full socket drops it
+        let_through[0] -= 1
+    return say(line)
+link._say = full_socket
+results = [manager.notify_training_completed("m", f"run-{i}", 1.0) for i in range(1, 51)]
+link._say = say
+os.kill(courier, signal.SIGCONT)
+# No more notify(), no flush: the wake-ups that went through wake the courier, and the
+# bell tells it how far the journal goes now.
+print(json.dumps({"last": results[-1].wait(10), "all": all(r.wait(1) for r in results)}), flush=True)
+manager.close(10)
+"""
+
+
+@pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="no memfd: every notify() wakes the courier")
+def test_events_whose_wake_ups_a_full_socket_dropped_are_delivered_without_a_flush(runs, webhook_server):
+    done = runs.python(WAKE_UPS_DROPPED, runs.env(webhook_server.url + "/hook"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"last": True, "all": True}
+    assert statuses(runs.home) == {"delivered": 51}
+
+
 NOTIFY_THEN_DIE = """
 import os, signal
 from afs_core import NotificationManager

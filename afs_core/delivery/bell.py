@@ -16,8 +16,9 @@ that early is long visible to it.
 
 The word written is ``file << 40 | end``: the number the training process gave its
 journal file when it named it on the socket, and where that file's whole lines end.
-One aligned 64-bit store, so the courier never reads half of it. A file is named on
-the socket before its number is rung, so the courier can tell whose end it reads.
+One aligned 64-bit store, so the courier never reads half of it. A file's number
+goes on the socket with its name; the courier leaves a word alone until it has read
+that, so it always knows whose end it reads.
 
 Linux only (a memfd); elsewhere every ``notify()`` wakes the courier on the socket.
 """

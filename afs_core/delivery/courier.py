@@ -168,8 +168,9 @@ class CourierLink:
         self._answered = threading.Condition()
         self._sock, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         self._bell = Bell.make()  # None: every notify() wakes the courier on the socket
-        self._told_name = ""  # the journal file the courier was last told of, and its number
+        self._told_name = ""  # the journal file the courier is told of, its number, and whether named yet
         self._told_number = 0
+        self._named = False
         self._dont_wait = _socket.MSG_DONTWAIT
         self._shut = _socket.SHUT_RDWR
         child_env = dict(os.environ)
@@ -324,19 +325,17 @@ class CourierLink:
         if position is None:
             return
         name, end = position
-        bell = self._bell
-        if name != self._told_name:  # a new file: named on the socket before its number is rung
+        if name != self._told_name:  # a new file: named on the socket before the bell is read for it
             self._told_number = self._told_number % FILES + 1
-            self._told_name = name
-            if bell is not None:
-                bell.ring(self._told_number, end)
-        elif bell is not None and not bell.ring(self._told_number, end):
-            return  # the courier is busy and looks at the bell
+            self._told_name, self._named = name, False
+        wake = self._bell is None or self._bell.ring(self._told_number, end)
+        if self._named and not wake:
+            return  # the courier is looking at the bell
         sent = self._say(f"P {name} {end} {self._told_number}\n".encode())
         if isinstance(sent, OSError):
             self._fall_back(f"the courier cannot be reached ({sent})")
-        elif not sent:
-            self._told_name = ""  # no room: the file is named again with the next notify()
+        elif sent:
+            self._named = True  # (no room: named again with the next notify(); the bell keeps its number)
 
     def _say(self, line: bytes) -> bool | OSError:
         """A line to the courier, not waiting for room (a line begun is finished):
