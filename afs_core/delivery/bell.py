@@ -10,7 +10,7 @@ found nothing new it sleeps, and the next ``notify()`` wakes it on the socket, a
 always did: an event after a pause costs what it did, a burst costs no wake-ups.
 
 No ordering between the two processes' memory writes is assumed: ``notify()`` leaves
-the waking to the courier only when the courier's time is at least ``MARGIN`` ahead,
+the waking to the courier only when the courier's time is at least ``MARGIN_NS`` ahead,
 and the courier's last look is made after that time has passed, so a word written
 that early is long visible to it.
 
