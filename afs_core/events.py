@@ -6,17 +6,15 @@ its input once, here, and carries the context a reader needs (model, run, host).
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import enum
 import functools
 import math
 import numbers
 import os
-import random
 from collections.abc import Iterable, Mapping
 from typing import Any, TypeVar, Union, cast
-
-import attrs
 
 from afs_core.source import Source
 
@@ -256,27 +254,12 @@ def _convert_tags(value: object) -> tuple[str, ...]:
     return tags
 
 
-def _of_type(kind: type | tuple[type, ...], *, optional: bool = False) -> Any:
-    """A validator whose error names the field and the types involved, nothing more."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    wanted = " or ".join(k.__name__ for k in kinds) + (" or None" if optional else "")
-
-    def check(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if not isinstance(value, kinds):
-            raise TypeError(f"{attribute.name} must be {wanted}, got {type(value).__name__} {value!r:.60}")
-
-    return check
-
-
-def _optional(kind: type | tuple[type, ...]) -> Any:
-    return _of_type(kind, optional=True)
-
-
-def _finite_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not math.isfinite(value):
-        raise ValueError(f"{attribute.name} must be a finite number, got {value!r}")
+def _check(name: str, value: Any, kind: type, *, optional: bool = False) -> None:
+    """The field's type, in an error that names the field and the types involved, nothing more."""
+    if isinstance(value, kind) or (optional and value is None):
+        return
+    wanted = kind.__name__ + (" or None" if optional else "")
+    raise TypeError(f"{name} must be {wanted}, got {type(value).__name__} {value!r:.60}")
 
 
 def _to_float_or_none(value: object) -> object:
@@ -300,7 +283,12 @@ def _now_utc() -> _dt.datetime:
     return _dt.datetime.now(_dt.timezone.utc)
 
 
-_id_source: tuple[int, random.Random] | None = None
+try:  # the C generator random.Random wraps: importing random costs ~2 ms of every start
+    from _random import Random as _Generator
+except ImportError:  # an interpreter without it
+    from random import Random as _Generator  # type: ignore[assignment]
+
+_id_source: tuple[int, _Generator] | None = None
 
 
 def _new_id() -> str:
@@ -309,64 +297,110 @@ def _new_id() -> str:
     global _id_source
     pid = os.getpid()
     if _id_source is None or _id_source[0] != pid:
-        _id_source = (pid, random.Random(os.urandom(32)))
+        _id_source = (pid, _Generator(int.from_bytes(os.urandom(32), "big")))
     return f"{_id_source[1].getrandbits(128):032x}"
 
 
-def _count(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+def _count(name: str, value: Any) -> None:
     if value is None:
         return
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{attribute.name} must be int or None, got {type(value).__name__} {value!r:.60}")
+        raise TypeError(f"{name} must be int or None, got {type(value).__name__} {value!r:.60}")
     if value < 0:
-        raise ValueError(f"{attribute.name} must not be negative, got {value!r}")
+        raise ValueError(f"{name} must not be negative, got {value!r}")
 
 
-@attrs.frozen(kw_only=False)
+#: A keyword left out (None is a value some fields refuse, as they did before).
+_UNSET: Any = object()
+
+
+@dataclasses.dataclass(frozen=True, slots=True, init=False)
 class NotificationEvent:
     """One thing that happened in a run, ready for any channel.
 
     Immutable: hooks and channels can share it across threads. ``metrics`` and
     ``context`` are read-only mappings; use :meth:`evolve` for a changed copy.
+
+    A dataclass whose ``__init__`` is written out: every field is converted and then
+    checked on the caller's thread at each ``notify()``, in one pass.
     """
 
-    event_type: EventType = attrs.field(converter=_to_event_type)
-    title: str = attrs.field(validator=_of_type(str))
-    message: str = attrs.field(default="", validator=_of_type(str))
-    level: NotificationLevel = attrs.field(
-        kw_only=True, converter=_to_level
-    )
-    model_name: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    run_id: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    epoch: int | None = attrs.field(
-        default=None, kw_only=True, validator=_count
-    )
-    batch: int | None = attrs.field(
-        default=None, kw_only=True, validator=_count
-    )
-    cost: float | None = attrs.field(
-        default=None,
-        kw_only=True,
-        converter=_to_float_or_none,
-        validator=[_optional(float), _finite_or_none],
-    )
-    metrics: Mapping[str, MetricValue] = attrs.field(
-        factory=dict, kw_only=True, converter=_convert_metrics, hash=False
-    )
-    error_details: str | None = attrs.field(default=None, kw_only=True, validator=_optional(str))
-    tags: tuple[str, ...] = attrs.field(factory=tuple, kw_only=True, converter=_convert_tags)
-    context: Mapping[str, Any] = attrs.field(
-        factory=dict, kw_only=True, converter=_convert_context, hash=False
-    )
-    timestamp: _dt.datetime = attrs.field(factory=_now_utc, kw_only=True, converter=_utc_timestamp)
-    event_id: str = attrs.field(factory=_new_id, kw_only=True, validator=_of_type(str))
-    source: Source = attrs.field(
-        factory=Source.current, kw_only=True, validator=_of_type(Source)
-    )
+    event_type: EventType
+    title: str
+    message: str = ""
+    level: NotificationLevel = dataclasses.field(kw_only=True)  # the event type's own level when left out
+    model_name: str | None = dataclasses.field(default=None, kw_only=True)
+    run_id: str | None = dataclasses.field(default=None, kw_only=True)
+    epoch: int | None = dataclasses.field(default=None, kw_only=True)
+    batch: int | None = dataclasses.field(default=None, kw_only=True)
+    cost: float | None = dataclasses.field(default=None, kw_only=True)
+    metrics: Mapping[str, MetricValue] = dataclasses.field(default_factory=FrozenDict, kw_only=True, hash=False)
+    error_details: str | None = dataclasses.field(default=None, kw_only=True)
+    tags: tuple[str, ...] = dataclasses.field(default=(), kw_only=True)
+    context: Mapping[str, Any] = dataclasses.field(default_factory=FrozenDict, kw_only=True, hash=False)
+    timestamp: _dt.datetime = dataclasses.field(default_factory=_now_utc, kw_only=True)
+    event_id: str = dataclasses.field(default_factory=_new_id, kw_only=True)
+    source: Source = dataclasses.field(default_factory=Source.current, kw_only=True)
 
-    @level.default
-    def _level_from_type(self) -> NotificationLevel:
-        return self.event_type.default_level
+    def __init__(
+        self,
+        event_type: EventType | str,
+        title: str,
+        message: str = "",
+        *,
+        level: NotificationLevel | str = _UNSET,
+        model_name: str | None = None,
+        run_id: str | None = None,
+        epoch: int | None = None,
+        batch: int | None = None,
+        cost: float | None = None,
+        metrics: Mapping[str, Any] | None = _UNSET,
+        error_details: str | None = None,
+        tags: Iterable[str] | None = _UNSET,
+        context: Mapping[str, Any] | None = _UNSET,
+        timestamp: _dt.datetime = _UNSET,
+        event_id: str = _UNSET,
+        source: Source = _UNSET,
+    ) -> None:
+        # Every field converted first, then each checked in field order, as before.
+        kind = _to_event_type(event_type)
+        rank = kind.default_level if level is _UNSET else _to_level(level)
+        price = _to_float_or_none(cost)
+        measured = FrozenDict() if metrics is _UNSET else _convert_metrics(metrics)
+        labels = () if tags is _UNSET else _convert_tags(tags)
+        extra = FrozenDict() if context is _UNSET else _convert_context(context)
+        moment = _now_utc() if timestamp is _UNSET else _utc_timestamp(timestamp)
+        ident = _new_id() if event_id is _UNSET else event_id
+        origin = Source.current() if source is _UNSET else source
+        _check("title", title, str)
+        _check("message", message, str)
+        _check("model_name", model_name, str, optional=True)
+        _check("run_id", run_id, str, optional=True)
+        _count("epoch", epoch)
+        _count("batch", batch)
+        _check("cost", price, float, optional=True)
+        if price is not None and not math.isfinite(price):  # type: ignore[arg-type]
+            raise ValueError(f"cost must be a finite number, got {price!r}")
+        _check("error_details", error_details, str, optional=True)
+        _check("event_id", ident, str)
+        _check("source", origin, Source)
+        put = object.__setattr__
+        put(self, "event_type", kind)
+        put(self, "title", title)
+        put(self, "message", message)
+        put(self, "level", rank)
+        put(self, "model_name", model_name)
+        put(self, "run_id", run_id)
+        put(self, "epoch", epoch)
+        put(self, "batch", batch)
+        put(self, "cost", price)
+        put(self, "metrics", measured)
+        put(self, "error_details", error_details)
+        put(self, "tags", labels)
+        put(self, "context", extra)
+        put(self, "timestamp", moment)
+        put(self, "event_id", ident)
+        put(self, "source", origin)
 
     @property
     def category(self) -> EventCategory:
@@ -377,7 +411,7 @@ class NotificationEvent:
 
     def evolve(self, **changes: Any) -> NotificationEvent:
         """A copy with some fields changed (the id and timestamp are kept)."""
-        return attrs.evolve(self, **changes)
+        return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data for stores and logs; :meth:`from_dict` reverses it."""

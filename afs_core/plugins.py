@@ -13,9 +13,8 @@ import re
 import threading
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NamedTuple
 
-import attrs
 import pluggy
 
 from afs_core import hookspecs
@@ -36,8 +35,7 @@ _CHANNEL_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
 _COMMAND_NAME = re.compile(r"^[a-z][a-z0-9-]{0,31}$")
 
 
-@attrs.frozen
-class ChannelSpec:
+class ChannelSpec(NamedTuple):
     """A channel class and the plugin that registered it."""
 
     name: str
@@ -46,8 +44,7 @@ class ChannelSpec:
     distribution: str | None = None
 
 
-@attrs.frozen
-class CommandSpec:
+class CommandSpec(NamedTuple):
     """A subcommand of ``afs`` and the plugin that registered it."""
 
     name: str
@@ -58,8 +55,7 @@ class CommandSpec:
     distribution: str | None = None
 
 
-@attrs.frozen
-class PluginInfo:
+class PluginInfo(NamedTuple):
     """What ``afs plugins`` shows for one loaded plugin."""
 
     name: str
@@ -70,8 +66,7 @@ class PluginInfo:
     commands: tuple[str, ...] = ()
 
 
-@attrs.frozen
-class PluginFailure:
+class PluginFailure(NamedTuple):
     """A plugin that was skipped, and why."""
 
     name: str

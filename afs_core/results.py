@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 from collections.abc import Iterator, Mapping
 from typing import Any
-
-import attrs
 
 from afs_core.events import NotificationEvent
 
@@ -18,7 +17,7 @@ class DeliveryStatus(enum.Enum):
     FILTERED = "filtered"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ChannelOutcome:
     """The result of sending one event to one channel. ``error`` is already scrubbed."""
 
@@ -28,7 +27,7 @@ class ChannelOutcome:
     permanent: bool = False
     retry_after: float | None = None
     #: What the channel's ``deliver`` returned (the service's answer), when delivered now.
-    receipt: Any = attrs.field(default=None, eq=False, repr=False)
+    receipt: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     @property
     def delivered(self) -> bool:

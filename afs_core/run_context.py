@@ -18,9 +18,7 @@ import contextlib
 import json
 import os
 from collections.abc import Iterator, Mapping
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 RUN_ID, MODEL_NAME, RUN_STARTED, RUN_REPORT = "AFS_RUN_ID", "AFS_MODEL_NAME", "AFS_RUN_STARTED", "AFS_RUN_REPORT"
 
@@ -37,8 +35,7 @@ STALLED = "training_stalled"
 WATCHED = frozenset({STARTED, COMPLETED, STALLED, *FAILURES})
 
 
-@attrs.frozen
-class RunContext:
+class RunContext(NamedTuple):
     """What ``afs run`` told the command it started."""
 
     run_id: str | None

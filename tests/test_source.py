@@ -1,4 +1,5 @@
-import attrs
+import dataclasses
+
 import pytest
 
 from afs_core.source import Source, detect_rank, detect_world_size
@@ -34,5 +35,5 @@ def test_world_size_from_first_variable_set():
 def test_a_source_written_down_names_every_field_and_reads_back_the_same():
     source = Source(host="node-7", pid=4242, rank=3, world_size=8)
     data = source.to_dict()
-    assert set(data) == {field.name for field in attrs.fields(Source)}  # a field added is written too
+    assert set(data) == {field.name for field in dataclasses.fields(Source)}  # a field added is written too
     assert Source.from_dict(data) == source

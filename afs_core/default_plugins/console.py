@@ -6,12 +6,11 @@ plain when redirected or when ``NO_COLOR`` is set.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 from collections.abc import Mapping
 from typing import IO, Any
-
-import attrs
 
 from afs_core.channels.base import Channel
 from afs_core.channels.settings import Setting, boolean, read_settings
@@ -30,7 +29,7 @@ _COLOURS = {
 _DIM, _RESET = "\033[2m", "\033[0m"
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class ConsoleMessage:
     """A rendered console message: the level picks the colour, the lines are plain text."""
 

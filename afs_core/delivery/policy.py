@@ -13,9 +13,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Collection, Mapping
-from typing import Any
-
-import attrs
+from typing import Any, NamedTuple
 
 from afs_core.config import env_float
 from afs_core.errors import ConfigurationError
@@ -48,8 +46,7 @@ def _level(text: str, setting: str) -> NotificationLevel:
         raise ConfigurationError(f"{setting}: unknown level {text!r}") from None
 
 
-@attrs.frozen
-class ChannelPolicy:
+class ChannelPolicy(NamedTuple):
     """What one channel lets through. ``events`` None means every type."""
 
     min_level: NotificationLevel = NotificationLevel.INFO

@@ -7,13 +7,13 @@ delivery pending for later instead of holding anything up.
 
 from __future__ import annotations
 
-import random
+from typing import TYPE_CHECKING, NamedTuple
 
-import attrs
+if TYPE_CHECKING:
+    import random
 
 
-@attrs.frozen
-class RetryPolicy:
+class RetryPolicy(NamedTuple):
     """``max_attempts`` tries in all, within ``max_age`` seconds of the event."""
 
     max_attempts: int = 8
@@ -27,7 +27,11 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_retry_after)
         ceiling = min(self.cap, self.base * (2 ** max(attempts - 1, 0)))
-        return (rng or random).uniform(0, ceiling)
+        if rng is None:
+            import random  # here, not at the top: a training process's start does not need it
+
+            return random.uniform(0, ceiling)
+        return rng.uniform(0, ceiling)
 
     def gives_up(self, attempts: int, age: float) -> bool:
         return attempts >= self.max_attempts or age >= self.max_age

@@ -6,7 +6,7 @@ one or two lines, a key metric or two) is decided here once.
 
 from __future__ import annotations
 
-import attrs
+import dataclasses
 
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import event_fields, headline, one_line, strip_control, truncate
@@ -16,7 +16,7 @@ BODY_LIMIT = 300
 _KEY_FIELDS = ("Duration", "Final loss", "Cost", "Threshold", "Epoch")
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class DesktopMessage:
     title: str
     body: str

@@ -8,11 +8,10 @@ typed delivery errors.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
-
-import attrs
 
 from afs_core import Channel, ConfigurationError, PermanentDeliveryError, SendsDirectly, TransientDeliveryError
 from afs_core.channels import Setting, seconds, text_list, whole_number
@@ -169,7 +168,7 @@ class EmailNotifier(SendsDirectly, Channel):
         if isinstance(message, EmailMessage):
             return message
         if isinstance(message, EmailReport):
-            report = attrs.evolve(message, subject=header_safe(message.subject)[:200] or "[AFS] notification",
+            report = dataclasses.replace(message, subject=header_safe(message.subject)[:200] or "[AFS] notification",
                                   text=strip_control(message.text), html=strip_control(message.html))
         else:  # a plugin's formatter returned text: send it as it is, escaped in the HTML part
             import html

@@ -9,10 +9,9 @@ and a line of text in both parts.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from typing import TYPE_CHECKING
-
-import attrs
 
 from afs_core.events import NotificationEvent, NotificationLevel
 from afs_core.formatting import (
@@ -41,7 +40,7 @@ SUBJECT_LIMIT = 200
 PICTURE_NOTE = "The loss curve is attached inline in the HTML version."
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True, slots=True)
 class EmailReport:
     """What one event looks like as an email, before addresses are added."""
 
