@@ -11,12 +11,10 @@ with the signing key, never under the URL itself.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
+import dataclasses
+import functools
 import urllib.parse
 from collections.abc import Sequence
-
-import attrs
 
 from afs_core.channels.webhook import is_loopback_host, validate_webhook_url
 from afs_core.errors import ConfigurationError
@@ -54,14 +52,25 @@ def path_secrets(path: str) -> list[str]:
     return found
 
 
-@attrs.frozen
+@dataclasses.dataclass(frozen=True)
 class Endpoint:
     """One receiving URL: where to post, how to show it, how to remember it."""
 
-    url: str = attrs.field(repr=False)
+    url: str = dataclasses.field(repr=False)
     origin: str  # scheme://host[:port], safe to show
     label: str  # how errors name it: scheme://host/… (plus its position when two look alike)
-    key: str  # the key it is remembered by: no part of the URL can be read back from it
+    signing_key: bytes = dataclasses.field(repr=False)  # the channel's, which derives the key below
+
+    @functools.cached_property
+    def key(self) -> str:
+        """The key it is remembered by: no part of the URL can be read back from it.
+        Derived when first asked for, by the process that delivers: hashlib would add
+        about 4 ms to a training process's start."""
+        import hashlib
+        import hmac
+
+        message = b"afs-webhook endpoint\0" + self.url.encode("utf-8")
+        return hmac.new(self.signing_key, message, hashlib.sha256).hexdigest()[:32]
 
     def secrets(self) -> list[str]:
         """What of the URL must never be shown: the URL whole, its path (see
@@ -122,6 +131,5 @@ def endpoints(urls: Sequence[str], key: bytes) -> tuple[Endpoint, ...]:
     for position, ((url, parts), label) in enumerate(zip(checked, shown, strict=True), 1):
         if shown.count(label) > 1:
             label = f"{label} (URL {position})"
-        digest = hmac.new(key, b"afs-webhook endpoint\0" + url.encode("utf-8"), hashlib.sha256).hexdigest()
-        result.append(Endpoint(url=url, origin=origin_of(parts), label=label, key=digest[:32]))
+        result.append(Endpoint(url=url, origin=origin_of(parts), label=label, signing_key=key))
     return tuple(result)

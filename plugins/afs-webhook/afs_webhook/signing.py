@@ -10,8 +10,6 @@ The spec (https://www.standardwebhooks.com) is what receiver authors already kno
 from __future__ import annotations
 
 import base64
-import hashlib
-import hmac
 import json
 import math
 import os
@@ -68,6 +66,9 @@ def decode_secret(secret: str) -> bytes:
 
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     """The ``v1,<base64>`` signature of one request."""
+    import hashlib  # here, not at the top: a training process builds the channel, its courier signs
+    import hmac
+
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode("ascii")
 
@@ -129,6 +130,8 @@ def verify(
     expected = sign(key, msg_id, timestamp, raw).encode("ascii")
     # Every candidate is compared, in constant time each, so the answer's timing
     # says nothing about which one came close.
+    import hmac
+
     matched = False
     for candidate in signatures.split(" "):
         matched |= hmac.compare_digest(expected, candidate.encode("utf-8", "replace"))

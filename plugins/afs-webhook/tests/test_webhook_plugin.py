@@ -207,7 +207,8 @@ def test_a_sender_does_not_load_what_only_a_receiver_needs(kit, tmp_path):
     """Start-up to the first notify() with the channel configured, as a training script
     runs it (a courier delivers): neither the schema file's reader (importlib.resources,
     and the tempfile, shutil and compressors it brings), for receivers calling
-    load_schema(), nor the socket module is loaded."""
+    load_schema(), nor the socket module is loaded; nor hashing (the courier signs, and derives
+    the URLs' keys) or attrs."""
     probe = ("import json, sys\n"
              "from afs_core import NotificationManager\n"
              "manager = NotificationManager.from_env()\n"
@@ -224,4 +225,4 @@ def test_a_sender_does_not_load_what_only_a_receiver_needs(kit, tmp_path):
     engine, modules = json.loads(done.stdout.splitlines()[0])
     assert engine == "CourierLink" and "afs_webhook.notifier" in modules  # the probe really made the channel
     assert not set(modules) & {"importlib.resources", "tempfile", "shutil", "lzma", "bz2", "socket", "selectors",
-                               "subprocess"}
+                               "subprocess", "hashlib", "hmac", "attrs", "attr"}
