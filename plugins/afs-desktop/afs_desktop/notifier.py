@@ -10,13 +10,15 @@ from __future__ import annotations
 import logging
 import sys
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from afs_core import Channel, EventType, NotificationEvent, NotificationLevel, SendsDirectly
 from afs_core.channels import Setting, boolean, read_settings
 from afs_core.formatting import one_line, strip_control, truncate
-from afs_desktop.backends import Backend
-from afs_desktop.message import BODY_LIMIT, TITLE_LIMIT, DesktopMessage, compose
+
+if TYPE_CHECKING:  # composing and showing load with the first event: a training process only builds the channel
+    from afs_desktop.backends import Backend
+    from afs_desktop.message import DesktopMessage
 
 logger = logging.getLogger("afs.desktop")
 
@@ -76,9 +78,13 @@ class DesktopNotifier(SendsDirectly, Channel):
         return notifier
 
     def format(self, event: NotificationEvent) -> DesktopMessage:
+        from afs_desktop.message import compose
+
         return compose(event, app_name=self.app_name, sound=self.enable_sound)
 
     def deliver(self, message: Any) -> Any:
+        from afs_desktop.message import BODY_LIMIT, TITLE_LIMIT, DesktopMessage
+
         if not isinstance(message, DesktopMessage):  # a plugin's formatter returned text
             lines = str(message).strip().splitlines() or ["AFS"]
             message = DesktopMessage(

@@ -20,7 +20,6 @@ from afs_core.errors import DeliveryError
 from afs_core.events import NotificationEvent
 from afs_core.formatting import one_line, strip_control
 from afs_core.redaction import Secret
-from afs_email.report import EmailReport
 
 if TYPE_CHECKING:  # smtplib, ssl and socket load on the first send: start-up stays fast
     import smtplib
@@ -28,6 +27,7 @@ if TYPE_CHECKING:  # smtplib, ssl and socket load on the first send: start-up st
     from email.message import EmailMessage
 
     from afs_core.channels.deadline import Deadline
+    from afs_email.report import EmailReport  # rendering loads with the first event rendered
 
 DEFAULT_TIMEOUT = 10.0
 TLS_MODES = ("starttls", "implicit", "off")
@@ -163,7 +163,7 @@ class EmailNotifier(SendsDirectly, Channel):
     def _message(self, message: Any) -> EmailMessage:
         from email.message import EmailMessage
 
-        from afs_email.report import build_message, header_safe
+        from afs_email.report import EmailReport, build_message, header_safe
 
         if isinstance(message, EmailMessage):
             return message
