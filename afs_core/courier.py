@@ -30,8 +30,9 @@ if TYPE_CHECKING:
     import socket
 
 
-class _Finish(Exception):
-    """SIGTERM: stop reading, deliver what there is, and go."""
+class _Finish(BaseException):
+    """SIGTERM: stop reading, deliver what there is, and go. Not an Exception: code that
+    meets errors by catching them (a plugin's import, a hook) must not take it for one."""
 
 
 def _on_term(signum: int, frame: object) -> None:
@@ -47,6 +48,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = sys.argv if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; its exit ends this
     signal.signal(signal.SIGTERM, _on_term)
+    # Held while the courier starts, and met once it serves: a SIGTERM that came meanwhile
+    # then ends the reading, as one that comes later does, instead of some step of the start.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     sock = socket.socket(fileno=int(argv[1]))
     handler = _ToTrainingProcess(sock)
     top = logging.getLogger("afs")
@@ -95,6 +99,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          name="afs-courier-bell", daemon=True).start()
     closed = False
     try:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one held meanwhile is met here
         for line in lines:
             kind, _, rest = line.partition(" ")
             if kind == "P":

@@ -314,6 +314,46 @@ def test_a_courier_told_to_stop_while_its_run_goes_on_loses_nothing(runs, webhoo
     assert journals(runs.home) == []
 
 
+# A plugin that takes its time to import in the courier only, and says when it begins.
+SLOW_IN_THE_COURIER = """
+import os, sys, time
+if getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) == "afs_core.courier":
+    open(os.environ["STARTING_MARK"], "w").close()
+    time.sleep(1.5)
+"""
+
+TERM_THE_STARTING_COURIER = """
+import os, signal, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+ids = [manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id for i in range(5)]
+courier = manager._engine.process
+deadline = time.monotonic() + 30
+while not os.path.exists(os.environ["STARTING_MARK"]) and time.monotonic() < deadline:
+    time.sleep(0.01)
+os.kill(courier.pid, signal.SIGTERM)  # while the courier imports its plugins
+for i in range(5, 10):
+    ids.append(manager.notify_training_completed("m", f"run-{i}", 1.0).event.event_id)
+print(manager.flush(60), manager._engine.delivering_here, flush=True)
+print(" ".join(ids), flush=True)
+"""
+
+
+def test_a_courier_told_to_stop_while_it_starts_stops_once_started(runs, site, webhook_server, tmp_path):
+    # A SIGTERM that came during a plugin's import was taken for the import's error: the
+    # plugin was skipped and the courier served on as if never told.
+    site.install("afs-slow", SLOW_IN_THE_COURIER, entry_point="slow")
+    mark = tmp_path / "starting"
+    done = runs.python(TERM_THE_STARTING_COURIER, runs.env(webhook_server.url + "/hook", STARTING_MARK=str(mark)))
+    assert done.returncode == 0, done.stderr
+    assert mark.exists()
+    flushed, accepted = done.stdout.splitlines()
+    assert flushed == "True True", done.stderr  # the courier ended: this process delivers the rest itself
+    assert "failed to import" not in done.stderr and "Traceback" not in done.stderr, done.stderr
+    assert sorted(ids(webhook_server)) == sorted(accepted.split())
+    assert statuses(runs.home) == {"delivered": 10}
+
+
 FAILS_IN_A_CHILD = '''
 import os
 from afs_core import Channel, hookimpl
