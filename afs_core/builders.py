@@ -14,7 +14,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from afs_core.events import EventType, NotificationEvent, NotificationLevel, as_metric_value
+from afs_core.events import _METRIC_TYPES, EventType, NotificationEvent, NotificationLevel, as_metric_value
 from afs_core.formatting import format_cost, format_duration, format_number, trim_traceback
 
 if TYPE_CHECKING:
@@ -33,6 +33,9 @@ def _usable_metrics(metrics: Mapping[Any, Any] | None) -> dict[str, Any]:
     so ``None`` is dropped and anything else that is not a number is shown as text."""
     usable: dict[str, Any] = {}
     for key, value in (metrics or {}).items():
+        if type(key) is str and type(value) in _METRIC_TYPES:  # nearly every metric: kept as it is
+            usable[key] = value
+            continue
         if value is None:
             continue
         try:

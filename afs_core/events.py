@@ -125,13 +125,15 @@ class EventType(_TextEnum):
     OUT_OF_MEMORY = "out_of_memory"
     NAN_DETECTED = "nan_detected"
 
+    # _value_ is the member's value as a plain attribute: .value goes through a descriptor
+    # written in Python, and these run on notify()'s path.
     @property
     def category(self) -> EventCategory:
-        return _EVENT_TYPE_TABLE[self.value][0]
+        return _EVENT_TYPE_TABLE[self._value_][0]
 
     @property
     def default_level(self) -> NotificationLevel:
-        return _EVENT_TYPE_TABLE[self.value][1]
+        return _EVENT_TYPE_TABLE[self._value_][1]
 
 
 
@@ -162,9 +164,12 @@ def _to_level(value: object) -> NotificationLevel:
     return _as_member(NotificationLevel, "level", value)
 
 
+#: Metric values kept as they are, told apart by their type alone (nearly every value).
+_METRIC_TYPES = frozenset({float, int, str})
+
+
 def as_metric_value(key: str, value: object) -> MetricValue:
-    kind = type(value)
-    if kind is float or kind is int or kind is str:  # nearly every value: no ABC checks
+    if type(value) in _METRIC_TYPES:  # no ABC checks
         return value  # type: ignore[return-value]
     if isinstance(value, (str, int)) and not isinstance(value, bool):
         return value
@@ -227,7 +232,7 @@ def _convert_metrics(value: object) -> Mapping[str, MetricValue]:
     for key, item in value.items():
         if not isinstance(key, str):
             raise TypeError(f"metrics keys must be strings, got {key!r}")
-        metrics[key] = as_metric_value(key, item)
+        metrics[key] = item if type(item) in _METRIC_TYPES else as_metric_value(key, item)
     return FrozenDict(metrics)
 
 
@@ -372,18 +377,27 @@ class NotificationEvent:
         moment = _now_utc() if timestamp is _UNSET else _utc_timestamp(timestamp)
         ident = _new_id() if event_id is _UNSET else event_id
         origin = Source.current() if source is _UNSET else source
-        _check("title", title, str)
-        _check("message", message, str)
-        _check("model_name", model_name, str, optional=True)
-        _check("run_id", run_id, str, optional=True)
-        _count("epoch", epoch)
-        _count("batch", batch)
-        _check("cost", price, float, optional=True)
-        if price is not None and not math.isfinite(price):  # type: ignore[arg-type]
-            raise ValueError(f"cost must be a finite number, got {price!r}")
-        _check("error_details", error_details, str, optional=True)
-        _check("event_id", ident, str)
-        _check("source", origin, Source)
+        if not (  # the usual values pass in one test; any other is checked field by field, in order
+            type(title) is str and type(message) is str
+            and (model_name is None or type(model_name) is str) and (run_id is None or type(run_id) is str)
+            and (epoch is None or (type(epoch) is int and epoch >= 0))
+            and (batch is None or (type(batch) is int and batch >= 0))
+            and (price is None or (type(price) is float and math.isfinite(price)))
+            and (error_details is None or type(error_details) is str)
+            and type(ident) is str and type(origin) is Source
+        ):
+            _check("title", title, str)
+            _check("message", message, str)
+            _check("model_name", model_name, str, optional=True)
+            _check("run_id", run_id, str, optional=True)
+            _count("epoch", epoch)
+            _count("batch", batch)
+            _check("cost", price, float, optional=True)
+            if price is not None and not math.isfinite(price):  # type: ignore[arg-type]
+                raise ValueError(f"cost must be a finite number, got {price!r}")
+            _check("error_details", error_details, str, optional=True)
+            _check("event_id", ident, str)
+            _check("source", origin, Source)
         put = object.__setattr__
         put(self, "event_type", kind)
         put(self, "title", title)
@@ -417,8 +431,8 @@ class NotificationEvent:
         """Plain data for stores and logs; :meth:`from_dict` reverses it."""
         return {
             "event_id": self.event_id,
-            "event_type": self.event_type.value,
-            "level": self.level.value,
+            "event_type": self.event_type._value_,  # (see EventType.category)
+            "level": self.level._value_,
             "title": self.title,
             "message": self.message,
             "model_name": self.model_name,

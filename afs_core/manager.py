@@ -287,6 +287,9 @@ class NotificationManager:
         return self._store
 
     def _get_engine(self) -> DeliveryEngine | CourierLink:
+        engine = self._engine
+        if engine is not None:  # every notify() after the first: no lock
+            return engine
         with self._lock:
             if self._engine is None:
                 self._engine = self._new_engine()

@@ -15,6 +15,19 @@ def record(i):
     return {"event": {"event_id": f"e{i}"}, "channels": ["c"], "at": float(i)}
 
 
+def test_a_line_is_what_json_writes_with_the_journals_options(tmp_path):
+    # The journal keeps one C encoder instead of json's one per call: the line must not change.
+    odd = {"event": {"title": "caf\u00e9 \u2603 \"q\"\n", "metrics": {"loss": float("nan"), "big": 10**30,
+           "neg": -0.0, "inf": float("-inf")}, "when": __import__("datetime").date(2026, 12, 7)},
+           "channels": [], "at": 1.5, "none": None, "flag": True}
+    journal = Journal(tmp_path)
+    name, end = journal.append(odd)
+    line = (tmp_path / name).read_bytes()[:end]
+    assert line == (json.dumps(odd, separators=(",", ":"), default=str) + "\n").encode()
+    assert journal.position() == (name, end)
+    journal.close()
+
+
 def test_every_record_is_read_once_in_order_across_rotations(tmp_path, monkeypatch):
     monkeypatch.setattr(journal_module, "ROTATE_BYTES", 300)
     journal = Journal(tmp_path)

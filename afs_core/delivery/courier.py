@@ -225,7 +225,7 @@ class CourierLink:
             local = self._local
             if local is None:
                 try:
-                    self.journal.append(record)
+                    position = self.journal.append(record)
                 except OSError as exc:
                     local = self._hand_over(record, exc)
                 else:
@@ -233,7 +233,7 @@ class CourierLink:
                         self._unjournaled = None
                         # INFO: the courier's store says its own recovery, as a WARNING, beside this
                         logger.info("afs: the journal can be written again; new events are safe from a crash once more")
-                    self._tell()
+                    self._tell(*position)
         if local is not None:
             return local.accept(event, channels)
         return NotifyResult(event, tracker=StoredOutcomes(self.store, event.event_id, channels))
@@ -315,16 +315,13 @@ class CourierLink:
 
     # -- the courier -------------------------------------------------------------------
 
-    def _tell(self) -> None:
-        """Say how far the journal goes: in the bell while the courier is busy, on the
-        socket (the wake-up) when it sleeps or a new file begins. Never blocks; a full
-        socket means the courier has a wake-up to read already (the next says more)."""
+    def _tell(self, name: str, end: int) -> None:
+        """Say that the journal goes to ``end`` of file ``name``: in the bell while the
+        courier is busy, on the socket (the wake-up) when it sleeps or a new file begins.
+        Never blocks; a full socket means the courier has a wake-up to read already (the
+        next says more)."""
         if self._pid != os.getpid():
             return  # a forked worker: its own file waits for its exit (the bell is the parent's)
-        position = self.journal.position()
-        if position is None:
-            return
-        name, end = position
         if name != self._told_name:  # a new file: named on the socket before the bell is read for it
             self._told_number = self._told_number % FILES + 1
             self._told_name, self._named = name, False

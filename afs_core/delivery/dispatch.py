@@ -28,8 +28,11 @@ def enrich_event(plugins: PluginHost, event: NotificationEvent) -> NotificationE
     """``event`` with the context every ``afs_enrich_event`` hook adds; never raises."""
     if not isinstance(event, NotificationEvent):
         return event  # deliver_event reports it
+    hook = plugins.hook.afs_enrich_event
+    if not hook.get_hookimpls():  # none (the usual case): no call through pluggy on notify()'s path
+        return event
     try:
-        additions = plugins.hook.afs_enrich_event(event=event)
+        additions = hook(event=event)
     except (Exception, SystemExit):
         logger.exception("afs_enrich_event hook failed; event sent without enrichment")
         return event
