@@ -39,6 +39,15 @@ def _on_term(signum: int, frame: object) -> None:
     raise _Finish
 
 
+_term_pending = False
+
+
+def _hold_term(signum: int, frame: object) -> None:
+    """SIGTERM while the courier starts: met once it serves (see main)."""
+    global _term_pending
+    _term_pending = True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Deliver for the training process at the other end of the socket ``FD`` (and,
     where one is passed, told how far its journal goes by the bell ``BELL``)."""
@@ -47,10 +56,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = sys.argv if argv is None else argv
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is for the training process; its exit ends this
-    signal.signal(signal.SIGTERM, _on_term)
-    # Held while the courier starts, and met once it serves: a SIGTERM that came meanwhile
-    # then ends the reading, as one that comes later does, instead of some step of the start.
-    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    # A SIGTERM while the courier starts is noted, and met once it serves: it then ends the
+    # reading, as one that comes later does, instead of some step of the start. (Not by
+    # blocking the signal: the threads started meanwhile, and what they run, would keep it
+    # blocked.)
+    signal.signal(signal.SIGTERM, _hold_term)
     sock = socket.socket(fileno=int(argv[1]))
     handler = _ToTrainingProcess(sock)
     top = logging.getLogger("afs")
@@ -99,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                          name="afs-courier-bell", daemon=True).start()
     closed = False
     try:
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # one held meanwhile is met here
+        signal.signal(signal.SIGTERM, _on_term)
+        if _term_pending:
+            raise _Finish
         for line in lines:
             kind, _, rest = line.partition(" ")
             if kind == "P":

@@ -108,6 +108,7 @@ class PluginHost:
         #: Whether every plugin came from an entry point (or the core): another process
         #: with the same settings then has the same ones (a courier, see afs_core.delivery.courier).
         self.reproducible = load_entry_points
+        self.tracing = trace  # every hook call is logged, even one no plugin implements
         if trace:
             self.pm.trace.root.setwriter(logger.debug)
             self.pm.enable_tracing()

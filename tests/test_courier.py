@@ -354,6 +354,31 @@ def test_a_courier_told_to_stop_while_it_starts_stops_once_started(runs, site, w
     assert statuses(runs.home) == {"delivered": 10}
 
 
+COURIER_SIGNAL_MASKS = """
+import os, time
+from afs_core import NotificationManager
+manager = NotificationManager.from_env()
+manager.notify_training_started("m", "run-1")
+assert manager.flush(30)  # the courier started, its workers too
+pid = manager._engine.process.pid
+for task in sorted(os.listdir(f"/proc/{pid}/task")):
+    with open(f"/proc/{pid}/task/{task}/status") as status:
+        print(next(line.split()[1] for line in status if line.startswith("SigBlk:")), flush=True)
+manager.close(10)
+"""
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/task"), reason="reads the threads' signal masks in /proc")
+def test_no_thread_of_the_courier_blocks_sigterm(runs, webhook_server):
+    # Its threads, and any program a channel runs from them, inherit their mask: a blocked
+    # SIGTERM would outlive a job's stop.
+    done = runs.python(COURIER_SIGNAL_MASKS, runs.env(webhook_server.url + "/hook"))
+    assert done.returncode == 0, done.stderr
+    masks = done.stdout.split()
+    assert len(masks) >= 2  # the main thread and at least one worker
+    assert all(int(mask, 16) & 1 << (signal.SIGTERM - 1) == 0 for mask in masks), masks
+
+
 FAILS_IN_A_CHILD = '''
 import os
 from afs_core import Channel, hookimpl

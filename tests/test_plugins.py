@@ -274,3 +274,14 @@ def test_channel_send_honours_the_allow_list_from_dotenv(site, monkeypatch):
     channel = RecordingChannel()
     assert send_now(channel, NotificationEvent(EventType.TRAINING_STARTED, "t", "m")).delivered
     assert channel.messages[0] != "rewritten by spy"
+
+
+def test_a_traced_host_logs_the_enrich_call_even_with_no_enricher(caplog, recording_channel):
+    # notify() skips pluggy when no plugin enriches events, except when every hook call is traced.
+    host = PluginHost(load_entry_points=False, trace=True)
+    assert not host.hook.afs_enrich_event.get_hookimpls()
+    manager = NotificationManager(plugins=host, background=False)
+    manager.register_channel("recording", recording_channel)
+    with caplog.at_level(logging.DEBUG, logger="afs.plugins"):
+        assert manager.notify("t", "m").delivered == ["recording"]
+    assert any("afs_enrich_event" in record.getMessage() for record in caplog.records)

@@ -29,7 +29,7 @@ def enrich_event(plugins: PluginHost, event: NotificationEvent) -> NotificationE
     if not isinstance(event, NotificationEvent):
         return event  # deliver_event reports it
     hook = plugins.hook.afs_enrich_event
-    if not hook.get_hookimpls():  # none (the usual case): no call through pluggy on notify()'s path
+    if not hook.get_hookimpls() and not plugins.tracing:  # none (the usual case): no call through pluggy
         return event
     try:
         additions = hook(event=event)
