@@ -352,6 +352,10 @@ def test_a_courier_told_to_stop_while_it_starts_stops_once_started(runs, site, w
     assert "failed to import" not in done.stderr and "Traceback" not in done.stderr, done.stderr
     assert sorted(ids(webhook_server)) == sorted(accepted.split())
     assert statuses(runs.home) == {"delivered": 10}
+    env = runs.env(webhook_server.url + "/hook")  # what a user sees next, and the next run on the store
+    assert runs.afs(env, "outbox").stdout.strip() == "the outbox is empty"
+    after = runs.python("from afs_core import NotificationManager\nprint(NotificationManager.from_env().flush(10))\n", env)
+    assert after.stdout.split() == ["True"] and len(ids(webhook_server)) == 10  # nothing sent twice
 
 
 COURIER_SIGNAL_MASKS = """
