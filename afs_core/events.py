@@ -377,7 +377,9 @@ class NotificationEvent:
         moment = _now_utc() if timestamp is _UNSET else _utc_timestamp(timestamp)
         ident = _new_id() if event_id is _UNSET else event_id
         origin = Source.current() if source is _UNSET else source
-        if not (  # the usual values pass in one test; any other is checked field by field, in order
+        # The usual values pass in one test; any other is checked field by field, in order.
+        # This test only admits what the checks below admit: a rule added there goes here too.
+        if not (
             type(title) is str and type(message) is str
             and (model_name is None or type(model_name) is str) and (run_id is None or type(run_id) is str)
             and (epoch is None or (type(epoch) is int and epoch >= 0))
